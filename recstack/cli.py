@@ -1,0 +1,72 @@
+"""The `recstack` command: one subcommand per pipeline stage, plus `run` for the whole pipeline.
+
+Each stage's ``recstack/<stage>/cli.py`` exposes ``register(subparsers)``, which adds its
+subcommand(s) with ``set_defaults(handler=fn)``; ``fn(args) -> int`` returns an exit code.
+Bad input raises :class:`recstack.errors.InputError`: printed as one line, exit code 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+from recstack.errors import InputError
+
+# Stage modules that contribute subcommands, in pipeline order.
+STAGE_CLIS = (
+    "recstack.data.cli",
+    "recstack.workflows.cli",
+    "recstack.features.cli",
+    "recstack.models.cli",
+    "recstack.retrieval.cli",
+    "recstack.evaluation.cli",
+    "recstack.ensembles.cli",
+    "recstack.serving.cli",
+    "recstack.pipeline",
+)
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse that reports usage errors in one line with exit code 2."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        sys.stderr.write(f"recstack: error: {message}\n")
+        raise SystemExit(2)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="recstack", description=__doc__.splitlines()[0])
+    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+    subparsers.required = True
+    for module_name in STAGE_CLIS:
+        try:
+            module = importlib.import_module(module_name)
+        except ModuleNotFoundError as exc:
+            if exc.name != module_name:
+                raise
+            continue  # stage without a CLI yet
+        module.register(subparsers)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.handler(args) or 0)
+    except InputError as exc:
+        sys.stderr.write(f"recstack: error: {exc}\n")
+        return 2
+    except KeyboardInterrupt:
+        sys.stderr.write("recstack: interrupted\n")
+        return 130
+
+
+def add_dataset_argument(parser: argparse.ArgumentParser) -> None:
+    """The `--dataset` option every stage shares: which `runs/<dataset>/` to read and write."""
+    parser.add_argument("--dataset", default="ml-100k", help="dataset / run name (default: ml-100k)")
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
