@@ -1,0 +1,39 @@
+#!/usr/bin/env bash
+# Create .venv and install recstack with everything it needs; a no-op when already up to date.
+# Called by `make run` and `make test` (and so by CI on a fresh clone).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+PYTHON=${PYTHON:-python3}
+VENV=${VENV:-.venv}
+# The CPU build of torch; a bare `torch` requirement would pull a multi-GB CUDA build.
+TORCH_SPEC=${TORCH_SPEC:-torch==2.13.0}
+PYTRITON_SPEC=${PYTRITON_SPEC:-nvidia-pytriton==0.7.0}
+STAMP="$VENV/.recstack-setup"
+
+fail() { echo "setup: $*" >&2; exit 1; }
+
+command -v "$PYTHON" >/dev/null || fail "$PYTHON not found: install Python 3.11 (Debian: apt-get install python3.11 python3.11-venv)"
+"$PYTHON" - <<'PY' || fail "Python 3.11 is required (the tritonserver python backend stub is built for 3.11)"
+import sys
+raise SystemExit(0 if sys.version_info[:2] == (3, 11) else 1)
+PY
+# tritonserver's python backend stub links the system libpython3.11.
+if ! ldconfig -p 2>/dev/null | grep -q 'libpython3\.11\.so\.1\.0'; then
+  fail "system library libpython3.11.so.1.0 is missing (needed by tritonserver's python backend): apt-get install libpython3.11"
+fi
+
+want=$(cat pyproject.toml scripts/setup.sh | sha256sum | cut -c1-16)
+if [ -f "$STAMP" ] && [ "$(cat "$STAMP")" = "$want" ] && [ -x "$VENV/bin/recstack" ]; then
+  exit 0
+fi
+
+echo "setup: creating $VENV and installing recstack (first run: a few minutes)"
+[ -x "$VENV/bin/python" ] || "$PYTHON" -m venv "$VENV"
+"$VENV/bin/python" -m pip install -q --upgrade pip
+"$VENV/bin/python" -m pip install -q "$TORCH_SPEC"
+"$VENV/bin/python" -m pip install -q -e ".[dev,redis]"
+# nvidia-pytriton carries the tritonserver binary; it pins numpy<2, which recstack does not use.
+"$VENV/bin/python" -m pip install -q --no-deps "$PYTRITON_SPEC"
+"$VENV/bin/python" -c "import numpy, torch, feast, faiss, onnxruntime, tritonclient.grpc, pytriton; print('setup: ok: numpy', numpy.__version__, '| torch', torch.__version__, '| feast', feast.__version__, '| faiss', faiss.__version__)"
+echo "$want" > "$STAMP"
