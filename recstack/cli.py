@@ -23,6 +23,7 @@ STAGE_CLIS = (
     "recstack.evaluation.cli",
     "recstack.ensembles.cli",
     "recstack.serving.cli",
+    "recstack.serving.recommend",
     "recstack.pipeline",
 )
 

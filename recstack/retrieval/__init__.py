@@ -1,0 +1,5 @@
+"""Item retrieval: a FAISS inner-product index over item-tower embeddings (flat or HNSW)."""
+
+from recstack.retrieval.index import INDEX_FILE, KINDS, META_FILE, ItemIndex, build_index
+
+__all__ = ["INDEX_FILE", "KINDS", "META_FILE", "ItemIndex", "build_index"]

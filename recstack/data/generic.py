@@ -1,0 +1,339 @@
+"""Loading any interactions file (CSV/TSV/parquet) with a column mapping into the contract.
+
+Ids: integer ids (ints, or floats with integral values) are kept as they are. Otherwise ids are
+treated as strings and get int64 ids 1, 2, ... in order of first appearance in the
+interactions file (then side-table-only keys, in side-table order); the original string is
+kept as ``original_id`` in ``users``/``items``.
+
+Timestamps: numbers are unix seconds (fractions are floored); strings are parsed as dates
+(no time zone means UTC); parquet datetime columns are converted to unix seconds.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from recstack.data.dataset import Dataset, check_contract, normalise_interactions
+from recstack.errors import InputError
+from recstack.io import sha256_file
+
+PARQUET_SUFFIXES = (".parquet", ".pq")
+MAX_UNIX_SECONDS = 10**11  # year ~5138: larger numbers are not seconds
+
+
+# --------------------------------------------------------------------------- reading
+
+
+def read_table(path: Path | str, sep: str | None = None) -> pd.DataFrame:
+    """Read a CSV/TSV (optionally compressed) or parquet file; InputError on any problem.
+
+    ``sep`` defaults to a tab for ``.tsv`` files and a comma otherwise.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise InputError(f"{path}: file not found")
+    if not path.is_file():
+        raise InputError(f"{path}: not a file")
+    if path.stat().st_size == 0:
+        raise InputError(f"{path}: file is empty")
+    suffixes = [s.lower() for s in path.suffixes]
+    if suffixes and suffixes[-1] in PARQUET_SUFFIXES:
+        frame = _read_parquet(path)
+    else:
+        if sep is None:
+            sep = "\t" if ".tsv" in suffixes else ","
+        frame = _read_csv(path, sep)
+    if len(frame) == 0:
+        raise InputError(f"{path}: file has no data rows")
+    return frame
+
+
+def _read_parquet(path: Path) -> pd.DataFrame:
+    try:
+        return pd.read_parquet(path)
+    except Exception as exc:  # pyarrow raises several unrelated types for a bad file
+        raise InputError(f"{path}: not a readable parquet file: {_one_line(exc)}") from None
+
+
+def _read_csv(path: Path, sep: str) -> pd.DataFrame:
+    try:
+        return pd.read_csv(path, sep=sep, low_memory=False)
+    except pd.errors.EmptyDataError:
+        raise InputError(f"{path}: file is empty") from None
+    except pd.errors.ParserError as exc:
+        raise InputError(f"{path}: malformed CSV: {_one_line(exc)}") from None
+    except UnicodeDecodeError as exc:
+        raise InputError(f"{path}: not UTF-8 text (byte {exc.start}: {exc.reason})") from None
+    except (OSError, EOFError, ValueError) as exc:  # e.g. a corrupt .gz
+        raise InputError(f"{path}: cannot read as CSV: {_one_line(exc)}") from None
+
+
+def _one_line(exc: BaseException) -> str:
+    text = " ".join(str(exc).split())
+    return text.removeprefix("Error tokenizing data. ") or type(exc).__name__
+
+
+def require_columns(frame: pd.DataFrame, path: Path, columns: dict[str, str | None]) -> None:
+    """InputError naming the first missing column (and its option) and listing available ones."""
+    for option, column in columns.items():
+        if column is not None and column not in frame.columns:
+            available = ", ".join(map(str, frame.columns))
+            raise InputError(f"{path}: no column {column!r} (given as {option}); available columns: {available}")
+
+
+# --------------------------------------------------------------------------- ids
+
+
+def _is_integer_like(values: pd.Series) -> bool:
+    if pd.api.types.is_bool_dtype(values):
+        return False
+    if pd.api.types.is_integer_dtype(values):
+        return True
+    if pd.api.types.is_float_dtype(values):
+        array = values.to_numpy()
+        return bool(np.all(np.isfinite(array)) and np.all(array == np.floor(array)))
+    return False
+
+
+def _as_strings(values: pd.Series) -> pd.Series:
+    if _is_integer_like(values):
+        return values.astype(np.int64).astype(str)
+    return values.astype(str)
+
+
+def _check_no_missing(values: pd.Series, path: Path, column: str) -> None:
+    missing = values.isna().to_numpy()
+    if missing.any():
+        first = int(np.flatnonzero(missing)[0]) + 1
+        raise InputError(f"{path}: column {column!r} has {int(missing.sum())} empty value(s), first in data row {first}")
+
+
+class IdMapping:
+    """Raw ids of one entity (user or item) -> int64 ids, shared by interactions and side table."""
+
+    def __init__(self, ids: pd.Series, side_keys: pd.Series | None) -> None:
+        self.numeric = _is_integer_like(ids) and (side_keys is None or _is_integer_like(side_keys))
+        if self.numeric:
+            self.lookup: pd.Series | None = None
+            return
+        raw = _as_strings(ids)
+        if side_keys is not None:
+            raw = pd.concat([raw, _as_strings(side_keys)], ignore_index=True)
+        uniques = pd.unique(raw.to_numpy())
+        self.lookup = pd.Series(np.arange(1, len(uniques) + 1, dtype=np.int64), index=uniques)
+
+    def encode(self, values: pd.Series) -> np.ndarray:
+        """int64 ids of ``values`` (raw ids of this entity)."""
+        if self.numeric:
+            return values.to_numpy().astype(np.int64)
+        return _as_strings(values).map(self.lookup).to_numpy(dtype=np.int64)
+
+    def originals(self, ids: np.ndarray) -> np.ndarray:
+        """The original string of each int64 id (string mode only)."""
+        assert self.lookup is not None
+        reverse = pd.Series(self.lookup.index.to_numpy(dtype=object), index=self.lookup.to_numpy())
+        return reverse.loc[ids].to_numpy(dtype=object)
+
+
+# --------------------------------------------------------------------------- values
+
+
+def parse_timestamps(values: pd.Series, path: Path, column: str) -> np.ndarray:
+    """int64 unix seconds from numbers (seconds), datetimes or date strings; InputError otherwise."""
+    _check_no_missing(values, path, column)
+    if pd.api.types.is_datetime64_any_dtype(values):
+        return _datetimes_to_seconds(values)
+    if pd.api.types.is_bool_dtype(values):
+        raise InputError(f"{path}: column {column!r} holds booleans, not timestamps")
+    if pd.api.types.is_numeric_dtype(values):
+        if pd.api.types.is_float_dtype(values):
+            seconds = np.floor(values.to_numpy(dtype=np.float64)).astype(np.int64)
+        else:
+            seconds = values.to_numpy().astype(np.int64)
+        if len(seconds) and seconds.max() > MAX_UNIX_SECONDS:
+            raise InputError(
+                f"{path}: column {column!r} holds numbers up to {seconds.max()}, too large for unix "
+                "seconds (milliseconds?); convert the timestamps to seconds"
+            )
+        return seconds
+    as_numbers = pd.to_numeric(values, errors="coerce")
+    if as_numbers.notna().all():
+        return parse_timestamps(as_numbers, path, column)
+    text = values.astype(str)
+    try:
+        parsed = pd.to_datetime(text, utc=True, errors="coerce")
+    except (ValueError, TypeError):
+        parsed = pd.Series(pd.NaT, index=text.index)
+    if parsed.isna().any():
+        parsed = pd.to_datetime(text, utc=True, errors="coerce", format="mixed")
+    bad = parsed.isna().to_numpy()
+    if bad.any():
+        row = int(np.flatnonzero(bad)[0])
+        raise InputError(
+            f"{path}: column {column!r} has a value that is neither unix seconds nor a date: "
+            f"{text.iloc[row]!r} (data row {row + 1})"
+        )
+    return _datetimes_to_seconds(parsed)
+
+
+def _datetimes_to_seconds(values: pd.Series) -> np.ndarray:
+    stamps = pd.to_datetime(values, utc=True)
+    delta = stamps - pd.Timestamp(0, tz="UTC")
+    return (delta // pd.Timedelta(seconds=1)).to_numpy(dtype=np.int64)
+
+
+def parse_ratings(values: pd.Series, path: Path, column: str) -> np.ndarray:
+    """float32 ratings; empty cells become NaN, anything non-numeric is an InputError."""
+    if pd.api.types.is_bool_dtype(values):
+        return values.to_numpy(dtype=np.float32)
+    if pd.api.types.is_numeric_dtype(values):
+        return values.to_numpy(dtype=np.float32)
+    numbers = pd.to_numeric(values, errors="coerce")
+    bad = (numbers.isna() & values.notna() & (values.astype(str).str.strip() != "")).to_numpy()
+    if bad.any():
+        row = int(np.flatnonzero(bad)[0])
+        raise InputError(f"{path}: column {column!r} has a non-numeric rating {values.iloc[row]!r} (data row {row + 1})")
+    return numbers.to_numpy(dtype=np.float32)
+
+
+def _genre_list(value: Any, sep: str) -> list[str]:
+    if isinstance(value, (list, tuple, np.ndarray)):
+        return [str(v) for v in value if v is not None and str(v) != ""]
+    if value is None or (isinstance(value, float) and np.isnan(value)):
+        return []
+    return [g.strip() for g in str(value).split(sep) if g.strip()]
+
+
+# --------------------------------------------------------------------------- side tables
+
+
+def _side_table(
+    path: Path | None,
+    key_col: str | None,
+    frame: pd.DataFrame | None,
+    id_column: str,
+    mapping: IdMapping,
+    interaction_ids: np.ndarray,
+) -> pd.DataFrame:
+    """``id_column`` int64 (+ ``original_id``) + the file's other columns; one row per id.
+
+    Ids seen in the interactions but absent from the file get a row of nulls.
+    """
+    if frame is None:
+        ids = pd.unique(interaction_ids)
+        table = pd.DataFrame({id_column: ids.astype(np.int64)})
+    else:
+        assert path is not None and key_col is not None
+        keys = frame[key_col]
+        _check_no_missing(keys, path, key_col)
+        ids = mapping.encode(keys)
+        duplicated = pd.Series(ids).duplicated().to_numpy()
+        if duplicated.any():
+            row = int(np.flatnonzero(duplicated)[0])
+            raise InputError(f"{path}: key column {key_col!r} repeats {keys.iloc[row]!r} (data row {row + 1})")
+        others = frame.drop(columns=[key_col])
+        if id_column in others.columns:
+            raise InputError(f"{path}: has a column {id_column!r} besides the key column {key_col!r}; rename one")
+        table = pd.concat([pd.DataFrame({id_column: ids}), others.reset_index(drop=True)], axis=1)
+        extra = np.setdiff1d(pd.unique(interaction_ids), ids)
+        if len(extra):
+            table = pd.concat([table, pd.DataFrame({id_column: extra.astype(np.int64)})], ignore_index=True)
+    if not mapping.numeric:
+        table.insert(1, "original_id", mapping.originals(table[id_column].to_numpy()))
+    table[id_column] = table[id_column].astype(np.int64)
+    return table
+
+
+def _complete_items(items: pd.DataFrame, title_col: str | None, year_col: str | None,
+                    genres_col: str | None, genres_sep: str) -> pd.DataFrame:
+    """Give ``items`` the contract columns ``title`` (str), ``year`` (float32), ``genres`` (list)."""
+    items = items.copy()
+    fallback = items["original_id"] if "original_id" in items else items["item_id"].astype(str)
+    title_src = title_col or ("title" if "title" in items else None)
+    title = items[title_src] if title_src else pd.Series(None, index=items.index, dtype=object)
+    items["title"] = title.where(title.notna(), fallback).astype(str).to_numpy(dtype=object)
+    year_src = year_col or ("year" if "year" in items else None)
+    items["year"] = (pd.to_numeric(items[year_src], errors="coerce").to_numpy(dtype=np.float32)
+                     if year_src else np.full(len(items), np.nan, dtype=np.float32))
+    genres_src = genres_col or ("genres" if "genres" in items else None)
+    items["genres"] = ([_genre_list(v, genres_sep) for v in items[genres_src]]
+                       if genres_src else [[] for _ in range(len(items))])
+    front = ["item_id", *(["original_id"] if "original_id" in items else []), "title", "year", "genres"]
+    return items[front + [c for c in items.columns if c not in front]]
+
+
+# --------------------------------------------------------------------------- entry point
+
+
+def load_interactions_file(
+    path: Path | str,
+    user_col: str,
+    item_col: str,
+    timestamp_col: str,
+    rating_col: str | None = None,
+    users_path: Path | str | None = None,
+    user_key_col: str | None = None,
+    items_path: Path | str | None = None,
+    item_key_col: str | None = None,
+    *,
+    name: str = "custom",
+    sep: str | None = None,
+    title_col: str | None = None,
+    year_col: str | None = None,
+    genres_col: str | None = None,
+    genres_sep: str = "|",
+) -> Dataset:
+    """Load an interactions CSV/TSV/parquet (+ optional user/item side tables) into a Dataset.
+
+    ``user_col``/``item_col``/``timestamp_col``/``rating_col`` name the interaction columns;
+    other columns are ignored. ``users_path``/``items_path`` are side tables keyed by
+    ``user_key_col``/``item_key_col`` (default: the same name as in the interactions); their
+    other columns are kept. Without them minimal tables are created (ids, ``original_id``
+    for string ids; items also get ``title`` = the original id, ``year`` NaN, ``genres`` []).
+    Items always get ``title``/``year``/``genres``: taken from ``title_col``/``year_col``/
+    ``genres_col`` (default: columns of those names, if present; genre strings are split on
+    ``genres_sep``). Every problem raises :class:`InputError` naming the file.
+    """
+    path = Path(path)
+    frame = read_table(path, sep)
+    require_columns(frame, path, {"user column": user_col, "item column": item_col,
+                                  "timestamp column": timestamp_col, "rating column": rating_col})
+    _check_no_missing(frame[user_col], path, user_col)
+    _check_no_missing(frame[item_col], path, item_col)
+    files = {str(path.resolve()): sha256_file(path)}
+
+    side: dict[str, tuple[Path | None, str | None, pd.DataFrame | None]] = {}
+    for role, side_path, key, default_key in (("users", users_path, user_key_col, user_col),
+                                              ("items", items_path, item_key_col, item_col)):
+        if side_path is None:
+            side[role] = (None, None, None)
+            continue
+        side_path = Path(side_path)
+        table = read_table(side_path, sep)
+        key = key or default_key
+        require_columns(table, side_path, {f"{role} key column": key})
+        if role == "items":
+            require_columns(table, side_path, {"title column": title_col, "year column": year_col,
+                                               "genres column": genres_col})
+        side[role] = (side_path, key, table)
+        files[str(side_path.resolve())] = sha256_file(side_path)
+
+    user_map = IdMapping(frame[user_col], None if side["users"][2] is None else side["users"][2][side["users"][1]])
+    item_map = IdMapping(frame[item_col], None if side["items"][2] is None else side["items"][2][side["items"][1]])
+    interactions = normalise_interactions(pd.DataFrame({
+        "user_id": user_map.encode(frame[user_col]),
+        "item_id": item_map.encode(frame[item_col]),
+        "rating": (parse_ratings(frame[rating_col], path, rating_col) if rating_col
+                   else np.full(len(frame), np.nan, dtype=np.float32)),
+        "timestamp": parse_timestamps(frame[timestamp_col], path, timestamp_col),
+    }))
+    users = _side_table(*side["users"], "user_id", user_map, interactions["user_id"].to_numpy())
+    items = _side_table(*side["items"], "item_id", item_map, interactions["item_id"].to_numpy())
+    items = _complete_items(items, title_col, year_col, genres_col, genres_sep)
+    dataset = Dataset(name, interactions, users, items, "file", files)
+    check_contract(dataset)
+    return dataset

@@ -1,0 +1,314 @@
+"""The serving steps of the recommendation ensemble, as plain Python classes.
+
+Each step is built from JSON-serialisable parameters (paths, sizes) and has
+``execute(inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]``; arrays carry
+the batch as their first dimension. The same class runs in-process (tests,
+``recstack evaluate``-style checks) and inside a Triton python model
+(``recstack.serving.python_model``), so what is tested is what is served.
+
+Flow for a batch of B requests (K candidates, N results)::
+
+    user_id [B,1] ─► QueryUserFeatures ─► user_cat/user_cont/history, seen_items [B,S], user_known [B,1]
+                  ─► EmbedUser         ─► user_embedding [B,d]
+                  ─► QueryIndex        ─► candidate_ids [B,K] (encoded), retrieval_scores [B,K]
+                  ─► QueryItemFeatures ─► item_cat/item_lists/item_cont [B,K,*], candidate_keys [B,K] (raw)
+                  ─► Rank              ─► rank_scores [B,K]
+                  ─► FilterTopN        ─► item_ids [B,N] (raw, -1 = none), scores [B,N], cold_start [B,1]
+
+Ids are int64 throughout: ``user_id``/``item_ids`` are the dataset's raw ids; encoded
+ids (the Workflow's Categorify indices) stay inside. A user with no history in the
+online store is a cold-start user: retrieval returns the training window's most
+popular items and FilterTopN keeps them in popularity order.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from recstack.errors import InputError
+from recstack.io import read_json
+from recstack.models.layout import FeatureLayout, pad_lists
+
+PAD_ID = 0  # encoded id 0 = padding / null (Categorify)
+
+
+def _onnx_session(path: Path):
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = 1  # one request at a time per instance; scale with instances
+    options.inter_op_num_threads = 1
+    return ort.InferenceSession(str(path), sess_options=options, providers=["CPUExecutionProvider"])
+
+
+def _require(inputs: dict[str, np.ndarray], name: str, dtype: Any, ndim: int) -> np.ndarray:
+    """Fetch an input, checking dtype and rank, with a one-line error naming the field."""
+    if name not in inputs:
+        raise InputError(f"input {name!r} is missing")
+    array = np.asarray(inputs[name])
+    if array.dtype != np.dtype(dtype):
+        raise InputError(f"input {name!r}: expected {np.dtype(dtype).name}, got {array.dtype.name}")
+    if array.ndim != ndim:
+        raise InputError(f"input {name!r}: expected {ndim} dimensions, got shape {array.shape}")
+    return array
+
+
+def _model_layout(model_dir: Path) -> tuple[FeatureLayout, dict[str, Any]]:
+    config = read_json(model_dir / "config.json")
+    return FeatureLayout.from_dict(config["layout"]), config
+
+
+class QueryUserFeatures:
+    """Raw user id -> the user's encoded features and history from the online store (Feast).
+
+    Inputs: ``user_id`` int64 [B, 1] (raw ids). Outputs: ``user_cat`` int64 [B, Cu],
+    ``user_lists`` int64 [B, Lu] (if the layout has user lists), ``user_cont`` float32
+    [B, Du] (if any), ``history`` int64 [B, L] (encoded, oldest -> newest, 0 = pad),
+    ``seen_items`` int64 [B, S] (every encoded item seen, 0-padded), ``user_known`` int32
+    [B, 1] (1 if the online store has a history for the user).
+
+    The raw id is encoded with the saved Workflow (the same object the training data went
+    through); side features come already encoded from the store. A user without stored
+    side features gets the Workflow's encoding of missing values.
+    """
+
+    def __init__(self, feature_repo: str, workflow_dir: str, model_dir: str):
+        from recstack.features import OnlineFeatures
+        from recstack.workflows import Workflow
+
+        self.online = OnlineFeatures(feature_repo)
+        self.workflow = Workflow.load(workflow_dir)
+        self.layout, _ = _model_layout(Path(model_dir))
+        side = self.layout.user
+        self.id_column = side.id_column.name
+        self.other_cat = [c.name for c in side.cat[1:]]
+        self.list_columns = list(side.lists)
+        self.cont_columns = list(side.cont)
+        # What the Workflow gives a user whose side features are all missing.
+        missing = {name: None for name in self.other_cat + [c.name for c in self.list_columns] + self.cont_columns}
+        self.missing_values = self.workflow.transform_request(missing) if missing else {}
+
+    def outputs(self) -> list[str]:
+        names = ["user_cat"]
+        if self.list_columns:
+            names.append("user_lists")
+        if self.cont_columns:
+            names.append("user_cont")
+        return names + ["history", "seen_items", "user_known"]
+
+    def execute(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        user_ids = _require(inputs, "user_id", np.int64, 2)
+        if user_ids.shape[1] != 1:
+            raise InputError(f"input 'user_id': expected shape [batch, 1], got {list(user_ids.shape)}")
+        keys = user_ids[:, 0]
+        batch = len(keys)
+        encoded_ids = np.array([self.workflow.transform_request({self.id_column: int(k)})[self.id_column]
+                                for k in keys], dtype=np.int64)
+        features, has_features = self.online.users(keys)
+        recent, seen, has_history = self.online.histories(keys)
+
+        def column(name: str, dtype: Any) -> np.ndarray:
+            values = np.asarray(features[name], dtype=dtype)
+            return np.where(has_features, values, np.asarray(self.missing_values[name], dtype=dtype))
+
+        cat = [encoded_ids] + [column(name, np.int64) for name in self.other_cat]
+        out = {"user_cat": np.ascontiguousarray(np.stack(cat, axis=1).astype(np.int64))}
+        if self.list_columns:
+            blocks = []
+            for col in self.list_columns:
+                rows = [features[col.name][i] if has_features[i] else self.missing_values[col.name]
+                        for i in range(batch)]
+                blocks.append(pad_lists(rows, col.max_length, keep="first"))
+            out["user_lists"] = np.concatenate(blocks, axis=1)
+        if self.cont_columns:
+            out["user_cont"] = np.stack([column(name, np.float32) for name in self.cont_columns], axis=1)
+        out["history"] = pad_lists(recent, self.layout.history_length, keep="last")
+        width = max([1] + [len(s) for s in seen])
+        out["seen_items"] = pad_lists(seen, width, keep="first")
+        known = np.array([len(r) > 0 for r in recent]) & np.asarray(has_history, dtype=bool)
+        out["user_known"] = known.astype(np.int32).reshape(batch, 1)
+        return out
+
+
+class EmbedUser:
+    """User tower (ONNX, onnxruntime): user blocks -> ``user_embedding`` float32 [B, d] (L2-normalised)."""
+
+    def __init__(self, model_dir: str):
+        model_dir = Path(model_dir)
+        self.layout, config = _model_layout(model_dir)
+        self.session = _onnx_session(model_dir / "user_tower.onnx")
+        self.input_names = [i.name for i in self.session.get_inputs()]
+        self.dim = int(config["embedding_dim"])
+
+    def execute(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        feeds = {}
+        for name in self.input_names:
+            dtype = np.float32 if name.endswith("_cont") else np.int64
+            feeds[name] = _require(inputs, name, dtype, 2)
+        (embedding,) = self.session.run(["user_embedding"], feeds)
+        return {"user_embedding": np.ascontiguousarray(embedding, dtype=np.float32)}
+
+
+class QueryIndex:
+    """FAISS top-K over item embeddings, the user's seen items excluded; popularity for cold users.
+
+    Inputs: ``user_embedding`` float32 [B, d], ``seen_items`` int64 [B, S] (0 = pad),
+    ``user_known`` int32 [B, 1]. Outputs: ``candidate_ids`` int64 [B, K] (encoded item ids,
+    0 where fewer than K exist), ``retrieval_scores`` float32 [B, K] (inner products, or
+    popularity share for cold users; -inf for padding).
+    """
+
+    def __init__(self, index_dir: str, popularity_path: str, top_k: int = 100):
+        from recstack.retrieval import ItemIndex
+
+        if top_k <= 0:
+            raise InputError(f"top_k: must be > 0, got {top_k}")
+        self.index = ItemIndex.load(index_dir)
+        self.top_k = int(top_k)
+        popularity = pd.read_parquet(popularity_path)
+        self.popular_ids = popularity["item_id"].to_numpy(np.int64)
+        counts = popularity["count"].to_numpy(np.float64)
+        self.popular_scores = (counts / max(counts.sum(), 1.0)).astype(np.float32)
+
+    def _popular(self, seen: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        keep = ~np.isin(self.popular_ids, seen[seen != PAD_ID])
+        ids = self.popular_ids[keep][: self.top_k]
+        scores = self.popular_scores[keep][: self.top_k]
+        out_ids = np.zeros(self.top_k, np.int64)
+        out_scores = np.full(self.top_k, -np.inf, np.float32)
+        out_ids[: len(ids)], out_scores[: len(ids)] = ids, scores
+        return out_ids, out_scores
+
+    def execute(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        queries = _require(inputs, "user_embedding", np.float32, 2)
+        seen = _require(inputs, "seen_items", np.int64, 2)
+        known = _require(inputs, "user_known", np.int32, 2)[:, 0].astype(bool)
+        batch = len(queries)
+        ids = np.zeros((batch, self.top_k), np.int64)
+        scores = np.full((batch, self.top_k), -np.inf, np.float32)
+        if known.any():
+            rows = np.flatnonzero(known)
+            found_ids, found_scores = self.index.search(
+                np.ascontiguousarray(queries[rows]), self.top_k, exclude=[seen[r][seen[r] != PAD_ID] for r in rows])
+            valid = found_ids >= 0
+            ids[rows] = np.where(valid, found_ids, PAD_ID)
+            scores[rows] = np.where(valid, found_scores, -np.inf)
+        for row in np.flatnonzero(~known):
+            ids[row], scores[row] = self._popular(seen[row])
+        return {"candidate_ids": ids, "retrieval_scores": scores}
+
+
+class QueryItemFeatures:
+    """Candidate encoded item ids -> their encoded features from the online store (Feast).
+
+    Inputs: ``candidate_ids`` int64 [B, K]. Outputs: ``item_cat`` int64 [B, K, Ci],
+    ``item_lists`` int64 [B, K, Li], ``item_cont`` float32 [B, K, Di] (those the layout
+    has) and ``candidate_keys`` int64 [B, K] (raw item ids; -1 for padding).
+    """
+
+    def __init__(self, feature_repo: str, features_dir: str, model_dir: str):
+        from recstack.features import OnlineFeatures
+
+        self.online = OnlineFeatures(feature_repo)
+        self.layout, _ = _model_layout(Path(model_dir))
+        side = self.layout.item
+        self.id_column = side.id_column.name
+        self.cat_columns = [c.name for c in side.cat]
+        self.list_columns = list(side.lists)
+        self.cont_columns = list(side.cont)
+        table = pd.read_parquet(Path(features_dir) / "item_features.parquet", columns=["item_key", self.id_column])
+        self.key_of = np.full(int(table[self.id_column].max()) + 1, -1, np.int64)
+        self.key_of[table[self.id_column].to_numpy(np.int64)] = table["item_key"].to_numpy(np.int64)
+
+    def outputs(self) -> list[str]:
+        names = ["item_cat"]
+        if self.list_columns:
+            names.append("item_lists")
+        if self.cont_columns:
+            names.append("item_cont")
+        return names + ["candidate_keys"]
+
+    def execute(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        candidates = _require(inputs, "candidate_ids", np.int64, 2)
+        batch, k = candidates.shape
+        flat = candidates.reshape(-1)
+        in_range = (flat >= 0) & (flat < len(self.key_of))
+        keys = np.where(in_range, self.key_of[np.clip(flat, 0, len(self.key_of) - 1)], -1)
+        features, _ = self.online.items(keys)
+        out = {"item_cat": np.stack([np.asarray(features[c], np.int64) for c in self.cat_columns], axis=1)}
+        if self.list_columns:
+            out["item_lists"] = np.concatenate(
+                [pad_lists(features[c.name], c.max_length, keep="first") for c in self.list_columns], axis=1)
+        if self.cont_columns:
+            out["item_cont"] = np.stack([np.asarray(features[c], np.float32) for c in self.cont_columns], axis=1)
+        out = {name: np.ascontiguousarray(block.reshape(batch, k, -1)) for name, block in out.items()}
+        out["candidate_keys"] = keys.reshape(batch, k)
+        return out
+
+
+class Rank:
+    """DLRM (ONNX) scores every candidate for its user: ``rank_scores`` float32 [B, K] (logits)."""
+
+    def __init__(self, model_dir: str):
+        model_dir = Path(model_dir)
+        self.layout, _ = _model_layout(model_dir)
+        self.session = _onnx_session(model_dir / "dlrm.onnx")
+        self.input_names = [i.name for i in self.session.get_inputs()]
+        self.output_name = self.session.get_outputs()[0].name
+
+    def execute(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        item_cat = _require(inputs, "item_cat", np.int64, 3)
+        batch, k, _ = item_cat.shape
+        feeds = {}
+        for name in self.input_names:
+            dtype = np.float32 if name.endswith("_cont") else np.int64
+            if name.startswith("item_"):
+                block = _require(inputs, name, dtype, 3)
+                feeds[name] = block.reshape(batch * k, block.shape[2])
+            else:  # user blocks: one row per user, repeated for each of its K candidates
+                feeds[name] = np.repeat(_require(inputs, name, dtype, 2), k, axis=0)
+        (scores,) = self.session.run([self.output_name], feeds)
+        return {"rank_scores": np.ascontiguousarray(scores.reshape(batch, k), dtype=np.float32)}
+
+
+class FilterTopN:
+    """Drop padding and seen items, order by ranker score (popularity for cold users), keep the top N.
+
+    Inputs: ``candidate_keys`` int64 [B, K] (raw ids, -1 = none), ``candidate_ids`` int64
+    [B, K] (encoded), ``rank_scores`` and ``retrieval_scores`` float32 [B, K], ``seen_items``
+    int64 [B, S], ``user_known`` int32 [B, 1], ``top_n`` int32 [B, 1] (1..max_top_n).
+    Outputs: ``item_ids`` int64 [B, N] (raw ids, -1 past the end), ``scores`` float32 [B, N],
+    ``cold_start`` int32 [B, 1] (1 when the user had no history: popular items were served).
+    """
+
+    def __init__(self, max_top_n: int = 100):
+        self.max_top_n = int(max_top_n)
+
+    def execute(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        keys = _require(inputs, "candidate_keys", np.int64, 2)
+        encoded = _require(inputs, "candidate_ids", np.int64, 2)
+        rank_scores = _require(inputs, "rank_scores", np.float32, 2)
+        retrieval_scores = _require(inputs, "retrieval_scores", np.float32, 2)
+        seen = _require(inputs, "seen_items", np.int64, 2)
+        known = _require(inputs, "user_known", np.int32, 2)[:, 0].astype(bool)
+        top_n = _require(inputs, "top_n", np.int32, 2)[:, 0]
+        if (top_n <= 0).any() or (top_n > self.max_top_n).any():
+            bad = int(top_n[(top_n <= 0) | (top_n > self.max_top_n)][0])
+            raise InputError(f"input 'top_n': must be between 1 and {self.max_top_n}, got {bad}")
+        n = int(top_n.max())
+        batch = len(keys)
+        item_ids = np.full((batch, n), -1, np.int64)
+        scores = np.full((batch, n), -np.inf, np.float32)
+        for row in range(batch):
+            usable = (keys[row] >= 0) & (encoded[row] != PAD_ID) & ~np.isin(encoded[row], seen[row][seen[row] != PAD_ID])
+            usable &= np.isfinite(retrieval_scores[row])
+            score = rank_scores[row] if known[row] else retrieval_scores[row]
+            order = [i for i in np.argsort(-score, kind="stable") if usable[i]][: top_n[row]]
+            item_ids[row, : len(order)] = keys[row, order]
+            scores[row, : len(order)] = score[order]
+        cold_start = (~known).astype(np.int32).reshape(batch, 1)
+        return {"item_ids": item_ids, "scores": scores, "cold_start": cold_start}

@@ -1,0 +1,72 @@
+"""Real-time interactions: `recstack events push` encodes a raw (user, item) event with the saved
+Workflow and appends it to the user's history in the online store. The next request for that user
+sees the new history (the user tower re-embeds it, the item is filtered as seen) with no restart and
+no re-export."""
+
+from __future__ import annotations
+
+import argparse
+import time
+from typing import Any
+
+from recstack.errors import InputError
+from recstack.io import read_json
+from recstack.paths import RunPaths
+
+# Categorify codes below this are padding / null (0) and out-of-vocabulary (1).
+FIRST_VOCABULARY_CODE = 2
+
+
+def encode_item(workflow: Any, raw_item_id: int) -> int:
+    """Raw item id -> encoded item id with the run's Workflow; InputError for items outside the catalogue."""
+    from recstack.workflows import Tags
+
+    id_column = workflow.output_schema.select_by_tag(Tags.ITEM_ID).names[0]
+    encoded = int(workflow.transform_request({id_column: int(raw_item_id)})[id_column])
+    if encoded < FIRST_VOCABULARY_CODE:
+        raise InputError(f"--item: item {raw_item_id} is not in the catalogue the models were trained on")
+    return encoded
+
+
+def push_event(paths: RunPaths, user_id: int, item_id: int, timestamp: float | None = None,
+               online: Any = None, workflow: Any = None) -> dict[str, Any]:
+    """Append one interaction to the user's online history; returns the new history (encoded ids).
+
+    ``online`` (an OnlineFeatures) and ``workflow`` can be passed in to avoid reopening them per event.
+    """
+    from recstack.features.online import OnlineFeatures, push_interactions
+    from recstack.workflows import Workflow
+
+    if not (paths.feature_repo / "feature_store.yaml").is_file():
+        raise InputError(f"--dataset: {paths.feature_repo} has no Feast repo (run the pipeline first)")
+    workflow = workflow or Workflow.load(paths.workflow)
+    encoded = encode_item(workflow, item_id)
+    history_length = int(read_json(paths.features / "features.json")["history_length"])
+    online = online or OnlineFeatures(paths.feature_repo)
+    result = push_interactions(online, [int(user_id)], [encoded], [timestamp if timestamp is not None else time.time()],
+                               history_length)
+    recent, seen = result[int(user_id)]
+    return {"user_id": int(user_id), "item_id": int(item_id), "encoded_item_id": encoded,
+            "recent_items": list(map(int, recent)), "seen_count": len(seen)}
+
+
+def register_events(subparsers: argparse._SubParsersAction) -> None:
+    from recstack.cli import add_dataset_argument
+
+    parser = subparsers.add_parser("events", help="push real-time interactions to the online store")
+    sub = parser.add_subparsers(dest="events_command", metavar="ACTION")
+    sub.required = True
+    push = sub.add_parser("push", help="append one (user, item) interaction to the user's online history",
+                          description=__doc__)
+    add_dataset_argument(push)
+    push.add_argument("--user", type=int, required=True, help="raw user id (a new id creates a new user)")
+    push.add_argument("--item", type=int, required=True, help="raw item id (must be in the catalogue)")
+    push.add_argument("--timestamp", type=float, default=None, help="unix seconds (default: now)")
+    push.set_defaults(handler=_push)
+
+
+def _push(args: argparse.Namespace) -> int:
+    out = push_event(RunPaths.for_dataset(args.dataset), args.user, args.item, args.timestamp)
+    print(f"pushed: user {out['user_id']} item {out['item_id']} (encoded {out['encoded_item_id']}); "
+          f"history now {len(out['recent_items'])} recent / {out['seen_count']} seen items")
+    return 0

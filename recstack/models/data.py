@@ -1,0 +1,243 @@
+"""Training / evaluation arrays for the models, built from the data and workflow stages' artifacts.
+
+:func:`load_training_data` reads ``runs/<ds>/data`` (train/valid/test, users, items), encodes
+them with the saved Workflow and returns a :class:`TrainingData`:
+
+* ``user_features`` / ``item_features``: the layout's blocks as lookup tables, row = encoded id
+  (so a batch is a gather by id);
+* ``train`` / ``valid`` / ``test``: :class:`Interactions` with, for every row, the user's
+  history at that moment (``history`` [N, L]: encoded item ids of the user's *earlier*
+  interactions, oldest -> newest, right-aligned: the most recent in the last column,
+  left-padded with 0, the last L kept; train rows use
+  ``recstack.workflows.history_before_each``). Valid rows
+  see the train items; test rows see train + valid, like a served user (features.json).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from recstack.errors import InputError
+from recstack.io import read_json
+from recstack.models.layout import FeatureLayout
+from recstack.paths import RunPaths
+
+DEFAULT_HISTORY_LENGTH = 50
+
+
+@dataclass
+class Interactions:
+    """Encoded interactions sorted by (user, time): ``users``/``items`` [N] int64, ``ratings`` [N]
+    float32 (NaN without ratings), ``history`` [N, L] int64."""
+
+    users: np.ndarray
+    items: np.ndarray
+    ratings: np.ndarray
+    history: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.users)
+
+    def subset(self, index: np.ndarray) -> "Interactions":
+        return Interactions(self.users[index], self.items[index], self.ratings[index], self.history[index])
+
+    @staticmethod
+    def concat(parts: list["Interactions"]) -> "Interactions":
+        return Interactions(*(np.concatenate([getattr(p, f) for p in parts])
+                              for f in ("users", "items", "ratings", "history")))
+
+
+@dataclass
+class TrainingData:
+    layout: FeatureLayout
+    user_features: dict[str, np.ndarray]
+    item_features: dict[str, np.ndarray]
+    train: Interactions
+    valid: Interactions
+    test: Interactions
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def n_items(self) -> int:
+        return self.layout.n_items
+
+    def item_counts(self, splits: tuple[str, ...] = ("train",)) -> np.ndarray:
+        """Interactions per encoded item id over ``splits`` -> [n_items] int64."""
+        items = np.concatenate([getattr(self, s).items for s in splits])
+        return np.bincount(items, minlength=self.n_items)[: self.n_items].astype(np.int64)
+
+    def seen(self, splits: tuple[str, ...]) -> tuple[np.ndarray, np.ndarray]:
+        """Items each user interacted with in ``splits`` as CSR (indptr [n_users + 1], indices)."""
+        users = np.concatenate([getattr(self, s).users for s in splits])
+        items = np.concatenate([getattr(self, s).items for s in splits])
+        order = np.argsort(users, kind="stable")
+        counts = np.bincount(users, minlength=self.layout.n_users)
+        indptr = np.zeros(len(counts) + 1, np.int64)
+        np.cumsum(counts, out=indptr[1:])
+        return indptr, items[order]
+
+    def batch(self, users: np.ndarray, history: np.ndarray, items: np.ndarray | None = None) -> dict[str, np.ndarray]:
+        """Model input blocks for rows (user id, history[, candidate item id])."""
+        out = {k: v[users] for k, v in self.user_features.items()}
+        out["history"] = history
+        if items is not None:
+            out.update({k: v[items] for k, v in self.item_features.items()})
+        return out
+
+
+# ------------------------------------------------------------------------------- histories
+
+def history_before_each(users: np.ndarray, items: np.ndarray, history_length: int) -> np.ndarray:
+    """For rows sorted by (user, time): each row's previous ``history_length`` items of the same user.
+
+    Returns [N, L] int64, oldest -> newest, right-aligned (left-padded with 0; a user's first
+    row: all 0). Same values as ``recstack.workflows.history_before_each`` on sorted rows.
+    """
+    n = len(users)
+    L = int(history_length)
+    if n == 0:
+        return np.zeros((0, L), np.int64)
+    starts = np.r_[0, np.flatnonzero(users[1:] != users[:-1]) + 1]
+    group_start = np.repeat(starts, np.diff(np.r_[starts, n]))
+    position = np.arange(n) - group_start
+    n_hist = np.minimum(position, L)
+    cols = np.arange(L)
+    idx = np.arange(n)[:, None] - L + cols[None, :]  # column L-1 = the previous row
+    valid = cols[None, :] >= (L - n_hist)[:, None]
+    return np.where(valid, items[np.clip(idx, 0, n - 1)], 0).astype(np.int64)
+
+
+def last_items(users: np.ndarray, items: np.ndarray, query_users: np.ndarray, history_length: int) -> np.ndarray:
+    """For rows sorted by (user, time): the last ``history_length`` items of each query user -> [Q, L]
+    (right-aligned like :func:`history_before_each`)."""
+    L = int(history_length)
+    out = np.zeros((len(query_users), L), np.int64)
+    if len(users) == 0:
+        return out
+    left = np.searchsorted(users, query_users, side="left")
+    right = np.searchsorted(users, query_users, side="right")
+    n_hist = np.minimum(right - left, L)
+    cols = np.arange(L)
+    idx = right[:, None] - L + cols[None, :]
+    valid = cols[None, :] >= (L - n_hist)[:, None]
+    return np.where(valid, items[np.clip(idx, 0, len(items) - 1)], 0).astype(np.int64)
+
+
+# ------------------------------------------------------------------------------- loading
+
+def _train_history(users: np.ndarray, items: np.ndarray, timestamps: np.ndarray, L: int) -> np.ndarray:
+    """History before each (already time-sorted) train row: the workflows stage's function when present."""
+    try:
+        from recstack.workflows import history_before_each as wf_history
+    except ImportError:
+        return history_before_each(users, items, L)
+    frame = pd.DataFrame({"user_id": users, "item_id": items, "timestamp": timestamps})
+    return np.asarray(wf_history(frame, L), dtype=np.int64)
+
+
+def _read_parquet(path: Path) -> pd.DataFrame:
+    if not path.exists():
+        raise InputError(f"{path}: missing (run the earlier stages: recstack data prepare, recstack workflow fit)")
+    return pd.read_parquet(path)
+
+
+def _side_table(layout: FeatureLayout, workflow: Any, raw: pd.DataFrame, side: str) -> dict[str, np.ndarray]:
+    """Encode a side table (users.parquet / items.parquet) into blocks indexed by encoded id."""
+    spec = layout.user if side == "user" else layout.item
+    card = spec.id_column.cardinality
+    encoded = workflow.transform(raw)
+    blocks = layout.tensors(encoded, sides=(side,))
+    if f"{side}_cat" not in blocks:
+        raise InputError(f"{side}s.parquet: the workflow output lacks the {side} columns {spec.id_column.name!r}")
+    ids = blocks[f"{side}_cat"][:, 0]
+    table: dict[str, np.ndarray] = {}
+    for name, block in blocks.items():
+        full = np.zeros((card,) + block.shape[1:], dtype=block.dtype)
+        keep = (ids >= 2) & (ids < card)  # rows 0 / 1 (pad / OOV) keep id-only features
+        full[ids[keep]] = block[keep]
+        table[name] = full
+    table[f"{side}_cat"][:, 0] = np.arange(card)
+    return table
+
+
+def _encode_ids(layout: FeatureLayout, workflow: Any, df: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
+    encoded = workflow.transform(df[["user_id", "item_id"]])
+    u, i = layout.user.id_column.name, layout.item.id_column.name
+    for col in (u, i):
+        if col not in encoded.columns:
+            raise InputError(f"workflow output: id column {col!r} missing when encoding interactions")
+    return encoded[u].to_numpy(np.int64), encoded[i].to_numpy(np.int64)
+
+
+def build_training_data(layout: FeatureLayout, workflow: Any, train: pd.DataFrame, valid: pd.DataFrame,
+                        test: pd.DataFrame, users: pd.DataFrame, items: pd.DataFrame) -> TrainingData:
+    """Encode raw frames (data-stage columns) with a fitted workflow into :class:`TrainingData`."""
+    L = layout.history_length
+    frames = []
+    for split_no, df in enumerate((train, valid, test)):
+        for col in ("user_id", "item_id", "timestamp"):
+            if col not in df.columns:
+                raise InputError(f"{('train', 'valid', 'test')[split_no]}.parquet: column {col!r} missing")
+        part = df[["user_id", "item_id", "timestamp"]].copy()
+        part["rating"] = (df["rating"].astype("float32") if "rating" in df.columns
+                          else np.float32("nan"))
+        part["split"] = split_no
+        part["order"] = np.arange(len(df))
+        frames.append(part)
+    allf = pd.concat(frames, ignore_index=True)
+    u_enc, i_enc = _encode_ids(layout, workflow, allf)
+    allf["u"], allf["i"] = u_enc, i_enc
+    # by user, then time; ties by split (train < valid < test) then by file order
+    allf = allf.sort_values(["u", "timestamp", "split", "order"], kind="stable").reset_index(drop=True)
+    splits = allf["split"].to_numpy()
+    u = allf["u"].to_numpy(np.int64)
+    i = allf["i"].to_numpy(np.int64)
+    r = allf["rating"].to_numpy(np.float32)
+
+    tr = splits == 0
+    train_x = Interactions(u[tr], i[tr], r[tr], _train_history(u[tr], i[tr], allf["timestamp"].to_numpy()[tr], L))
+    out = {}
+    for split_no, name in ((1, "valid"), (2, "test")):
+        m = splits == split_no
+        prior = splits < split_no
+        hist = last_items(u[prior], i[prior], u[m], L)
+        out[name] = Interactions(u[m], i[m], r[m], hist)
+    user_feats = _side_table(layout, workflow, users, "user")
+    item_feats = _side_table(layout, workflow, items, "item")
+    return TrainingData(layout, user_feats, item_feats, train_x, out["valid"], out["test"],
+                        meta={"n_train": int(tr.sum()), "n_valid": int(len(out["valid"])),
+                              "n_test": int(len(out["test"]))})
+
+
+def history_length_of(paths: RunPaths) -> int:
+    """``history_length`` from features/features.json (the Feast histories' length), else the default."""
+    cfg = paths.features / "features.json"
+    if cfg.exists():
+        value = read_json(cfg).get("history_length")
+        if value:
+            return int(value)
+    return DEFAULT_HISTORY_LENGTH
+
+
+def load_workflow(paths: RunPaths) -> Any:
+    try:
+        from recstack.workflows import Workflow
+    except ImportError as exc:  # pragma: no cover - depends on the workflows stage
+        raise InputError(f"recstack.workflows: Workflow unavailable ({exc})") from None
+    if not (paths.workflow / "workflow.json").exists():
+        raise InputError(f"{paths.workflow}: no fitted workflow (run: recstack workflow fit)")
+    return Workflow.load(paths.workflow)
+
+
+def load_training_data(paths: RunPaths, history_length: int | None = None) -> TrainingData:
+    """Read one run's data + workflow + features.json and build :class:`TrainingData`."""
+    workflow = load_workflow(paths)
+    layout = FeatureLayout.from_schema(workflow.output_schema, history_length or history_length_of(paths))
+    frames = {n: _read_parquet(paths.data / f"{n}.parquet") for n in ("train", "valid", "test", "users", "items")}
+    return build_training_data(layout, workflow, frames["train"], frames["valid"], frames["test"],
+                               frames["users"], frames["items"])

@@ -1,0 +1,153 @@
+"""DLRM ranking model (Naumov et al. 2019), in the shape of TorchRec's ``torchrec/models/dlrm.py``.
+
+One small module per part::
+
+    SparseArch       every sparse feature -> one embedding vector          [B, F, e]
+    DenseArch        bottom MLP over the user + item continuous features   [B, e]
+    InteractionArch  pairwise dot products of the F + 1 vectors (upper triangle) + dense
+                                                                           [B, e + (F+1)F/2]
+    OverArch         top MLP -> logit                                      [B]
+
+Sparse features, in order: each user cat column, each user list column (masked-mean bag),
+the history as two bags (masked mean and recency-weighted mean, :class:`HistoryPooling`),
+each item cat column, each item list column (e.g. genres). The item-id table is shared by
+the candidate's id and the history bags, so their dot product in the interaction measures
+"is the candidate like what the user watched" directly.
+
+Trained with binary cross-entropy: positives (rating >= threshold, or every interaction
+when there are no ratings) against sampled negatives (see recstack.models.train).
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+
+from recstack.models.layout import FeatureLayout
+from recstack.models.modules import Bag, HistoryPooling, embedding, mlp
+
+
+@dataclass
+class DLRMConfig:
+    embedding_dim: int = 32
+    dense_hidden: list[int] = field(default_factory=lambda: [64])
+    over_hidden: list[int] = field(default_factory=lambda: [128, 64])
+    dropout: float = 0.1
+    max_recency: int = 64
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "DLRMConfig":
+        return cls(**{k: v for k, v in d.items() if k in cls.__dataclass_fields__})
+
+
+class SparseArch(nn.Module):
+    """Sparse inputs -> ``[B, F, e]``, one vector per sparse feature (see the module docstring)."""
+
+    def __init__(self, layout: FeatureLayout, e: int, max_recency: int = 64):
+        super().__init__()
+        self.user_list_splits = [c.max_length for c in layout.user.lists]
+        self.item_list_splits = [c.max_length for c in layout.item.lists]
+        self.item_tables = nn.ModuleList([embedding(c.cardinality, e) for c in layout.item.cat])
+        self.user_tables = nn.ModuleList([embedding(c.cardinality, e) for c in layout.user.cat])
+        self.user_bags = nn.ModuleList([Bag(embedding(c.cardinality, e)) for c in layout.user.lists])
+        self.item_bags = nn.ModuleList([Bag(embedding(c.cardinality, e)) for c in layout.item.lists])
+        self.history = HistoryPooling(self.item_tables[0], max_recency)  # shares the item-id table
+        self.e = e
+        self.num_features = (len(self.user_tables) + len(self.user_bags) + 2
+                             + len(self.item_tables) + len(self.item_bags))
+
+    def forward(self, user_cat: torch.Tensor, user_lists: torch.Tensor | None, history: torch.Tensor,
+                item_cat: torch.Tensor, item_lists: torch.Tensor | None) -> torch.Tensor:
+        parts = [t(user_cat[:, i]) for i, t in enumerate(self.user_tables)]
+        if self.user_bags:
+            parts += [bag(ids) for bag, ids in zip(self.user_bags, torch.split(user_lists, self.user_list_splits, 1))]
+        hist = self.history(history)  # [B, 2e]
+        parts += [hist[:, : self.e], hist[:, self.e:]]
+        parts += [t(item_cat[:, i]) for i, t in enumerate(self.item_tables)]
+        if self.item_bags:
+            parts += [bag(ids) for bag, ids in zip(self.item_bags, torch.split(item_lists, self.item_list_splits, 1))]
+        return torch.stack(parts, dim=1)
+
+
+class DenseArch(nn.Module):
+    """``[B, Du + Di]`` float32 -> ``[B, e]`` (a learned constant vector when there is no dense feature)."""
+
+    def __init__(self, in_dim: int, hidden: list[int], e: int):
+        super().__init__()
+        self.in_dim = in_dim
+        if in_dim > 0:
+            self.mlp = mlp(in_dim, hidden, e, final_activation=True)
+        else:
+            self.const = nn.Parameter(torch.zeros(e))
+
+    def forward(self, dense: torch.Tensor, batch_like: torch.Tensor) -> torch.Tensor:
+        if self.in_dim > 0:
+            return self.mlp(dense)
+        return self.const.unsqueeze(0).expand(batch_like.shape[0], -1)
+
+
+class InteractionArch(nn.Module):
+    """Dense [B, e] + sparse [B, F, e] -> [B, e + (F+1)F/2]: dense vector, then the dots of every pair."""
+
+    def __init__(self, num_sparse: int):
+        super().__init__()
+        n = num_sparse + 1
+        rows, cols = torch.triu_indices(n, n, offset=1)
+        self.register_buffer("pair_index", rows * n + cols, persistent=False)
+
+    def output_dim(self, e: int) -> int:
+        return e + int(self.pair_index.numel())
+
+    def forward(self, dense: torch.Tensor, sparse: torch.Tensor) -> torch.Tensor:
+        combined = torch.cat([dense.unsqueeze(1), sparse], dim=1)  # [B, F+1, e]
+        dots = torch.bmm(combined, combined.transpose(1, 2)).flatten(1)  # [B, (F+1)^2]
+        return torch.cat([dense, dots[:, self.pair_index]], dim=1)
+
+
+class OverArch(nn.Module):
+    """``[B, in_dim]`` -> top MLP -> logit ``[B]``."""
+
+    def __init__(self, in_dim: int, hidden: list[int], dropout: float):
+        super().__init__()
+        self.mlp = mlp(in_dim, hidden, 1, dropout)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.mlp(x).squeeze(-1)
+
+
+class DLRM(nn.Module):
+    """Score (user, candidate item) pairs: ``forward(batch) -> logit [B]`` (sigmoid = click probability).
+
+    ``batch`` holds ``user_cat, user_lists?, user_cont?, history, item_cat, item_lists?, item_cont?``.
+    """
+
+    def __init__(self, layout: FeatureLayout, cfg: DLRMConfig | None = None):
+        super().__init__()
+        self.layout = layout
+        self.cfg = cfg or DLRMConfig()
+        e = self.cfg.embedding_dim
+        self.n_user_cont = len(layout.user.cont)
+        self.n_item_cont = len(layout.item.cont)
+        self.sparse_arch = SparseArch(layout, e, self.cfg.max_recency)
+        self.dense_arch = DenseArch(self.n_user_cont + self.n_item_cont, self.cfg.dense_hidden, e)
+        self.inter_arch = InteractionArch(self.sparse_arch.num_features)
+        self.over_arch = OverArch(self.inter_arch.output_dim(e), self.cfg.over_hidden, self.cfg.dropout)
+
+    def score(self, user_cat: torch.Tensor, user_lists: torch.Tensor | None, user_cont: torch.Tensor | None,
+              history: torch.Tensor, item_cat: torch.Tensor, item_lists: torch.Tensor | None,
+              item_cont: torch.Tensor | None) -> torch.Tensor:
+        dense_parts = [x for x, n in ((user_cont, self.n_user_cont), (item_cont, self.n_item_cont)) if n]
+        dense_in = torch.cat(dense_parts, dim=1) if dense_parts else item_cat
+        dense = self.dense_arch(dense_in, item_cat)
+        sparse = self.sparse_arch(user_cat, user_lists, history, item_cat, item_lists)
+        return self.over_arch(self.inter_arch(dense, sparse))
+
+    def forward(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        return self.score(batch["user_cat"], batch.get("user_lists"), batch.get("user_cont"), batch["history"],
+                          batch["item_cat"], batch.get("item_lists"), batch.get("item_cont"))

@@ -1,0 +1,73 @@
+"""Batch scoring with trained models: full-catalogue two-tower scores and DLRM reranking.
+
+Used by training (model selection on the validation split) and by recstack.evaluation.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from recstack.models.data import TrainingData
+from recstack.models.dlrm import DLRM
+from recstack.models.two_tower import TwoTower
+
+
+def _to_torch(blocks: dict[str, np.ndarray], device: torch.device) -> dict[str, torch.Tensor]:
+    return {k: torch.from_numpy(np.ascontiguousarray(v)).to(device) for k, v in blocks.items()}
+
+
+@torch.no_grad()
+def item_embeddings(model: TwoTower, data: TrainingData) -> np.ndarray:
+    """[n_items, d] float32 for every encoded item id (rows 0/1 zero)."""
+    from recstack.models.export import compute_item_embeddings
+
+    return compute_item_embeddings(model, data.item_features)
+
+
+@torch.no_grad()
+def user_embeddings(model: TwoTower, data: TrainingData, users: np.ndarray, history: np.ndarray,
+                    batch_size: int = 4096) -> np.ndarray:
+    """[U, d] float32 user-tower outputs for (user id, history) rows."""
+    model.eval()
+    device = next(model.parameters()).device
+    out = []
+    for s in range(0, len(users), batch_size):
+        blocks = data.batch(users[s:s + batch_size], history[s:s + batch_size])
+        blocks = {k: v for k, v in blocks.items() if k in ("user_cat", "user_lists", "user_cont", "history")}
+        out.append(model.user_embedding(_to_torch(blocks, device)).float().cpu().numpy())
+    return np.concatenate(out) if out else np.zeros((0, model.cfg.output_dim), np.float32)
+
+
+@torch.no_grad()
+def dlrm_scores(model: DLRM, data: TrainingData, users: np.ndarray, history: np.ndarray,
+                candidates: np.ndarray, batch_size: int = 8192) -> np.ndarray:
+    """DLRM logits for each row's candidates: ``candidates`` [U, C] -> scores [U, C] float32."""
+    model.eval()
+    device = next(model.parameters()).device
+    U, C = candidates.shape
+    rows = np.repeat(np.arange(U), C)
+    flat_items = candidates.reshape(-1)
+    out = np.empty(U * C, np.float32)
+    for s in range(0, len(rows), batch_size):
+        r = rows[s:s + batch_size]
+        blocks = data.batch(users[r], history[r], flat_items[s:s + batch_size])
+        out[s:s + batch_size] = model(_to_torch(blocks, device)).float().cpu().numpy()
+    return out.reshape(U, C)
+
+
+def rerank(first_stage: np.ndarray, candidates: np.ndarray, second_stage: np.ndarray) -> np.ndarray:
+    """Scores where the candidates rank first, by ``second_stage``, and the rest keep first-stage order.
+
+    ``first_stage`` [U, n_items] (seen items at -inf), ``candidates`` [U, C] item ids,
+    ``second_stage`` [U, C] scores of those candidates. Returns a new [U, n_items] array.
+    """
+    final = np.array(first_stage, dtype=np.float64, copy=True)
+    top = np.where(np.isfinite(final), final, -1e30).max(axis=1)
+    second = second_stage.astype(np.float64)
+    offset = top - second.min(axis=1) + 1.0  # every candidate above every non-candidate
+    cand_scores = second + offset[:, None]
+    cand_first = np.take_along_axis(first_stage, candidates, axis=1)
+    cand_scores = np.where(np.isfinite(cand_first), cand_scores, -np.inf)  # never resurrect a seen item
+    np.put_along_axis(final, candidates, cand_scores, axis=1)
+    return final

@@ -1,0 +1,415 @@
+"""Training loops for the two-tower retriever and the DLRM ranker, with model selection on valid.
+
+* :func:`train_two_tower`: in-batch sampled softmax (+ logQ correction, + catalogue-uniform
+  negatives); after every epoch, full-catalogue NDCG@10 on the validation split (history =
+  train, train items excluded); the best epoch's weights are kept (early stopping).
+* :func:`train_dlrm`: binary cross-entropy, positives = train interactions with rating >=
+  ``positive_min_rating`` (every interaction when the dataset has no ratings), ``negatives``
+  sampled items per positive (half uniform over the catalogue, half popularity-proportional);
+  selection by validation NDCG@10 of reranking the two-tower's top-``candidates`` (AUC of
+  validation positives vs sampled negatives when no two-tower is available).
+* ``refit=True`` retrains on train + valid for the selected number of epochs (the DATA.md
+  protocol); off by default: the validation rows are one per user (~1% of ML-100K) and
+  already enter every test-time history, and a refit doubles the training time.
+
+Both write their folder (:mod:`recstack.models.export`) and return a summary dict.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import random
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from recstack.errors import InputError
+from recstack.evaluation.metrics import RankingAccumulator, exclude_seen
+from recstack.models.data import Interactions, TrainingData, load_training_data
+from recstack.models.dlrm import DLRM, DLRMConfig
+from recstack.models.export import save_dlrm, save_two_tower
+from recstack.models.predict import dlrm_scores, item_embeddings, rerank, user_embeddings
+from recstack.models.two_tower import TwoTower, TwoTowerConfig, in_batch_softmax_loss
+from recstack.paths import RunPaths
+
+
+# ------------------------------------------------------------------------------ helpers
+
+def resolve_device(device: str | torch.device = "auto") -> torch.device:
+    """``auto`` -> cuda when available, else cpu; ``cuda`` without a GPU is an InputError."""
+    name = str(device)
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise InputError("--device cuda: no CUDA GPU is available (use --device cpu or auto)")
+    if name != "cpu" and not name.startswith("cuda"):
+        raise InputError(f"--device: expected auto, cpu or cuda, got {name!r}")
+    return torch.device(name)
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+    if torch.cuda.is_available():
+        torch.cuda.manual_seed_all(seed)
+
+
+def default_threads() -> int:
+    """Threads for CPU training: $RECSTACK_THREADS, else half the cores (at least 1)."""
+    env = os.environ.get("RECSTACK_THREADS")
+    if env:
+        return max(1, int(env))
+    return max(1, (os.cpu_count() or 2) // 2)
+
+
+def _tensors(blocks: dict[str, np.ndarray], device: torch.device) -> dict[str, torch.Tensor]:
+    return {k: torch.from_numpy(np.ascontiguousarray(v)).to(device, non_blocking=True) for k, v in blocks.items()}
+
+
+@dataclass
+class SplitView:
+    """The rows a model is scored on: users, their histories, targets, and the seen items to exclude."""
+
+    users: np.ndarray
+    history: np.ndarray
+    targets: np.ndarray
+    seen: tuple[np.ndarray, np.ndarray]
+
+
+def split_view(data: TrainingData, split: str) -> SplitView:
+    """Validation: history and seen = train. Test: history and seen = train + valid."""
+    x: Interactions = getattr(data, split)
+    seen_splits = ("train",) if split == "valid" else ("train", "valid")
+    return SplitView(x.users, x.history, x.items, data.seen(seen_splits))
+
+
+def two_tower_full_scores(model: TwoTower, data: TrainingData, view: SplitView, rows: np.ndarray,
+                          item_emb: np.ndarray) -> np.ndarray:
+    """[b, n_items] dot products (seen items not yet excluded)."""
+    u = user_embeddings(model, data, view.users[rows], view.history[rows])
+    return u @ item_emb.T
+
+
+def evaluate_two_tower(model: TwoTower, data: TrainingData, view: SplitView, k: int = 10,
+                       batch_size: int = 1024) -> dict[str, float]:
+    item_emb = item_embeddings(model, data)
+    acc = RankingAccumulator(data.n_items, k)
+    for s in range(0, len(view.users), batch_size):
+        rows = np.arange(s, min(s + batch_size, len(view.users)))
+        acc.add(two_tower_full_scores(model, data, view, rows, item_emb), view.targets[rows], view.users[rows],
+                view.seen)
+    return acc.result()
+
+
+def evaluate_reranked(two_tower: TwoTower, dlrm: DLRM, data: TrainingData, view: SplitView, k: int = 10,
+                      candidates: int = 100, batch_size: int = 512) -> dict[str, float]:
+    """Metrics of DLRM reranking the two-tower's top-``candidates`` (the rest keep two-tower order)."""
+    item_emb = item_embeddings(two_tower, data)
+    acc = RankingAccumulator(data.n_items, k)
+    catalogue = acc.catalogue
+    for s in range(0, len(view.users), batch_size):
+        rows = np.arange(s, min(s + batch_size, len(view.users)))
+        first = two_tower_full_scores(two_tower, data, view, rows, item_emb).astype(np.float64)
+        exclude_seen(first, view.users[rows], view.seen, view.targets[rows])
+        first[:, ~catalogue] = -np.inf
+        cands = top_candidates(first, candidates)
+        second = dlrm_scores(dlrm, data, view.users[rows], view.history[rows], cands)
+        acc.add(rerank(first, cands, second), view.targets[rows])
+    return acc.result()
+
+
+def top_candidates(scores: np.ndarray, n: int) -> np.ndarray:
+    n = min(n, scores.shape[1])
+    part = np.argpartition(-scores, n - 1, axis=1)[:, :n]
+    order = np.argsort(-np.take_along_axis(scores, part, axis=1), axis=1, kind="stable")
+    return np.take_along_axis(part, order, axis=1)
+
+
+def _auc(pos: np.ndarray, neg: np.ndarray) -> float:
+    scores = np.concatenate([pos, neg])
+    ranks = np.argsort(np.argsort(scores, kind="stable"), kind="stable") + 1.0
+    n_pos, n_neg = len(pos), len(neg)
+    if n_pos == 0 or n_neg == 0:
+        return float("nan")
+    return float((ranks[:n_pos].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
+
+
+def _lr_lambda(total_steps: int, warmup: int = 50):
+    def fn(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / warmup
+        progress = min(1.0, (step - warmup) / max(1, total_steps - warmup))
+        return 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress))
+    return fn
+
+
+def _state_copy(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    return {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+
+# ------------------------------------------------------------------------------ two-tower
+
+def fit_two_tower(data: TrainingData, cfg: TwoTowerConfig | None = None, *, epochs: int = 20,
+                  batch_size: int = 512, lr: float = 2e-3, weight_decay: float = 0.0, patience: int = 3,
+                  device: str | torch.device = "cpu", seed: int = 0, time_budget_s: float | None = None,
+                  train_rows: Interactions | None = None, select: bool = True,
+                  progress: bool = True) -> tuple[TwoTower, dict[str, Any]]:
+    """Train a two-tower model on ``train_rows`` (default: data.train); select the epoch on valid.
+
+    Returns the model with the best validation NDCG@10 (``select=True``) or the last epoch's
+    weights, and a history dict (per-epoch loss / metrics, best epoch, seconds).
+    """
+    seed_everything(seed)
+    dev = resolve_device(device)
+    cfg = cfg or TwoTowerConfig()
+    rows = train_rows if train_rows is not None else data.train
+    model = TwoTower(data.layout, cfg).to(dev)
+    counts = np.bincount(rows.items, minlength=data.n_items).astype(np.float64)
+    log_p = torch.from_numpy(np.log(np.maximum(counts, 1.0) / max(counts.sum(), 1.0))).float().to(dev)
+    n_cat = data.n_items - 2
+    opt = torch.optim.Adam(model.parameters(), lr=lr, weight_decay=weight_decay)
+    steps_per_epoch = max(1, math.ceil(len(rows) / batch_size))
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, _lr_lambda(epochs * steps_per_epoch))
+    rng = np.random.default_rng(seed)
+    view = split_view(data, "valid")
+    history: list[dict[str, Any]] = []
+    best = (-1.0, 0, _state_copy(model))
+    start = time.perf_counter()
+    bar = tqdm(range(epochs), desc="two-tower", unit="epoch", disable=not progress)
+    for epoch in bar:
+        model.train()
+        perm = rng.permutation(len(rows))
+        total, n_batches = 0.0, 0
+        for s in range(0, len(perm), batch_size):
+            idx = perm[s:s + batch_size]
+            items = rows.items[idx]
+            batch = _tensors(data.batch(rows.users[idx], rows.history[idx], items), dev)
+            item_ids = batch["item_cat"][:, 0]
+            user_emb, item_emb = model(batch)
+            log_q = (log_p[item_ids] + math.log(len(idx))) if cfg.logq_correction else None
+            neg_emb = neg_ids = neg_log_q = None
+            if cfg.uniform_negatives > 0:
+                neg = rng.integers(2, data.n_items, cfg.uniform_negatives)
+                neg_batch = _tensors({k: v[neg] for k, v in data.item_features.items()}, dev)
+                neg_emb = model.item_embedding(neg_batch)
+                neg_ids = neg_batch["item_cat"][:, 0]
+                if cfg.logq_correction:
+                    neg_log_q = torch.full((len(neg),), math.log(cfg.uniform_negatives / n_cat), device=dev)
+            loss = in_batch_softmax_loss(user_emb, item_emb, item_ids, cfg.temperature, log_q,
+                                         neg_emb, neg_ids, neg_log_q)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            sched.step()
+            total += float(loss.detach())
+            n_batches += 1
+        record: dict[str, Any] = {"epoch": epoch + 1, "loss": total / max(n_batches, 1)}
+        if select:
+            model.eval()
+            metrics = evaluate_two_tower(model, data, view)
+            record.update({"valid_ndcg@10": metrics["ndcg@10"], "valid_hr@10": metrics["hr@10"]})
+            if metrics["ndcg@10"] > best[0]:
+                best = (metrics["ndcg@10"], epoch + 1, _state_copy(model))
+        record["elapsed_s"] = round(time.perf_counter() - start, 2)
+        history.append(record)
+        bar.set_postfix({k: round(v, 4) for k, v in record.items() if k in ("loss", "valid_ndcg@10")})
+        if select and epoch + 1 - best[1] >= patience:
+            break
+        if time_budget_s is not None and time.perf_counter() - start > time_budget_s:
+            break
+    bar.close()
+    if select:
+        model.load_state_dict(best[2])
+    model.eval()
+    return model, {"epochs_run": len(history), "best_epoch": best[1] if select else len(history),
+                   "history": history, "train_s": round(time.perf_counter() - start, 2)}
+
+
+def train_two_tower(paths: RunPaths, data: TrainingData | None = None, *, device: str = "auto",
+                    epochs: int | None = None, cfg: TwoTowerConfig | None = None, refit: bool = False,
+                    seed: int = 0, progress: bool = True, onnx: bool = True,
+                    time_budget_s: float | None = None, **fit_kwargs: Any) -> dict[str, Any]:
+    """Train, select on valid, (optionally refit on train + valid), save ``models/two_tower/``; return a summary."""
+    start = time.perf_counter()
+    data = data or load_training_data(paths)
+    cfg = cfg or TwoTowerConfig()
+    model, hist = fit_two_tower(data, cfg, epochs=epochs or 20, device=device, seed=seed, progress=progress,
+                                time_budget_s=time_budget_s, **fit_kwargs)
+    valid_metrics = evaluate_two_tower(model, data, split_view(data, "valid"))
+    if refit:
+        both = Interactions.concat([data.train, data.valid])
+        model, _ = fit_two_tower(data, cfg, epochs=hist["best_epoch"], device=device, seed=seed, progress=progress,
+                                 train_rows=both, select=False, **fit_kwargs)
+    training = {"device": str(resolve_device(device)), "seed": seed, "refit_on_train_valid": refit,
+                "rows": len(data.train), **hist, **{k: v for k, v in fit_kwargs.items()}}
+    out = save_two_tower(model, paths.models / "two_tower", data.item_features,
+                         {"valid": valid_metrics}, training, onnx=onnx)
+    return {"model": "two_tower", "dir": str(out), "valid": valid_metrics, "best_epoch": hist["best_epoch"],
+            "epochs_run": hist["epochs_run"], "wall_s": round(time.perf_counter() - start, 2),
+            "_model": model}
+
+
+# ------------------------------------------------------------------------------ DLRM
+
+def dlrm_examples(data: TrainingData, rows: Interactions, rng: np.random.Generator, negatives: int,
+                  positive_min_rating: float, pop_share: float = 0.5) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(row index into ``rows``, candidate item, label) for positives + freshly sampled negatives."""
+    ratings = rows.ratings
+    if np.isnan(ratings).all():
+        pos_rows = np.arange(len(rows))
+    else:
+        pos_rows = np.flatnonzero(np.nan_to_num(ratings, nan=np.inf) >= positive_min_rating)
+    counts = np.bincount(rows.items, minlength=data.n_items).astype(np.float64)
+    counts[:2] = 0
+    pop = counts / counts.sum()
+    n_pop = int(round(negatives * pop_share))
+    n_uni = negatives - n_pop
+    neg_rows = np.repeat(pos_rows, negatives)
+    neg_items = np.empty((len(pos_rows), negatives), np.int64)
+    if n_uni:
+        neg_items[:, :n_uni] = rng.integers(2, data.n_items, (len(pos_rows), n_uni))
+    if n_pop:
+        neg_items[:, n_uni:] = rng.choice(data.n_items, size=(len(pos_rows), n_pop), p=pop)
+    row_idx = np.concatenate([pos_rows, neg_rows])
+    items = np.concatenate([rows.items[pos_rows], neg_items.reshape(-1)])
+    labels = np.concatenate([np.ones(len(pos_rows), np.float32), np.zeros(len(neg_rows), np.float32)])
+    labels[len(pos_rows):][items[len(pos_rows):] == rows.items[neg_rows]] = 1.0  # sampled the positive itself
+    return row_idx, items, labels
+
+
+def fit_dlrm(data: TrainingData, cfg: DLRMConfig | None = None, *, two_tower: TwoTower | None = None,
+             epochs: int = 10, batch_size: int = 1024, lr: float = 2e-3, weight_decay: float = 0.0,
+             negatives: int = 4, pop_share: float = 0.5, positive_min_rating: float = 4.0, patience: int = 2,
+             candidates: int = 100, device: str | torch.device = "cpu", seed: int = 0,
+             time_budget_s: float | None = None, train_rows: Interactions | None = None, select: bool = True,
+             progress: bool = True) -> tuple[DLRM, dict[str, Any]]:
+    """Train a DLRM with BCE on positives vs sampled negatives; select the epoch on valid."""
+    seed_everything(seed)
+    dev = resolve_device(device)
+    cfg = cfg or DLRMConfig()
+    rows = train_rows if train_rows is not None else data.train
+    model = DLRM(data.layout, cfg).to(dev)
+    opt = torch.optim.Adam(model.parameters(), lr=lr, weight_decay=weight_decay)
+    rng = np.random.default_rng(seed)
+    n_examples = len(dlrm_examples(data, rows, np.random.default_rng(0), negatives, positive_min_rating, pop_share)[0])
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, _lr_lambda(epochs * max(1, math.ceil(n_examples / batch_size))))
+    view = split_view(data, "valid")
+    loss_fn = torch.nn.BCEWithLogitsLoss()
+    history: list[dict[str, Any]] = []
+    best = (-1.0, 0, _state_copy(model))
+    metric_name = "valid_ndcg@10_rerank" if two_tower is not None else "valid_auc"
+    start = time.perf_counter()
+    bar = tqdm(range(epochs), desc="dlrm", unit="epoch", disable=not progress)
+    for epoch in bar:
+        model.train()
+        row_idx, items, labels = dlrm_examples(data, rows, rng, negatives, positive_min_rating, pop_share)
+        perm = rng.permutation(len(row_idx))
+        total, n_batches = 0.0, 0
+        for s in range(0, len(perm), batch_size):
+            b = perm[s:s + batch_size]
+            r = row_idx[b]
+            batch = _tensors(data.batch(rows.users[r], rows.history[r], items[b]), dev)
+            loss = loss_fn(model(batch), torch.from_numpy(labels[b]).to(dev))
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            sched.step()
+            total += float(loss.detach())
+            n_batches += 1
+        record: dict[str, Any] = {"epoch": epoch + 1, "loss": total / max(n_batches, 1)}
+        if select:
+            model.eval()
+            score = _dlrm_valid_metric(model, data, view, two_tower, candidates, record)
+            if score > best[0]:
+                best = (score, epoch + 1, _state_copy(model))
+        record["elapsed_s"] = round(time.perf_counter() - start, 2)
+        history.append(record)
+        bar.set_postfix({k: round(v, 4) for k, v in record.items() if k in ("loss", metric_name)})
+        if select and epoch + 1 - best[1] >= patience:
+            break
+        if time_budget_s is not None and time.perf_counter() - start > time_budget_s:
+            break
+    bar.close()
+    if select:
+        model.load_state_dict(best[2])
+    model.eval()
+    return model, {"epochs_run": len(history), "best_epoch": best[1] if select else len(history),
+                   "selection_metric": metric_name, "history": history,
+                   "train_s": round(time.perf_counter() - start, 2)}
+
+
+def _dlrm_valid_metric(model: DLRM, data: TrainingData, view: SplitView, two_tower: TwoTower | None,
+                       candidates: int, record: dict[str, Any]) -> float:
+    rng = np.random.default_rng(123)
+    neg = rng.integers(2, data.n_items, (len(view.users), 4))
+    pos_s = dlrm_scores(model, data, view.users, view.history, view.targets[:, None])[:, 0]
+    neg_s = dlrm_scores(model, data, view.users, view.history, neg).reshape(-1)
+    record["valid_auc"] = _auc(pos_s, neg_s)
+    if two_tower is None:
+        return record["valid_auc"]
+    metrics = evaluate_reranked(two_tower, model, data, view, candidates=candidates)
+    record["valid_ndcg@10_rerank"] = metrics["ndcg@10"]
+    record["valid_hr@10_rerank"] = metrics["hr@10"]
+    return metrics["ndcg@10"]
+
+
+def train_dlrm(paths: RunPaths, data: TrainingData | None = None, *, device: str = "auto",
+               epochs: int | None = None, cfg: DLRMConfig | None = None, two_tower: TwoTower | None = None,
+               refit: bool = False, seed: int = 0, progress: bool = True, onnx: bool = True,
+               time_budget_s: float | None = None, **fit_kwargs: Any) -> dict[str, Any]:
+    """Train the DLRM (selection on valid reranking when a two-tower is given or saved), save ``models/dlrm/``."""
+    start = time.perf_counter()
+    data = data or load_training_data(paths)
+    if two_tower is None and (paths.models / "two_tower" / "config.json").exists():
+        from recstack.models.export import load_two_tower
+        two_tower, _ = load_two_tower(paths.models / "two_tower", resolve_device(device))
+    cfg = cfg or DLRMConfig()
+    model, hist = fit_dlrm(data, cfg, two_tower=two_tower, epochs=epochs or 10, device=device, seed=seed,
+                           progress=progress, time_budget_s=time_budget_s, **fit_kwargs)
+    best_record = next((h for h in hist["history"] if h["epoch"] == hist["best_epoch"]), {})
+    valid_metrics = {k: v for k, v in best_record.items() if k.startswith("valid_")}
+    if refit:
+        both = Interactions.concat([data.train, data.valid])
+        model, _ = fit_dlrm(data, cfg, epochs=hist["best_epoch"], device=device, seed=seed, progress=progress,
+                            train_rows=both, select=False, **fit_kwargs)
+    training = {"device": str(resolve_device(device)), "seed": seed, "refit_on_train_valid": refit, **hist,
+                **{k: v for k, v in fit_kwargs.items()}}
+    out = save_dlrm(model, paths.models / "dlrm", {"valid": valid_metrics}, training, onnx=onnx)
+    return {"model": "dlrm", "dir": str(out), "valid": valid_metrics, "best_epoch": hist["best_epoch"],
+            "epochs_run": hist["epochs_run"], "wall_s": round(time.perf_counter() - start, 2), "_model": model}
+
+
+# ------------------------------------------------------------------------------ both
+
+def train_all(paths: RunPaths, device: str = "auto", epochs: int | None = None, *, seed: int = 0,
+              refit: bool = False, progress: bool = True, threads: int | None = None,
+              onnx: bool = True) -> dict[str, Any]:
+    """Two-tower then DLRM (selected on reranking the two-tower's candidates); returns the summary."""
+    start = time.perf_counter()
+    prev_threads = torch.get_num_threads()
+    torch.set_num_threads(threads or default_threads())
+    try:
+        data = load_training_data(paths)
+        tt = train_two_tower(paths, data, device=device, epochs=epochs, seed=seed, refit=refit,
+                             progress=progress, onnx=onnx)
+        dl = train_dlrm(paths, data, device=device, epochs=epochs, seed=seed, refit=refit, progress=progress,
+                        two_tower=tt["_model"], onnx=onnx)
+    finally:
+        torch.set_num_threads(prev_threads)
+    summary = {"dataset": paths.root.name, "device": str(resolve_device(device)),
+               "train_rows": len(data.train), "n_items": data.n_items,
+               "two_tower": {k: v for k, v in tt.items() if not k.startswith("_")},
+               "dlrm": {k: v for k, v in dl.items() if not k.startswith("_")},
+               "wall_s": round(time.perf_counter() - start, 2)}
+    return summary
+
+
+def model_dirs(paths: RunPaths) -> dict[str, Path]:
+    return {"two_tower": paths.models / "two_tower", "dlrm": paths.models / "dlrm"}
