@@ -258,25 +258,52 @@ def train_two_tower(paths: RunPaths, data: TrainingData | None = None, *, device
 
 # ------------------------------------------------------------------------------ DLRM
 
+def positive_rows(rows: Interactions, positive_min_rating: float | None) -> np.ndarray:
+    """Rows that count as positives: rating >= threshold; every row when there are no ratings (or no threshold)."""
+    if positive_min_rating is None or np.isnan(rows.ratings).all():
+        return np.arange(len(rows))
+    return np.flatnonzero(np.nan_to_num(rows.ratings, nan=np.inf) >= positive_min_rating)
+
+
+@torch.no_grad()
+def hard_negative_pool(two_tower: TwoTower, data: TrainingData, rows: Interactions, pos_rows: np.ndarray,
+                       pool: int, batch_size: int = 2048) -> np.ndarray:
+    """For each positive row, the two-tower's top-``pool`` items (not the positive, not in the history): [P, pool] int32."""
+    item_emb = item_embeddings(two_tower, data)
+    out = np.empty((len(pos_rows), pool), np.int32)
+    for s in range(0, len(pos_rows), batch_size):
+        r = pos_rows[s:s + batch_size]
+        scores = user_embeddings(two_tower, data, rows.users[r], rows.history[r]) @ item_emb.T
+        scores[:, :2] = -np.inf
+        scores[np.arange(len(r))[:, None], rows.history[r]] = -np.inf
+        scores[np.arange(len(r)), rows.items[r]] = -np.inf
+        out[s:s + len(r)] = np.argpartition(-scores, pool - 1, axis=1)[:, :pool]
+    return out
+
+
 def dlrm_examples(data: TrainingData, rows: Interactions, rng: np.random.Generator, negatives: int,
-                  positive_min_rating: float, pop_share: float = 0.5) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(row index into ``rows``, candidate item, label) for positives + freshly sampled negatives."""
-    ratings = rows.ratings
-    if np.isnan(ratings).all():
-        pos_rows = np.arange(len(rows))
-    else:
-        pos_rows = np.flatnonzero(np.nan_to_num(ratings, nan=np.inf) >= positive_min_rating)
+                  pos_rows: np.ndarray, pop_share: float = 0.5, hard: int = 0,
+                  hard_pool: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(row index into ``rows``, candidate item, label) for the positives + freshly sampled negatives.
+
+    Per positive: ``hard`` negatives drawn from its retrieval pool (``hard_pool`` rows align with
+    ``pos_rows``), the rest split into popularity-proportional (``pop_share``) and uniform ones.
+    """
     counts = np.bincount(rows.items, minlength=data.n_items).astype(np.float64)
     counts[:2] = 0
     pop = counts / counts.sum()
-    n_pop = int(round(negatives * pop_share))
-    n_uni = negatives - n_pop
+    n_hard = hard if hard_pool is not None else 0
+    n_pop = int(round((negatives - n_hard) * pop_share))
+    n_uni = negatives - n_hard - n_pop
     neg_rows = np.repeat(pos_rows, negatives)
     neg_items = np.empty((len(pos_rows), negatives), np.int64)
     if n_uni:
         neg_items[:, :n_uni] = rng.integers(2, data.n_items, (len(pos_rows), n_uni))
     if n_pop:
-        neg_items[:, n_uni:] = rng.choice(data.n_items, size=(len(pos_rows), n_pop), p=pop)
+        neg_items[:, n_uni:n_uni + n_pop] = rng.choice(data.n_items, size=(len(pos_rows), n_pop), p=pop)
+    if n_hard:
+        pick = rng.integers(0, hard_pool.shape[1], (len(pos_rows), n_hard))
+        neg_items[:, n_uni + n_pop:] = np.take_along_axis(hard_pool, pick, axis=1)
     row_idx = np.concatenate([pos_rows, neg_rows])
     items = np.concatenate([rows.items[pos_rows], neg_items.reshape(-1)])
     labels = np.concatenate([np.ones(len(pos_rows), np.float32), np.zeros(len(neg_rows), np.float32)])
@@ -286,7 +313,8 @@ def dlrm_examples(data: TrainingData, rows: Interactions, rng: np.random.Generat
 
 def fit_dlrm(data: TrainingData, cfg: DLRMConfig | None = None, *, two_tower: TwoTower | None = None,
              epochs: int = 10, batch_size: int = 1024, lr: float = 2e-3, weight_decay: float = 0.0,
-             negatives: int = 4, pop_share: float = 0.5, positive_min_rating: float = 4.0, patience: int = 2,
+             negatives: int = 4, pop_share: float = 0.5, hard_negatives: int = 2, hard_pool: int = 50,
+             positive_min_rating: float | None = 4.0, patience: int = 2,
              candidates: int = 100, device: str | torch.device = "cpu", seed: int = 0,
              time_budget_s: float | None = None, train_rows: Interactions | None = None, select: bool = True,
              progress: bool = True) -> tuple[DLRM, dict[str, Any]]:
@@ -298,7 +326,10 @@ def fit_dlrm(data: TrainingData, cfg: DLRMConfig | None = None, *, two_tower: Tw
     model = DLRM(data.layout, cfg).to(dev)
     opt = torch.optim.Adam(model.parameters(), lr=lr, weight_decay=weight_decay)
     rng = np.random.default_rng(seed)
-    n_examples = len(dlrm_examples(data, rows, np.random.default_rng(0), negatives, positive_min_rating, pop_share)[0])
+    pos_rows = positive_rows(rows, positive_min_rating)
+    pool = hard_negative_pool(two_tower, data, rows, pos_rows, hard_pool) if (two_tower is not None and hard_negatives) \
+        else None
+    n_examples = len(pos_rows) * (1 + negatives)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, _lr_lambda(epochs * max(1, math.ceil(n_examples / batch_size))))
     view = split_view(data, "valid")
     loss_fn = torch.nn.BCEWithLogitsLoss()
@@ -309,7 +340,7 @@ def fit_dlrm(data: TrainingData, cfg: DLRMConfig | None = None, *, two_tower: Tw
     bar = tqdm(range(epochs), desc="dlrm", unit="epoch", disable=not progress)
     for epoch in bar:
         model.train()
-        row_idx, items, labels = dlrm_examples(data, rows, rng, negatives, positive_min_rating, pop_share)
+        row_idx, items, labels = dlrm_examples(data, rows, rng, negatives, pos_rows, pop_share, hard_negatives, pool)
         perm = rng.permutation(len(row_idx))
         total, n_batches = 0.0, 0
         for s in range(0, len(perm), batch_size):
@@ -377,8 +408,8 @@ def train_dlrm(paths: RunPaths, data: TrainingData | None = None, *, device: str
     valid_metrics = {k: v for k, v in best_record.items() if k.startswith("valid_")}
     if refit:
         both = Interactions.concat([data.train, data.valid])
-        model, _ = fit_dlrm(data, cfg, epochs=hist["best_epoch"], device=device, seed=seed, progress=progress,
-                            train_rows=both, select=False, **fit_kwargs)
+        model, _ = fit_dlrm(data, cfg, two_tower=two_tower, epochs=hist["best_epoch"], device=device, seed=seed,
+                            progress=progress, train_rows=both, select=False, **fit_kwargs)
     training = {"device": str(resolve_device(device)), "seed": seed, "refit_on_train_valid": refit, **hist,
                 **{k: v for k, v in fit_kwargs.items()}}
     out = save_dlrm(model, paths.models / "dlrm", {"valid": valid_metrics}, training, onnx=onnx)

@@ -1,0 +1,163 @@
+"""Offline evaluation of one pipeline run: popularity vs two-tower vs two-tower + DLRM reranking.
+
+Protocol (shared/DATA.md): leave-one-out on the time split. For ``split="test"`` the target
+is each user's test item, the user's history (model input) and seen items (excluded from
+the ranking) are train + valid; for ``split="valid"`` both are train only. Every catalogue
+item is ranked, ties pessimistically (:mod:`recstack.evaluation.metrics`).
+
+* ``popularity``: train interaction counts;
+* ``two_tower``: user-tower embedding . ``item_embeddings.npy`` (the exported item vectors);
+* ``two_tower+dlrm``: the DLRM reranks the two-tower's top-``candidates`` (seen items
+  excluded first); the other items follow in two-tower order.
+
+The report goes to ``runs/<ds>/reports/evaluation_<split>.json`` and ``.png`` (bar chart).
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from recstack.errors import InputError
+from recstack.evaluation.metrics import RankingAccumulator, exclude_seen
+from recstack.io import write_json
+from recstack.paths import RunPaths
+
+METRIC_COLUMNS = ("recall@{k}", "ndcg@{k}", "hr@{k}", "mrr", "coverage")
+
+
+def _score_batches(n: int, batch_size: int):
+    for s in range(0, n, batch_size):
+        yield np.arange(s, min(s + batch_size, n))
+
+
+def evaluate_run(paths: RunPaths, k: int = 10, split: str = "test", *, candidates: int = 100,
+                 device: str = "cpu", batch_size: int = 512, progress: bool = True,
+                 write: bool = True) -> dict[str, Any]:
+    """Score popularity, two_tower and two_tower+dlrm on ``split``; write the JSON + PNG report.
+
+    Returns ``{"dataset", "split", "k", "users", "models": {name: metrics}, "files": {...}}``.
+    Models whose folder is missing are reported under ``"skipped"``.
+    """
+    from recstack.models.data import load_training_data
+    from recstack.models.export import load_dlrm, load_two_tower
+    from recstack.models.predict import dlrm_scores, rerank, user_embeddings
+    from recstack.models.train import resolve_device, split_view, top_candidates
+
+    if split not in ("test", "valid"):
+        raise InputError(f"--split: expected test or valid, got {split!r}")
+    if k < 1:
+        raise InputError(f"k: must be >= 1, got {k}")
+    start = time.perf_counter()
+    dev = resolve_device(device)
+    data = load_training_data(paths)
+    view = split_view(data, split)
+    n_items = data.n_items
+    accs: dict[str, RankingAccumulator] = {"popularity": RankingAccumulator(n_items, k)}
+    skipped: dict[str, str] = {}
+
+    two_tower = dlrm = item_emb = None
+    tt_dir, dlrm_dir = paths.models / "two_tower", paths.models / "dlrm"
+    if (tt_dir / "config.json").exists():
+        two_tower, _ = load_two_tower(tt_dir, dev)
+        item_emb = np.load(tt_dir / "item_embeddings.npy")
+        if item_emb.shape[0] != n_items:
+            raise InputError(f"{tt_dir / 'item_embeddings.npy'}: {item_emb.shape[0]} rows, the workflow has "
+                             f"{n_items} item ids (retrain: recstack train)")
+        accs["two_tower"] = RankingAccumulator(n_items, k)
+        if (dlrm_dir / "config.json").exists():
+            dlrm, _ = load_dlrm(dlrm_dir, dev)
+            accs["two_tower+dlrm"] = RankingAccumulator(n_items, k)
+        else:
+            skipped["two_tower+dlrm"] = f"{dlrm_dir} missing"
+    else:
+        skipped["two_tower"] = f"{tt_dir} missing"
+        skipped["two_tower+dlrm"] = f"{tt_dir} missing"
+
+    popularity = data.item_counts(("train",)).astype(np.float64)
+    catalogue = accs["popularity"].catalogue
+    batches = list(_score_batches(len(view.users), batch_size))
+    with torch.no_grad():
+        for rows in tqdm(batches, desc=f"evaluate {split}", unit="batch", disable=not progress):
+            users, targets = view.users[rows], view.targets[rows]
+            accs["popularity"].add(np.tile(popularity, (len(rows), 1)), targets, users, view.seen)
+            if two_tower is None:
+                continue
+            first = user_embeddings(two_tower, data, users, view.history[rows]).astype(np.float64) @ item_emb.T
+            exclude_seen(first, users, view.seen, targets)
+            first[:, ~catalogue] = -np.inf
+            accs["two_tower"].add(first.copy(), targets)
+            if dlrm is not None:
+                cands = top_candidates(first, candidates)
+                second = dlrm_scores(dlrm, data, users, view.history[rows], cands)
+                accs["two_tower+dlrm"].add(rerank(first, cands, second), targets)
+
+    report: dict[str, Any] = {
+        "dataset": paths.root.name, "split": split, "k": k, "users": int(len(view.users)),
+        "catalogue": int(catalogue.sum()), "candidates": candidates,
+        "protocol": "leave-one-out, full catalogue, seen items excluded, ties ranked below",
+        "models": {name: acc.result() for name, acc in accs.items()},
+        "skipped": skipped, "wall_s": round(time.perf_counter() - start, 2),
+    }
+    if write:
+        report["files"] = write_report(report, paths.reports)
+    return report
+
+
+def write_report(report: dict[str, Any], reports_dir: Path) -> dict[str, str]:
+    """Write ``evaluation_<split>.json`` and ``.png`` (atomically); return their paths."""
+    reports_dir = Path(reports_dir)
+    reports_dir.mkdir(parents=True, exist_ok=True)
+    stem = f"evaluation_{report['split']}"
+    json_path, png_path = reports_dir / f"{stem}.json", reports_dir / f"{stem}.png"
+    files = {"json": str(json_path), "png": str(png_path)}
+    write_json(json_path, {**report, "files": files})
+    _plot(report, png_path)
+    return files
+
+
+def _plot(report: dict[str, Any], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg", force=False)
+    import matplotlib.pyplot as plt
+
+    k = report["k"]
+    metrics = [m.format(k=k) for m in METRIC_COLUMNS]
+    models = list(report["models"])
+    fig, ax = plt.subplots(figsize=(8, 4))
+    width = 0.8 / max(len(models), 1)
+    x = np.arange(len(metrics))
+    for i, name in enumerate(models):
+        values = [report["models"][name].get(m, 0.0) for m in metrics]
+        bars = ax.bar(x + i * width - 0.4 + width / 2, values, width, label=name)
+        ax.bar_label(bars, fmt="%.3f", fontsize=7)
+    ax.set_xticks(x, metrics)
+    ax.set_ylabel("value")
+    ax.set_title(f"{report['dataset']} {report['split']}: full-catalogue leave-one-out ({report['users']} users)")
+    ax.legend()
+    fig.tight_layout()
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}.png")
+    fig.savefig(tmp, dpi=100)
+    plt.close(fig)
+    os.replace(tmp, path)
+
+
+def format_table(report: dict[str, Any]) -> str:
+    """The report's metrics as a fixed-width text table."""
+    k = report["k"]
+    headers = ["model", f"Recall@{k}", f"NDCG@{k}", f"HR@{k}", "MRR", "coverage"]
+    keys = [m.format(k=k) for m in METRIC_COLUMNS]
+    rows = [[name] + [f"{m.get(key, float('nan')):.4f}" for key in keys] for name, m in report["models"].items()]
+    widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(headers)]
+    line = lambda cells: "  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(cells, widths)))
+    out = [line(headers), line(["-" * w for w in widths])] + [line(r) for r in rows]
+    for name, why in report.get("skipped", {}).items():
+        out.append(f"(skipped {name}: {why})")
+    return "\n".join(out)
