@@ -6,6 +6,7 @@ One server per module serves the check models; two tests start servers of their 
 
 from __future__ import annotations
 
+import json
 import os
 import statistics
 import time
@@ -51,6 +52,11 @@ def _build_repo(repo: Path) -> None:
     )
     write_python_model(
         repo, "sum", SUM_STEP_CLASS, {"offset": 0.5}, SUM_INPUTS, SUM_OUTPUTS,
+        max_batch_size=MAX_BATCH, optional_inputs=SUM_OPTIONAL,
+    )
+    # declares an int64 output the step returns as float32: a generic (non-InputError) failure
+    write_python_model(
+        repo, "bad_output", SUM_STEP_CLASS, {}, SUM_INPUTS, [TensorSpec("total", np.int64, (1,))],
         max_batch_size=MAX_BATCH, optional_inputs=SUM_OPTIONAL,
     )
     write_ensemble_model(
@@ -148,8 +154,15 @@ def test_python_model_config(tmp_path):
     folder = write_python_model(
         tmp_path, "m", AFFINE_STEP_CLASS, {"scale": 3.0, "note": 'a "quoted" \\ value'}, AFFINE_INPUTS, AFFINE_OUTPUTS
     )
+    from google.protobuf import text_format
+    from tritonclient.grpc import model_config_pb2
+
     config = (folder / "config.pbtxt").read_text()
-    assert 'backend: "python"' in config and f'"{sys.prefix}"' in config
+    parsed = text_format.Parse(config, model_config_pb2.ModelConfig())
+    assert parsed.backend == "python" and parsed.max_batch_size == 64
+    assert parsed.parameters["EXECUTION_ENV_PATH"].string_value == sys.prefix
+    assert json.loads(parsed.parameters["recstack_params"].string_value) == {"scale": 3.0, "note": 'a "quoted" \\ value'}
+    assert [i.name for i in parsed.input] == ["floats", "ints"] and list(parsed.input[0].dims) == [-1]
     assert (folder / "1" / "model.py").read_text().startswith('"""The generic Triton python-backend model')
     with pytest.raises(InputError, match="step_class"):
         write_python_model(tmp_path, "bad", "no_colon", {}, AFFINE_INPUTS, AFFINE_OUTPUTS)
@@ -205,6 +218,13 @@ def test_step_input_error_becomes_error_response(client):
     case["ints"][1, 1] = 5
     got = client.infer("affine_reject", case, ["ints_out"])
     np.testing.assert_array_equal(got["ints_out"], case["ints"] + 7)
+
+
+@needs_triton
+def test_step_exception_becomes_one_line_error(client):
+    with pytest.raises(TritonRequestError, match=r"^TypeError: output total: step returned float32, the model declares int64$"):
+        client.infer("bad_output", {"values": np.ones((2, 3), np.float32)}, ["total"])
+    assert client.infer("sum", {"values": np.ones((2, 3), np.float32)}, ["total"])["total"].shape == (2, 1)
 
 
 @needs_triton

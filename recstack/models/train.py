@@ -5,7 +5,9 @@
   train, train items excluded); the best epoch's weights are kept (early stopping).
 * :func:`train_dlrm`: binary cross-entropy, positives = train interactions with rating >=
   ``positive_min_rating`` (every interaction when the dataset has no ratings), ``negatives``
-  sampled items per positive (half uniform over the catalogue, half popularity-proportional);
+  sampled items per positive (half uniform over the catalogue, half popularity-proportional;
+  ``hard_negatives`` of them can come from the two-tower's top items instead: off by default,
+  it did not improve reranking on ML-100K);
   selection by validation NDCG@10 of reranking the two-tower's top-``candidates`` (AUC of
   validation positives vs sampled negatives when no two-tower is available).
 * ``refit=True`` retrains on train + valid for the selected number of epochs (the DATA.md
@@ -313,7 +315,7 @@ def dlrm_examples(data: TrainingData, rows: Interactions, rng: np.random.Generat
 
 def fit_dlrm(data: TrainingData, cfg: DLRMConfig | None = None, *, two_tower: TwoTower | None = None,
              epochs: int = 10, batch_size: int = 1024, lr: float = 2e-3, weight_decay: float = 0.0,
-             negatives: int = 4, pop_share: float = 0.5, hard_negatives: int = 2, hard_pool: int = 50,
+             negatives: int = 4, pop_share: float = 0.5, hard_negatives: int = 0, hard_pool: int = 50,
              positive_min_rating: float | None = 4.0, patience: int = 2,
              candidates: int = 100, device: str | torch.device = "cpu", seed: int = 0,
              time_budget_s: float | None = None, train_rows: Interactions | None = None, select: bool = True,
@@ -419,19 +421,34 @@ def train_dlrm(paths: RunPaths, data: TrainingData | None = None, *, device: str
 
 # ------------------------------------------------------------------------------ both
 
+TWO_TOWER_BUDGET_S = 330.0  # per-model training time budgets (epochs stop early past them): ML-1M
+DLRM_BUDGET_S = 180.0       # fits ~10 min on a 2-core CPU, ML-100K stops on its own long before
+
+
+def _batch_sizes(n_rows: int) -> tuple[int, int]:
+    """(two-tower, DLRM) batch sizes: bigger batches for big datasets (fewer steps per epoch)."""
+    return (512, 1024) if n_rows < 300_000 else (2048, 4096)
+
+
 def train_all(paths: RunPaths, device: str = "auto", epochs: int | None = None, *, seed: int = 0,
               refit: bool = False, progress: bool = True, threads: int | None = None,
-              onnx: bool = True) -> dict[str, Any]:
-    """Two-tower then DLRM (selected on reranking the two-tower's candidates); returns the summary."""
+              onnx: bool = True, time_budget_s: tuple[float, float] | None = (TWO_TOWER_BUDGET_S, DLRM_BUDGET_S),
+              ) -> dict[str, Any]:
+    """Two-tower then DLRM (selected on reranking the two-tower's candidates); returns the summary.
+
+    ``time_budget_s`` = (two-tower, DLRM) seconds after which no new epoch starts.
+    """
     start = time.perf_counter()
     prev_threads = torch.get_num_threads()
     torch.set_num_threads(threads or default_threads())
     try:
         data = load_training_data(paths)
+        tt_batch, dl_batch = _batch_sizes(len(data.train))
+        budgets = time_budget_s or (None, None)
         tt = train_two_tower(paths, data, device=device, epochs=epochs, seed=seed, refit=refit,
-                             progress=progress, onnx=onnx)
+                             progress=progress, onnx=onnx, batch_size=tt_batch, time_budget_s=budgets[0])
         dl = train_dlrm(paths, data, device=device, epochs=epochs, seed=seed, refit=refit, progress=progress,
-                        two_tower=tt["_model"], onnx=onnx)
+                        two_tower=tt["_model"], onnx=onnx, batch_size=dl_batch, time_budget_s=budgets[1])
     finally:
         torch.set_num_threads(prev_threads)
     summary = {"dataset": paths.root.name, "device": str(resolve_device(device)),

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import shutil
+import signal
 import statistics
 import sys
 import tempfile
@@ -112,6 +113,10 @@ def run_serve(args: argparse.Namespace) -> int:
     except TritonStartError as exc:
         print(f"recstack: error: {exc}", file=sys.stderr)
         return 1
+    def _terminate(signum, frame):  # docker stop / kill: shut the server down like Ctrl-C
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, _terminate)
     with server:
         print(f"tritonserver ready in {server.startup_seconds:.2f} s: http {server.http_url}, "
               f"grpc {server.grpc_url}, log {server.log_path}; Ctrl-C stops it", flush=True)
@@ -121,5 +126,7 @@ def run_serve(args: argparse.Namespace) -> int:
         except KeyboardInterrupt:
             print("stopping tritonserver ...", file=sys.stderr)
             return 0
+        finally:
+            signal.signal(signal.SIGTERM, previous)
         print("tritonserver exited; last log lines:\n" + server.log_tail(), file=sys.stderr)
     return 1

@@ -174,7 +174,7 @@ def _set_pdeathsig() -> None:  # runs in the child between fork and exec
 
 
 _GPU_NOISE = ("CudaDriverHelper", "CUDA driver", "DCGM", "NVML", "GPU metrics")
-_BIND_ERRORS = ("address already in use", "failed to start", "couldn't bind", "bind(")
+_BIND_ERRORS = ("already in use", "failed to start", "couldn't bind", "bind(")
 
 
 class TritonServer:
@@ -267,8 +267,9 @@ class TritonServer:
                     return self
                 except TritonStartError as exc:
                     text = str(exc).lower()
-                    if attempt + 1 < attempts and any(marker in text for marker in _BIND_ERRORS):
-                        continue  # a picked port was taken meanwhile: pick again
+                    fixed_port_taken = any(f":{port}" in text for port in self._requested_ports if port)
+                    if attempt + 1 < attempts and not fixed_port_taken and any(m in text for m in _BIND_ERRORS):
+                        continue  # a port we picked was taken meanwhile: pick again
                     raise
         except BaseException:
             self.stop()

@@ -1,0 +1,45 @@
+"""``recstack evaluate``: full-catalogue leave-one-out metrics of one run's models."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+from recstack.cli import add_dataset_argument
+from recstack.errors import InputError
+from recstack.paths import RunPaths
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "evaluate", help="score popularity, two-tower and two-tower+DLRM (full catalogue, leave-one-out)",
+        description="Rank every item for every user (seen items excluded, ties ranked below the target) and "
+                    "report Recall/NDCG/HR@K, MRR and coverage; writes runs/<ds>/reports/evaluation_<split>.{json,png}.")
+    add_dataset_argument(parser)
+    parser.add_argument("--split", default="test", choices=("test", "valid"), help="split to score (default: test)")
+    parser.add_argument("--k", type=int, default=10, help="cut-off K (default: 10)")
+    parser.add_argument("--candidates", type=int, default=100, help="two-tower candidates the DLRM reranks (default: 100)")
+    parser.add_argument("--device", default="cpu", help="cpu, cuda or auto (default: cpu)")
+    parser.add_argument("--json", action="store_true", help="print the report as JSON")
+    parser.set_defaults(handler=_evaluate)
+
+
+def _evaluate(args: argparse.Namespace) -> int:
+    from recstack.evaluation.evaluate import evaluate_run, format_table
+
+    if args.k < 1:
+        raise InputError(f"--k: must be >= 1, got {args.k}")
+    if args.candidates < 1:
+        raise InputError(f"--candidates: must be >= 1, got {args.candidates}")
+    paths = RunPaths.for_dataset(args.dataset)
+    if not paths.data.is_dir():
+        raise InputError(f"--dataset {args.dataset}: no data folder {paths.data} (run `recstack data prepare` first)")
+    report = evaluate_run(paths, k=args.k, split=args.split, candidates=args.candidates, device=args.device)
+    if args.json:
+        print(json.dumps(report, indent=2))
+        return 0
+    print(f"{report['dataset']} {report['split']}: {report['users']:,} users, {report['catalogue']:,} items, "
+          f"{report['protocol']} ({report['wall_s']:.1f} s)")
+    print(format_table(report))
+    print(f"report: {report['files']['json']}\nplot:   {report['files']['png']}")
+    return 0

@@ -1,0 +1,223 @@
+"""recstack.models on a small synthetic schema: shapes, tags-not-names, ONNX == PyTorch, save/load, training."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from recstack.errors import InputError
+from recstack.models.data import Interactions, TrainingData, history_before_each, last_items
+from recstack.models.dlrm import DLRM, DLRMConfig, DenseArch, InteractionArch, OverArch, SparseArch
+from recstack.models.export import load_dlrm, load_two_tower, random_inputs, save_dlrm, save_two_tower
+from recstack.models.layout import FeatureLayout, pad_lists
+from recstack.models.train import fit_dlrm, fit_two_tower, resolve_device
+from recstack.models.two_tower import TwoTower, TwoTowerConfig, in_batch_softmax_loss
+
+workflows = pytest.importorskip("recstack.workflows")
+ColumnSchema, Schema, Tags = workflows.ColumnSchema, workflows.Schema, workflows.Tags
+
+N_USERS, N_ITEMS, L = 40, 60, 8
+
+
+def make_schema(prefix: str = "") -> Schema:
+    T = Tags
+    return Schema([
+        ColumnSchema(f"{prefix}user_id", "int64", {T.USER_ID, T.USER, T.CATEGORICAL}, cardinality=N_USERS),
+        ColumnSchema(f"{prefix}gender", "int64", {T.USER, T.CATEGORICAL}, cardinality=4),
+        ColumnSchema(f"{prefix}age", "float32", {T.USER, T.CONTINUOUS}),
+        ColumnSchema(f"{prefix}item_id", "int64", {T.ITEM_ID, T.ITEM, T.CATEGORICAL}, cardinality=N_ITEMS),
+        ColumnSchema(f"{prefix}studio", "int64", {T.ITEM, T.CATEGORICAL}, cardinality=7),
+        ColumnSchema(f"{prefix}genres", "int64", {T.ITEM, T.CATEGORICAL, T.LIST}, cardinality=12, is_list=True,
+                     max_length=3),
+        ColumnSchema(f"{prefix}year", "float32", {T.ITEM, T.CONTINUOUS}),
+        ColumnSchema(f"{prefix}rating", "float32", {T.TARGET}),
+    ])
+
+
+@pytest.fixture(scope="module")
+def layout() -> FeatureLayout:
+    return FeatureLayout.from_schema(make_schema(), history_length=L)
+
+
+def batch_of(layout, n=5, seed=0):
+    names = layout.user_blocks() + layout.item_blocks()
+    return {k: torch.from_numpy(v) for k, v in random_inputs(layout, names, n, seed=seed).items()}
+
+
+def test_layout_from_tags(layout):
+    assert [c.name for c in layout.user.cat] == ["user_id", "gender"]
+    assert [c.name for c in layout.item.cat] == ["item_id", "studio"]
+    assert [(c.name, c.max_length) for c in layout.item.lists] == [("genres", 3)]
+    assert layout.user.cont == ["age"] and layout.item.cont == ["year"]
+    assert layout.user_blocks() == ["user_cat", "user_cont", "history"]
+    assert layout.item_blocks() == ["item_cat", "item_lists", "item_cont"]
+    assert layout.n_items == N_ITEMS
+    assert FeatureLayout.from_dict(layout.to_dict()) == layout
+
+
+def test_layout_uses_tags_not_names():
+    renamed = FeatureLayout.from_schema(make_schema(prefix="zz_"), history_length=L)
+    assert [c.name for c in renamed.user.cat] == ["zz_user_id", "zz_gender"]
+    assert renamed.item.id_column.name == "zz_item_id" and renamed.item.cont == ["zz_year"]
+    # a column *named* like an id but tagged otherwise is not the id
+    T = Tags
+    tricky = Schema([ColumnSchema("item_id", "int64", {T.USER_ID, T.USER, T.CATEGORICAL}, cardinality=5),
+                     ColumnSchema("user_id", "int64", {T.ITEM_ID, T.ITEM, T.CATEGORICAL}, cardinality=9)])
+    lay = FeatureLayout.from_schema(tricky, 4)
+    assert lay.user.id_column.name == "item_id" and lay.n_items == 9
+    with pytest.raises(InputError, match="ITEM_ID"):
+        FeatureLayout.from_schema(Schema([tricky.columns[0]]), 4)
+
+
+def test_layout_tensors(layout):
+    df = pd.DataFrame({"user_id": [2, 3], "gender": [1, 2], "age": [0.5, np.nan], "item_id": [5, 6],
+                       "studio": [2, 3], "genres": [[2, 3, 4, 5], []], "year": [1.0, 2.0]})
+    t = layout.tensors(df, history=[[7, 8, 9], []])
+    assert t["user_cat"].tolist() == [[2, 1], [3, 2]] and t["user_cat"].dtype == np.int64
+    assert t["user_cont"].dtype == np.float32 and t["user_cont"][1, 0] == 0.0  # NaN -> 0
+    assert t["item_lists"].tolist() == [[2, 3, 4], [0, 0, 0]]
+    assert t["history"].shape == (2, L) and t["history"][0, -3:].tolist() == [7, 8, 9]
+    assert set(t) == {"user_cat", "user_cont", "history", "item_cat", "item_lists", "item_cont"}
+    only_user = layout.tensors(df[["user_id", "gender", "age"]])
+    assert set(only_user) == {"user_cat", "user_cont"}
+
+
+def test_module_shapes(layout):
+    b = batch_of(layout, n=6)
+    cfg = TwoTowerConfig(embedding_dim=8, output_dim=16, hidden=[32])
+    tt = TwoTower(layout, cfg)
+    u, v = tt(b)
+    assert u.shape == (6, 16) and v.shape == (6, 16)
+    assert torch.allclose(u.norm(dim=1), torch.ones(6), atol=1e-5)
+    assert tt.user_tower.history.table is tt.item_tower.id_table  # shared item-id table
+    d = DLRM(layout, DLRMConfig(embedding_dim=8, dense_hidden=[16], over_hidden=[16]))
+    sparse = d.sparse_arch(b["user_cat"], None, b["history"], b["item_cat"], b["item_lists"])
+    F = 2 + 2 + 2 + 1  # user cats, history mean + recent, item cats, genres bag
+    assert isinstance(d.sparse_arch, SparseArch) and sparse.shape == (6, F, 8)
+    dense = d.dense_arch(torch.cat([b["user_cont"], b["item_cont"]], 1), b["item_cat"])
+    assert isinstance(d.dense_arch, DenseArch) and dense.shape == (6, 8)
+    inter = d.inter_arch(dense, sparse)
+    assert isinstance(d.inter_arch, InteractionArch) and inter.shape == (6, 8 + (F + 1) * F // 2)
+    assert isinstance(d.over_arch, OverArch) and d(b).shape == (6,)
+
+
+def test_history_padding_side_does_not_matter(layout):
+    tt = TwoTower(layout, TwoTowerConfig(embedding_dim=8, output_dim=8, hidden=[16])).eval()
+    b = batch_of(layout, n=4, seed=3)
+    left = torch.from_numpy(pad_lists([[5, 6, 7], [9], []], L, keep="last", align="left"))
+    right = torch.from_numpy(pad_lists([[5, 6, 7], [9], []], L, keep="last", align="right"))
+    uc, cont = b["user_cat"][:3], b["user_cont"][:3]
+    with torch.no_grad():
+        a = tt.user_tower(uc, None, cont, left)
+        c = tt.user_tower(uc, None, cont, right)
+    assert torch.allclose(a, c, atol=1e-6)
+
+
+def test_in_batch_loss_masks_duplicates():
+    u = torch.nn.functional.normalize(torch.randn(4, 8), dim=1)
+    v = u.clone()
+    ids = torch.tensor([3, 3, 4, 5])
+    loss = in_batch_softmax_loss(u, v, ids, temperature=0.05)
+    assert torch.isfinite(loss)
+    # the duplicate column (row 0 vs item of row 1) must not act as a negative
+    same_loss = in_batch_softmax_loss(u[[0, 2, 3]], v[[0, 2, 3]], ids[[0, 2, 3]], 0.05)
+    row0 = in_batch_softmax_loss(u, v, ids, 0.05)
+    assert torch.isfinite(same_loss) and torch.isfinite(row0)
+
+
+def test_histories():
+    users = np.array([1, 1, 1, 2, 2])
+    items = np.array([5, 6, 7, 8, 9])
+    h = history_before_each(users, items, 2)
+    assert h.tolist() == [[0, 0], [0, 5], [5, 6], [0, 0], [0, 8]]
+    assert last_items(users, items, np.array([2, 1, 3]), 2).tolist() == [[8, 9], [6, 7], [0, 0]]
+    ref = workflows.history_before_each(pd.DataFrame({"user_id": users, "item_id": items,
+                                                      "timestamp": np.arange(5)}), 2)
+    assert np.array_equal(ref, h)
+
+
+def synthetic_data(layout: FeatureLayout, seed: int = 0) -> TrainingData:
+    """Users whose next item is the previous one + 1 (mod catalogue): learnable from the history."""
+    rng = np.random.default_rng(seed)
+    users_l, items_l = [], []
+    for u in range(2, N_USERS):
+        start = int(rng.integers(2, N_ITEMS))
+        seq = [2 + (start - 2 + t) % (N_ITEMS - 2) for t in range(12)]
+        users_l += [u] * len(seq)
+        items_l += seq
+    users, items = np.array(users_l), np.array(items_l)
+    ratings = np.full(len(users), 5.0, np.float32)
+    last = np.r_[users[1:] != users[:-1], True]
+    second = np.r_[last[1:], False]
+    train = ~(last | second)
+    tr = Interactions(users[train], items[train], ratings[train], history_before_each(users[train], items[train], L))
+    hv = last_items(users[train], items[train], users[second], L)
+    va = Interactions(users[second], items[second], ratings[second], hv)
+    prior = ~last
+    te = Interactions(users[last], items[last], ratings[last], last_items(users[prior], items[prior], users[last], L))
+    user_f = {"user_cat": np.stack([np.arange(N_USERS), np.arange(N_USERS) % 4], 1).astype(np.int64),
+              "user_cont": rng.normal(size=(N_USERS, 1)).astype(np.float32)}
+    item_f = {"item_cat": np.stack([np.arange(N_ITEMS), np.arange(N_ITEMS) % 7], 1).astype(np.int64),
+              "item_lists": rng.integers(0, 12, (N_ITEMS, 3)).astype(np.int64),
+              "item_cont": rng.normal(size=(N_ITEMS, 1)).astype(np.float32)}
+    return TrainingData(layout, user_f, item_f, tr, va, te)
+
+
+def test_training_lowers_loss_and_save_load_onnx(layout, tmp_path):
+    torch.set_num_threads(1)
+    data = synthetic_data(layout)
+    cfg = TwoTowerConfig(embedding_dim=16, output_dim=16, hidden=[32], uniform_negatives=16, dropout=0.0)
+    tt, hist = fit_two_tower(data, cfg, epochs=6, batch_size=64, lr=5e-3, patience=10, progress=False)
+    losses = [h["loss"] for h in hist["history"]]
+    assert losses[-1] < losses[0]
+    dl, dhist = fit_dlrm(data, DLRMConfig(embedding_dim=8, dense_hidden=[8], over_hidden=[16]), two_tower=tt,
+                         epochs=3, batch_size=128, lr=5e-3, patience=10, progress=False)
+    dlosses = [h["loss"] for h in dhist["history"]]
+    assert dlosses[-1] < dlosses[0] and "valid_ndcg@10_rerank" in dhist["history"][0]
+
+    tt_dir = save_two_tower(tt, tmp_path / "two_tower", data.item_features, {"valid": {}}, {})
+    dl_dir = save_dlrm(dl, tmp_path / "dlrm", {"valid": {}}, {})
+    for name in ("config.json", "model.pt", "user_tower.onnx", "item_tower.onnx", "item_embeddings.npy"):
+        assert (tt_dir / name).exists()
+    assert (dl_dir / "dlrm.onnx").exists()
+    emb = np.load(tt_dir / "item_embeddings.npy")
+    assert emb.shape == (N_ITEMS, 16) and emb.dtype == np.float32 and not emb[:2].any()
+
+    tt2, cfg2 = load_two_tower(tt_dir)
+    dl2, _ = load_dlrm(dl_dir)
+    assert cfg2["onnx"]["user_tower.onnx"]["max_abs_diff"] < 1e-4
+    b = batch_of(layout, n=7, seed=9)
+    with torch.no_grad():
+        assert torch.allclose(tt2(b)[0], tt.eval()(b)[0], atol=1e-6)
+        assert torch.allclose(dl2(b), dl.eval()(b), atol=1e-6)
+
+    import onnxruntime as ort
+    feeds = random_inputs(layout, layout.user_blocks(), 11, seed=5, history_length=3)  # other batch + history length
+    sess = ort.InferenceSession(str(tt_dir / "user_tower.onnx"))
+    assert [i.name for i in sess.get_inputs()] == layout.user_blocks()
+    got = sess.run(None, feeds)[0]
+    with torch.no_grad():
+        want = tt.user_embedding({k: torch.from_numpy(v) for k, v in feeds.items()}).numpy()
+    assert np.abs(got - want).max() < 1e-4
+    feeds = random_inputs(layout, layout.user_blocks() + layout.item_blocks(), 13, seed=6)
+    got = ort.InferenceSession(str(dl_dir / "dlrm.onnx")).run(None, feeds)[0]
+    with torch.no_grad():
+        want = dl({k: torch.from_numpy(v) for k, v in feeds.items()}).numpy()
+    assert got.shape == (13,) and np.abs(got - want).max() < 1e-4
+
+
+def test_load_rejects_missing_or_wrong_folder(tmp_path):
+    with pytest.raises(InputError, match="missing"):
+        load_two_tower(tmp_path / "nope")
+
+
+def test_resolve_device():
+    assert resolve_device("cpu").type == "cpu"
+    assert resolve_device("auto").type in ("cpu", "cuda")
+    with pytest.raises(InputError):
+        resolve_device("tpu")
+    if not torch.cuda.is_available():
+        with pytest.raises(InputError, match="cuda"):
+            resolve_device("cuda")
