@@ -4,7 +4,10 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-PYTHON=${PYTHON:-python3}
+# tritonserver's python backend stub embeds the system libpython3.11 and then imports the stdlib of
+# the venv's base interpreter: both must be the same build, so the venv is made from the system
+# Python 3.11 (Debian/Ubuntu /usr/bin/python3.11), not a pyenv/conda one.
+PYTHON=${PYTHON:-/usr/bin/python3.11}
 VENV=${VENV:-.venv}
 # The CPU build of torch; a bare `torch` requirement would pull a multi-GB CUDA build.
 TORCH_SPEC=${TORCH_SPEC:-torch==2.13.0}
@@ -13,7 +16,9 @@ STAMP="$VENV/.recstack-setup"
 
 fail() { echo "setup: $*" >&2; exit 1; }
 
-command -v "$PYTHON" >/dev/null || fail "$PYTHON not found: install Python 3.11 (Debian: apt-get install python3.11 python3.11-venv)"
+command -v "$PYTHON" >/dev/null || fail "$PYTHON not found: install the system Python 3.11 (Debian: apt-get install python3.11 python3.11-venv libpython3.11)"
+"$PYTHON" -c "import sys, venv, ensurepip; raise SystemExit(0 if sys.base_prefix == '/usr' or '${RECSTACK_ANY_PYTHON:-}' else 1)" 2>/dev/null \
+  || fail "$PYTHON must be the system Python 3.11 with venv (apt-get install python3.11-venv); tritonserver's stub embeds the system libpython"
 "$PYTHON" - <<'PY' || fail "Python 3.11 is required (the tritonserver python backend stub is built for 3.11)"
 import sys
 raise SystemExit(0 if sys.version_info[:2] == (3, 11) else 1)
@@ -29,6 +34,11 @@ if [ -f "$STAMP" ] && [ "$(cat "$STAMP")" = "$want" ] && [ -x "$VENV/bin/recstac
 fi
 
 echo "setup: creating $VENV and installing recstack (first run: a few minutes)"
+# A venv made from another interpreter (e.g. pyenv) breaks the stub's stdlib imports: rebuild it.
+if [ -x "$VENV/bin/python" ] && ! "$VENV/bin/python" -c "import sys; raise SystemExit(0 if sys.base_prefix == '$("$PYTHON" -c 'import sys; print(sys.base_prefix)')' else 1)"; then
+  echo "setup: $VENV was made from another Python; recreating it from $PYTHON"
+  rm -rf "$VENV"
+fi
 [ -x "$VENV/bin/python" ] || "$PYTHON" -m venv "$VENV"
 "$VENV/bin/python" -m pip install -q --upgrade pip
 "$VENV/bin/python" -m pip install -q "$TORCH_SPEC"

@@ -4,18 +4,29 @@
     summary = train_all(RunPaths.for_dataset("ml-100k"), device="auto")
 
 Layout of the inputs: :mod:`recstack.models.layout`; artifacts: :mod:`recstack.models.export`.
+Names are imported lazily: serving processes that only need the layout (numpy) do not pay
+for importing torch.
 """
 
-from recstack.models.data import TrainingData, load_training_data
-from recstack.models.dlrm import DLRM, DLRMConfig, DenseArch, InteractionArch, OverArch, SparseArch
-from recstack.models.export import load_dlrm, load_two_tower, save_dlrm, save_two_tower
-from recstack.models.layout import FeatureLayout
-from recstack.models.train import resolve_device, train_all, train_dlrm, train_two_tower
-from recstack.models.two_tower import ItemTower, TwoTower, TwoTowerConfig, UserTower, in_batch_softmax_loss
+from __future__ import annotations
 
-__all__ = [
-    "DLRM", "DLRMConfig", "DenseArch", "FeatureLayout", "InteractionArch", "ItemTower", "OverArch", "SparseArch",
-    "TrainingData", "TwoTower", "TwoTowerConfig", "UserTower", "in_batch_softmax_loss", "load_dlrm",
-    "load_training_data", "load_two_tower", "resolve_device", "save_dlrm", "save_two_tower", "train_all",
-    "train_dlrm", "train_two_tower",
-]
+import importlib
+from typing import Any
+
+_EXPORTS = {
+    "TrainingData": "data", "load_training_data": "data",
+    "DLRM": "dlrm", "DLRMConfig": "dlrm", "DenseArch": "dlrm", "InteractionArch": "dlrm", "OverArch": "dlrm",
+    "SparseArch": "dlrm",
+    "load_dlrm": "export", "load_two_tower": "export", "save_dlrm": "export", "save_two_tower": "export",
+    "FeatureLayout": "layout",
+    "resolve_device": "train", "train_all": "train", "train_dlrm": "train", "train_two_tower": "train",
+    "ItemTower": "two_tower", "TwoTower": "two_tower", "TwoTowerConfig": "two_tower", "UserTower": "two_tower",
+    "in_batch_softmax_loss": "two_tower",
+}
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _EXPORTS:
+        raise AttributeError(f"module 'recstack.models' has no attribute {name!r}")
+    return getattr(importlib.import_module(f"recstack.models.{_EXPORTS[name]}"), name)

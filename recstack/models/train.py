@@ -36,6 +36,7 @@ from recstack.evaluation.metrics import RankingAccumulator, exclude_seen
 from recstack.models.data import Interactions, TrainingData, load_training_data
 from recstack.models.dlrm import DLRM, DLRMConfig
 from recstack.models.export import save_dlrm, save_two_tower
+from recstack.models.fusion import fuse_scores, select_fusion
 from recstack.models.predict import dlrm_scores, item_embeddings, rerank, user_embeddings
 from recstack.models.two_tower import TwoTower, TwoTowerConfig, in_batch_softmax_loss
 from recstack.paths import RunPaths
@@ -125,6 +126,51 @@ def evaluate_reranked(two_tower: TwoTower, dlrm: DLRM, data: TrainingData, view:
         second = dlrm_scores(dlrm, data, view.users[rows], view.history[rows], cands)
         acc.add(rerank(first, cands, second), view.targets[rows])
     return acc.result()
+
+
+@dataclass
+class CandidateSet:
+    """The two-tower's top-``C`` candidates of a split's rows (seen items excluded), fixed while the DLRM trains.
+
+    ``cands`` [U, C] encoded item ids (best first), ``retrieval`` [U, C] their two-tower inner
+    products (L2-normalised embeddings: what FAISS returns in serving), ``targets`` [U].
+    """
+
+    users: np.ndarray
+    history: np.ndarray
+    targets: np.ndarray
+    cands: np.ndarray
+    retrieval: np.ndarray
+
+
+def candidate_set(two_tower: TwoTower, data: TrainingData, view: SplitView, candidates: int = 100,
+                  batch_size: int = 1024) -> CandidateSet:
+    item_emb = item_embeddings(two_tower, data)
+    catalogue = np.zeros(data.n_items, bool)
+    catalogue[2:] = True
+    cands, retr = [], []
+    for s in range(0, len(view.users), batch_size):
+        rows = np.arange(s, min(s + batch_size, len(view.users)))
+        first = two_tower_full_scores(two_tower, data, view, rows, item_emb).astype(np.float64)
+        exclude_seen(first, view.users[rows], view.seen, view.targets[rows])
+        first[:, ~catalogue] = -np.inf
+        c = top_candidates(first, candidates)
+        cands.append(c)
+        retr.append(np.take_along_axis(first, c, axis=1))
+    return CandidateSet(view.users, view.history, view.targets, np.concatenate(cands), np.concatenate(retr))
+
+
+def candidate_ndcg(cset: CandidateSet, scores: np.ndarray, k: int = 10) -> float:
+    """NDCG@k of ranking each row's candidates by ``scores`` [U, C] (ties pessimistic; target outside = miss).
+
+    Candidates rank above every other item, so for k <= C this equals the full-catalogue NDCG@k.
+    """
+    hit = cset.cands == cset.targets[:, None]
+    scores = np.where(np.isfinite(cset.retrieval), scores, -np.inf)
+    t_score = np.where(hit.any(1), (scores * hit).sum(1, where=hit), -np.inf)
+    rank = (scores >= t_score[:, None]).sum(1) - 1
+    ok = hit.any(1) & np.isfinite(t_score) & (rank < k)
+    return float(np.where(ok, 1.0 / np.log2(np.maximum(rank, 0) + 2.0), 0.0).mean())
 
 
 def top_candidates(scores: np.ndarray, n: int) -> np.ndarray:
@@ -317,10 +363,22 @@ def fit_dlrm(data: TrainingData, cfg: DLRMConfig | None = None, *, two_tower: Tw
              epochs: int = 10, batch_size: int = 1024, lr: float = 2e-3, weight_decay: float = 0.0,
              negatives: int = 4, pop_share: float = 0.5, hard_negatives: int = 0, hard_pool: int = 50,
              positive_min_rating: float | None = 4.0, patience: int = 2,
-             candidates: int = 100, device: str | torch.device = "cpu", seed: int = 0,
+             candidates: int = 100, loss: str = "bce", retrieval_offset: bool = False,
+             device: str | torch.device = "cpu", seed: int = 0,
              time_budget_s: float | None = None, train_rows: Interactions | None = None, select: bool = True,
              progress: bool = True) -> tuple[DLRM, dict[str, Any]]:
-    """Train a DLRM with BCE on positives vs sampled negatives; select the epoch on valid."""
+    """Train a DLRM on positives vs sampled negatives; select the epoch on valid.
+
+    ``loss="bce"``: binary cross-entropy per (user, item); ``loss="softmax"``: each positive
+    against its own ``negatives`` (sampled softmax, listwise). ``retrieval_offset`` (softmax
+    only, needs the two-tower) adds the fixed two-tower logit (inner product / temperature)
+    to every score, so the DLRM learns a correction on top of retrieval (the fusion it will
+    be served with). With a two-tower, each epoch records the validation NDCG@10 of the DLRM
+    alone (``valid_ndcg@10_rerank``) and of the best fusion (``valid_ndcg@10_fused``), and the
+    epoch is selected on the fused one (what is served).
+    """
+    if loss not in ("bce", "softmax"):
+        raise InputError(f"loss: expected bce or softmax, got {loss!r}")
     seed_everything(seed)
     dev = resolve_device(device)
     cfg = cfg or DLRMConfig()
@@ -334,32 +392,56 @@ def fit_dlrm(data: TrainingData, cfg: DLRMConfig | None = None, *, two_tower: Tw
     n_examples = len(pos_rows) * (1 + negatives)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, _lr_lambda(epochs * max(1, math.ceil(n_examples / batch_size))))
     view = split_view(data, "valid")
+    cset = candidate_set(two_tower, data, view, candidates) if (two_tower is not None and select) else None
+    offset = _retrieval_offset(two_tower, data, rows) if (retrieval_offset and two_tower is not None) else None
+    if retrieval_offset and (two_tower is None or loss != "softmax"):
+        raise InputError("retrieval_offset: needs a two-tower and loss='softmax'")
     loss_fn = torch.nn.BCEWithLogitsLoss()
     history: list[dict[str, Any]] = []
     best = (-1.0, 0, _state_copy(model))
-    metric_name = "valid_ndcg@10_rerank" if two_tower is not None else "valid_auc"
+    metric_name = "valid_ndcg@10_fused" if two_tower is not None else "valid_auc"
     start = time.perf_counter()
     bar = tqdm(range(epochs), desc="dlrm", unit="epoch", disable=not progress)
     for epoch in bar:
         model.train()
         row_idx, items, labels = dlrm_examples(data, rows, rng, negatives, pos_rows, pop_share, hard_negatives, pool)
-        perm = rng.permutation(len(row_idx))
         total, n_batches = 0.0, 0
-        for s in range(0, len(perm), batch_size):
-            b = perm[s:s + batch_size]
-            r = row_idx[b]
-            batch = _tensors(data.batch(rows.users[r], rows.history[r], items[b]), dev)
-            loss = loss_fn(model(batch), torch.from_numpy(labels[b]).to(dev))
+        if loss == "softmax":  # group k = (positive k, its negatives): [P, 1 + negatives]
+            P = len(pos_rows)
+            groups_rows = np.concatenate([row_idx[:P, None], row_idx[P:].reshape(P, negatives)], 1)
+            groups_items = np.concatenate([items[:P, None], items[P:].reshape(P, negatives)], 1)
+            dup = np.concatenate([np.zeros((P, 1), bool), labels[P:].reshape(P, negatives) > 0], 1)
+            perm = rng.permutation(P)
+            step = max(1, batch_size // (1 + negatives))
+        else:
+            perm = rng.permutation(len(row_idx))
+            step = batch_size
+        for s in range(0, len(perm), step):
+            b = perm[s:s + step]
+            if loss == "softmax":
+                r, it = groups_rows[b].reshape(-1), groups_items[b].reshape(-1)
+                batch = _tensors(data.batch(rows.users[r], rows.history[r], it), dev)
+                logits = model(batch).view(len(b), 1 + negatives)
+                if offset is not None:
+                    logits = logits + torch.from_numpy(offset(r, it).reshape(len(b), 1 + negatives)).to(dev)
+                logits = logits.masked_fill(torch.from_numpy(dup[b]).to(dev), float("-inf"))
+                loss_value = torch.nn.functional.cross_entropy(logits, torch.zeros(len(b), dtype=torch.long,
+                                                                                   device=dev))
+            else:
+                r = row_idx[b]
+                batch = _tensors(data.batch(rows.users[r], rows.history[r], items[b]), dev)
+                loss_value = loss_fn(model(batch), torch.from_numpy(labels[b]).to(dev))
             opt.zero_grad(set_to_none=True)
-            loss.backward()
+            loss_value.backward()
             opt.step()
             sched.step()
-            total += float(loss.detach())
+            total += float(loss_value.detach())
             n_batches += 1
         record: dict[str, Any] = {"epoch": epoch + 1, "loss": total / max(n_batches, 1)}
         if select:
             model.eval()
-            score = _dlrm_valid_metric(model, data, view, two_tower, candidates, record)
+            score = _dlrm_valid_metric(model, data, view, cset, record,
+                                       two_tower.cfg.temperature if two_tower is not None else 1.0)
             if score > best[0]:
                 best = (score, epoch + 1, _state_copy(model))
         record["elapsed_s"] = round(time.perf_counter() - start, 2)
@@ -378,19 +460,40 @@ def fit_dlrm(data: TrainingData, cfg: DLRMConfig | None = None, *, two_tower: Tw
                    "train_s": round(time.perf_counter() - start, 2)}
 
 
-def _dlrm_valid_metric(model: DLRM, data: TrainingData, view: SplitView, two_tower: TwoTower | None,
-                       candidates: int, record: dict[str, Any]) -> float:
+def _dlrm_valid_metric(model: DLRM, data: TrainingData, view: SplitView, cset: CandidateSet | None,
+                       record: dict[str, Any], temperature: float = 1.0) -> float:
     rng = np.random.default_rng(123)
     neg = rng.integers(2, data.n_items, (len(view.users), 4))
     pos_s = dlrm_scores(model, data, view.users, view.history, view.targets[:, None])[:, 0]
     neg_s = dlrm_scores(model, data, view.users, view.history, neg).reshape(-1)
     record["valid_auc"] = _auc(pos_s, neg_s)
-    if two_tower is None:
+    if cset is None:
         return record["valid_auc"]
-    metrics = evaluate_reranked(two_tower, model, data, view, candidates=candidates)
-    record["valid_ndcg@10_rerank"] = metrics["ndcg@10"]
-    record["valid_hr@10_rerank"] = metrics["hr@10"]
-    return metrics["ndcg@10"]
+    logits = dlrm_scores(model, data, cset.users, cset.history, cset.cands)
+    record["valid_ndcg@10_rerank"] = candidate_ndcg(cset, logits.astype(np.float64))
+    fusion, _ = choose_fusion(cset, logits, temperature)
+    record["valid_ndcg@10_fused"] = fusion["valid_ndcg@10"]
+    record["fusion_dlrm_weight"] = fusion["dlrm_weight"]
+    return fusion["valid_ndcg@10"]
+
+
+def choose_fusion(cset: CandidateSet, dlrm_logits: np.ndarray, temperature: float,
+                  grid: tuple[float, ...] | None = None) -> tuple[dict[str, Any], list[dict[str, float]]]:
+    """Fusion weights (retrieval_weight = 1/temperature, dlrm_weight > 0 from a grid) with the best valid NDCG@10."""
+    kwargs = {"grid": grid} if grid else {}
+    return select_fusion(lambda f: candidate_ndcg(cset, fuse_scores(dlrm_logits, cset.retrieval, f)
+                                                   .astype(np.float64)), temperature, **kwargs)
+
+
+def _retrieval_offset(two_tower: TwoTower, data: TrainingData, rows: Interactions):
+    """``fn(row_index, items) -> two-tower logits`` (inner product / temperature) for training rows."""
+    item_emb = item_embeddings(two_tower, data)
+    user_emb = user_embeddings(two_tower, data, rows.users, rows.history)
+    inv_t = 1.0 / float(two_tower.cfg.temperature)
+
+    def fn(r: np.ndarray, items: np.ndarray) -> np.ndarray:
+        return (np.einsum("nd,nd->n", user_emb[r], item_emb[items]) * inv_t).astype(np.float32)
+    return fn
 
 
 def train_dlrm(paths: RunPaths, data: TrainingData | None = None, *, device: str = "auto",
