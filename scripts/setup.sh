@@ -45,5 +45,5 @@ fi
 "$VENV/bin/python" -m pip install -q -e ".[dev,redis]"
 # nvidia-pytriton carries the tritonserver binary; it pins numpy<2, which recstack does not use.
 "$VENV/bin/python" -m pip install -q --no-deps "$PYTRITON_SPEC"
-"$VENV/bin/python" -c "import numpy, torch, feast, faiss, onnxruntime, tritonclient.grpc, pytriton; print('setup: ok: numpy', numpy.__version__, '| torch', torch.__version__, '| feast', feast.__version__, '| faiss', faiss.__version__)"
+"$VENV/bin/python" -c "import numpy, torch, feast, faiss, onnxruntime, tritonclient.grpc; from recstack.serving.tritonserver import find_triton; find_triton(); print('setup: ok: numpy', numpy.__version__, '| torch', torch.__version__, '| feast', feast.__version__, '| faiss', faiss.__version__)"
 echo "$want" > "$STAMP"

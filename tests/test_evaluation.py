@@ -94,3 +94,20 @@ def test_trained_models_beat_popularity(ml100k):
     ndcg = {name: m["ndcg@10"] for name, m in report["models"].items()}
     assert ndcg["two_tower"] > ndcg["popularity"] + 0.02
     assert ndcg["two_tower+dlrm"] > ndcg["popularity"]
+    assert "dlrm_only" in ndcg  # the ranker alone stays in the report
+    # two_tower+dlrm is the fusion stored at training time (chosen on valid, the ranker takes part)
+    config = json.loads((ml100k.models / "dlrm" / "config.json").read_text())
+    fusion = config["fusion"]
+    assert fusion["selected_on"] == "valid" and fusion["dlrm_weight"] > 0 and fusion["retrieval_weight"] > 0
+    assert report["fusion"] == fusion
+    assert fusion["valid_ndcg@10"] >= fusion["valid_ndcg@10_dlrm_only"]
+    # the weights are read from config.json and applied: the two extremes reproduce the other rows
+    path = ml100k.models / "dlrm" / "config.json"
+    try:
+        for weights, same_as in (({"dlrm_weight": 0.0, "retrieval_weight": 1.0}, "two_tower"),
+                                 ({"dlrm_weight": 1.0, "retrieval_weight": 0.0}, "dlrm_only")):
+            path.write_text(json.dumps({**config, "fusion": weights}))
+            again = evaluate_run(ml100k, progress=False, write=False)["models"]
+            assert again["two_tower+dlrm"]["ndcg@10"] == pytest.approx(ndcg[same_as], abs=1e-9)
+    finally:
+        path.write_text(json.dumps(config))

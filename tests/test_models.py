@@ -221,3 +221,111 @@ def test_resolve_device():
     if not torch.cuda.is_available():
         with pytest.raises(InputError, match="cuda"):
             resolve_device("cuda")
+
+
+# ------------------------------------------------------------------------------ score fusion
+
+def test_fuse_scores_applies_the_weights():
+    from recstack.models.fusion import fuse_scores
+
+    logits = np.array([[2.0, -1.0, 0.5], [0.0, 1.0, 3.0]], np.float32)
+    retrieval = np.array([[0.1, 0.9, 0.5], [0.2, -np.inf, 0.3]], np.float32)
+    fused = fuse_scores(logits, retrieval, {"dlrm_weight": 0.5, "retrieval_weight": 10.0})
+    assert fused.dtype == np.float32 and fused.shape == (2, 3)
+    assert np.allclose(fused[0], 0.5 * logits[0] + 10.0 * retrieval[0])
+    assert fused[1, 0] == pytest.approx(2.0) and fused[1, 2] == pytest.approx(4.5)
+    assert fused[1, 1] == -np.inf  # padding from the index stays out, whatever the weights
+    assert fuse_scores(logits, retrieval.astype(np.float64), {"dlrm_weight": 1, "retrieval_weight": 1}).dtype == np.float64
+    # retrieval_weight 0 (a DLRM folder from before fusion) = the DLRM logits, padding still -inf
+    legacy = fuse_scores(logits, retrieval, {"dlrm_weight": 1.0, "retrieval_weight": 0.0})
+    assert legacy[0].tolist() == logits[0].tolist() and legacy[1, 1] == -np.inf
+    for bad in ({"dlrm_weight": 1.0}, {"dlrm_weight": -1.0, "retrieval_weight": 1.0},
+                {"dlrm_weight": 0.0, "retrieval_weight": 0.0}, {"dlrm_weight": "x", "retrieval_weight": 1.0}):
+        with pytest.raises(InputError, match="fusion"):
+            fuse_scores(logits, retrieval, bad)
+    with pytest.raises(InputError, match="shape"):
+        fuse_scores(logits, retrieval[:, :2], {"dlrm_weight": 1.0, "retrieval_weight": 1.0})
+
+
+def test_fusion_module_does_not_import_torch():
+    import subprocess
+    import sys
+
+    code = "import sys, recstack.models.fusion; assert 'torch' not in sys.modules, 'torch imported'"
+    subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_select_fusion_grid_excludes_zero():
+    from recstack.models.fusion import DLRM_WEIGHT_GRID, select_fusion
+
+    assert min(DLRM_WEIGHT_GRID) > 0
+    seen = []
+    fusion, trials = select_fusion(lambda f: seen.append(f) or -abs(f["dlrm_weight"] - 0.5), temperature=0.05)
+    assert all(f["dlrm_weight"] > 0 and f["retrieval_weight"] == pytest.approx(20.0) for f in seen)
+    assert fusion["dlrm_weight"] == 0.5 and fusion["selected_on"] == "valid" and len(trials) == len(DLRM_WEIGHT_GRID)
+    # even when the ranker only hurts, the smallest positive weight is chosen, never 0
+    fusion, _ = select_fusion(lambda f: -f["dlrm_weight"], temperature=0.1)
+    assert fusion["dlrm_weight"] == min(DLRM_WEIGHT_GRID) > 0
+    with pytest.raises(InputError):
+        select_fusion(lambda f: 0.0, temperature=0.1, grid=(0.0, 1.0))
+
+
+def test_fusion_is_selected_on_valid_saved_and_read_back(layout, tmp_path):
+    """train_dlrm's fusion step: weights chosen on valid candidates, stored in config.json, read back, applied."""
+    from recstack.models.fusion import fuse_scores, read_fusion
+    from recstack.models.predict import dlrm_scores
+    from recstack.models.train import candidate_ndcg, candidate_set, fusion_on_valid, split_view
+
+    torch.set_num_threads(1)
+    data = synthetic_data(layout)
+    tt, _ = fit_two_tower(data, TwoTowerConfig(embedding_dim=16, output_dim=16, hidden=[32], uniform_negatives=16,
+                                               dropout=0.0), epochs=3, batch_size=64, lr=5e-3, progress=False)
+    dl, hist = fit_dlrm(data, DLRMConfig(embedding_dim=8, dense_hidden=[8], over_hidden=[16]), two_tower=tt,
+                        epochs=2, batch_size=128, lr=5e-3, progress=False, loss="softmax", negatives=4,
+                        positive_min_rating=None)
+    assert "valid_ndcg@10_fused" in hist["history"][0] and hist["selection_metric"] == "valid_ndcg@10_fused"
+    fusion, trials = fusion_on_valid(dl, tt, data, candidates=20)
+    assert fusion["selected_on"] == "valid" and fusion["dlrm_weight"] > 0
+    assert fusion["retrieval_weight"] == pytest.approx(1 / tt.cfg.temperature)
+    assert fusion["valid_ndcg@10"] == pytest.approx(max(t["valid_ndcg@10"] for t in trials))
+    assert all(t["dlrm_weight"] > 0 for t in trials)
+
+    save_dlrm(dl, tmp_path / "dlrm", {"valid": {}}, {}, onnx=False, fusion=fusion)
+    stored = read_fusion(tmp_path / "dlrm")
+    assert stored == fusion
+    _, config = load_dlrm(tmp_path / "dlrm")
+    assert config["fusion"]["dlrm_weight"] == fusion["dlrm_weight"]
+    # applying the stored weights to the valid candidates reproduces the recorded NDCG@10
+    cset = candidate_set(tt, data, split_view(data, "valid"), 20)
+    logits = dlrm_scores(dl, data, cset.users, cset.history, cset.cands)
+    ndcg = candidate_ndcg(cset, fuse_scores(logits, cset.retrieval, stored).astype(np.float64))
+    assert ndcg == pytest.approx(fusion["valid_ndcg@10"])
+    # a folder written before fusion existed falls back to the DLRM score alone
+    save_dlrm(dl, tmp_path / "old", {"valid": {}}, {}, onnx=False)
+    assert read_fusion(tmp_path / "old")["retrieval_weight"] == 0.0
+
+
+def test_candidate_ndcg_matches_full_catalogue_metric(layout):
+    from recstack.evaluation.metrics import RankingAccumulator
+    from recstack.models.predict import rerank
+    from recstack.models.train import CandidateSet
+
+    rng = np.random.default_rng(0)
+    U, n_items, C = 30, 40, 12
+    first = rng.normal(size=(U, n_items))
+    first[:, :2] = -np.inf
+    targets = rng.integers(2, n_items, U)
+    cands = np.argsort(-first, axis=1)[:, :C]
+    second = rng.normal(size=(U, C))
+    second[0] = 0.0  # all tied: the target (if a candidate) ranks below the other C - 1
+    cset = CandidateSet(np.arange(U), np.zeros((U, 1), np.int64), targets, cands,
+                        np.take_along_axis(first, cands, axis=1))
+    acc = RankingAccumulator(n_items, 10)
+    acc.add(rerank(first, cands, second), targets)
+    assert candidate_ndcg_of(cset, second) == pytest.approx(acc.result()["ndcg@10"])
+
+
+def candidate_ndcg_of(cset, scores):
+    from recstack.models.train import candidate_ndcg
+
+    return candidate_ndcg(cset, scores)

@@ -10,8 +10,12 @@ item is ranked, ties pessimistically (:mod:`recstack.evaluation.metrics`).
   valid; this reproduces its ML-100K anchor HR@10 0.086 / NDCG@10 0.044; train-only counts
   give 0.084 / 0.043);
 * ``two_tower``: user-tower embedding . ``item_embeddings.npy`` (the exported item vectors);
-* ``two_tower+dlrm``: the DLRM reranks the two-tower's top-``candidates`` (seen items
-  excluded first); the other items follow in two-tower order.
+* ``two_tower+dlrm`` (what is served): the two-tower's top-``candidates`` (seen items
+  excluded first) are reranked by the fused score
+  ``dlrm_weight * dlrm_logit + retrieval_weight * retrieval_score``
+  (:func:`recstack.models.fusion.fuse_scores`, weights chosen on valid at training time and
+  read from ``models/dlrm/config.json`` ``"fusion"``); the other items follow in two-tower order;
+* ``dlrm_only``: the same candidates reranked by the DLRM logit alone (the ranker by itself).
 
 The report goes to ``runs/<ds>/reports/evaluation_<split>.json`` and ``.png`` (bar chart).
 """
@@ -43,13 +47,14 @@ def _score_batches(n: int, batch_size: int):
 def evaluate_run(paths: RunPaths, k: int = 10, split: str = "test", *, candidates: int = 100,
                  device: str = "cpu", batch_size: int = 512, progress: bool = True,
                  write: bool = True) -> dict[str, Any]:
-    """Score popularity, two_tower and two_tower+dlrm on ``split``; write the JSON + PNG report.
+    """Score popularity, two_tower, two_tower+dlrm (fused) and dlrm_only on ``split``; write the JSON + PNG report.
 
     Returns ``{"dataset", "split", "k", "users", "models": {name: metrics}, "files": {...}}``.
     Models whose folder is missing are reported under ``"skipped"``.
     """
     from recstack.models.data import load_training_data
     from recstack.models.export import load_dlrm, load_two_tower
+    from recstack.models.fusion import LEGACY_FUSION, check_fusion, fuse_scores
     from recstack.models.predict import dlrm_scores, rerank, user_embeddings
     from recstack.models.train import resolve_device, split_view, top_candidates
 
@@ -65,7 +70,7 @@ def evaluate_run(paths: RunPaths, k: int = 10, split: str = "test", *, candidate
     accs: dict[str, RankingAccumulator] = {"popularity": RankingAccumulator(n_items, k)}
     skipped: dict[str, str] = {}
 
-    two_tower = dlrm = item_emb = None
+    two_tower = dlrm = item_emb = fusion = None
     tt_dir, dlrm_dir = paths.models / "two_tower", paths.models / "dlrm"
     if (tt_dir / "config.json").exists():
         two_tower, _ = load_two_tower(tt_dir, dev)
@@ -75,13 +80,16 @@ def evaluate_run(paths: RunPaths, k: int = 10, split: str = "test", *, candidate
                              f"{n_items} item ids (retrain: recstack train)")
         accs["two_tower"] = RankingAccumulator(n_items, k)
         if (dlrm_dir / "config.json").exists():
-            dlrm, _ = load_dlrm(dlrm_dir, dev)
+            dlrm, dlrm_config = load_dlrm(dlrm_dir, dev)
+            fusion = dlrm_config.get("fusion") or dict(LEGACY_FUSION)
+            check_fusion(fusion)
             accs["two_tower+dlrm"] = RankingAccumulator(n_items, k)
+            accs["dlrm_only"] = RankingAccumulator(n_items, k)
         else:
-            skipped["two_tower+dlrm"] = f"{dlrm_dir} missing"
+            skipped["two_tower+dlrm"] = skipped["dlrm_only"] = f"{dlrm_dir} missing"
     else:
         skipped["two_tower"] = f"{tt_dir} missing"
-        skipped["two_tower+dlrm"] = f"{tt_dir} missing"
+        skipped["two_tower+dlrm"] = skipped["dlrm_only"] = f"{tt_dir} missing"
 
     popularity = data.item_counts(("train",) if split == "valid" else ("train", "valid")).astype(np.float64)
     catalogue = accs["popularity"].catalogue
@@ -98,14 +106,17 @@ def evaluate_run(paths: RunPaths, k: int = 10, split: str = "test", *, candidate
             accs["two_tower"].add(first.copy(), targets)
             if dlrm is not None:
                 cands = top_candidates(first, candidates)
-                second = dlrm_scores(dlrm, data, users, view.history[rows], cands)
-                accs["two_tower+dlrm"].add(rerank(first, cands, second), targets)
+                logits = dlrm_scores(dlrm, data, users, view.history[rows], cands)
+                retrieval = np.take_along_axis(first, cands, axis=1)  # inner products of unit vectors
+                accs["two_tower+dlrm"].add(rerank(first, cands, fuse_scores(logits, retrieval, fusion)), targets)
+                accs["dlrm_only"].add(rerank(first, cands, logits), targets)
 
     report: dict[str, Any] = {
         "dataset": paths.root.name, "split": split, "k": k, "users": int(len(view.users)),
         "catalogue": int(catalogue.sum()), "candidates": candidates,
         "protocol": "leave-one-out, full catalogue, seen items excluded, ties ranked below",
         "models": {name: acc.result() for name, acc in accs.items()},
+        "fusion": fusion,
         "skipped": skipped, "wall_s": round(time.perf_counter() - start, 2),
     }
     if write:

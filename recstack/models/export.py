@@ -3,6 +3,7 @@
 A model folder ``runs/<ds>/models/<name>/`` holds::
 
     config.json           {"model", "hyperparameters", "layout", "metrics", "training", "onnx"}
+                          (+ dlrm: "fusion", the DLRM / retrieval score weights, recstack.models.fusion)
     model.pt              the state dict (load with torch.load(..., weights_only=True))
     user_tower.onnx       two_tower: user blocks -> user_embedding [B, d]
     item_tower.onnx       two_tower: item blocks -> item_embedding [B, d]
@@ -143,8 +144,8 @@ def save_two_tower(model: TwoTower, target: Path, item_features: dict[str, np.nd
 
 
 def save_dlrm(model: DLRM, target: Path, metrics: dict[str, Any], training: dict[str, Any],
-              onnx: bool = True) -> Path:
-    """Write the DLRM folder (config, state dict, dlrm.onnx)."""
+              onnx: bool = True, fusion: dict[str, Any] | None = None) -> Path:
+    """Write the DLRM folder (config, state dict, dlrm.onnx); ``fusion``: see :mod:`recstack.models.fusion`."""
     model = copy.deepcopy(model).cpu().eval()
     layout = model.layout
     with atomic_dir(Path(target)) as tmp:
@@ -156,7 +157,8 @@ def save_dlrm(model: DLRM, target: Path, metrics: dict[str, Any], training: dict
             onnx_info = {"dlrm.onnx": {"inputs": names, "outputs": ["score"], "max_abs_diff": diff}}
         write_json(tmp / "config.json", {
             "model": "dlrm", "hyperparameters": model.cfg.to_dict(), "layout": layout.to_dict(),
-            "metrics": metrics, "training": training, "onnx": onnx_info, "opset": OPSET})
+            "metrics": metrics, "training": training, "onnx": onnx_info, "opset": OPSET,
+            **({"fusion": fusion} if fusion is not None else {})})
     return Path(target)
 
 

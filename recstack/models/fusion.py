@@ -53,20 +53,23 @@ def check_fusion(fusion: dict[str, Any]) -> tuple[float, float]:
 
 
 def fuse_scores(dlrm_logits: np.ndarray, retrieval_scores: np.ndarray, fusion: dict[str, Any]) -> np.ndarray:
-    """``dlrm_weight * dlrm_logits + retrieval_weight * retrieval_scores`` (same shape, float32).
+    """``dlrm_weight * dlrm_logits + retrieval_weight * retrieval_scores`` (same shape).
 
-    A candidate whose retrieval score is not finite (padding: -inf from the index) stays -inf,
-    whatever the weights.
+    The result is float32 for float32 inputs (serving: ``rank_scores``), float64 when either
+    input is float64 (offline evaluation). A candidate whose retrieval score is not finite
+    (padding: -inf from the index) stays -inf, whatever the weights.
     """
     a, b = check_fusion(fusion)
-    dlrm_logits = np.asarray(dlrm_logits, dtype=np.float64)
-    retrieval_scores = np.asarray(retrieval_scores, dtype=np.float64)
+    dlrm_logits, retrieval_scores = np.asarray(dlrm_logits), np.asarray(retrieval_scores)
+    out_dtype = np.result_type(dlrm_logits.dtype, retrieval_scores.dtype, np.float32)
+    dlrm_logits = dlrm_logits.astype(np.float64)
+    retrieval_scores = retrieval_scores.astype(np.float64)
     if dlrm_logits.shape != retrieval_scores.shape:
         raise InputError(f"fuse_scores: dlrm_logits shape {dlrm_logits.shape} != retrieval_scores shape "
                          f"{retrieval_scores.shape}")
     finite = np.isfinite(retrieval_scores)
     fused = a * dlrm_logits + b * np.where(finite, retrieval_scores, 0.0)
-    return np.where(finite, fused, -np.inf).astype(np.float32)
+    return np.where(finite, fused, -np.inf).astype(out_dtype)
 
 
 def read_fusion(model_dir: str | Path) -> dict[str, Any]:

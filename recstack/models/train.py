@@ -167,7 +167,7 @@ def candidate_ndcg(cset: CandidateSet, scores: np.ndarray, k: int = 10) -> float
     """
     hit = cset.cands == cset.targets[:, None]
     scores = np.where(np.isfinite(cset.retrieval), scores, -np.inf)
-    t_score = np.where(hit.any(1), (scores * hit).sum(1, where=hit), -np.inf)
+    t_score = np.where(hit.any(1), np.where(hit, scores, 0.0).sum(1), -np.inf)
     rank = (scores >= t_score[:, None]).sum(1) - 1
     ok = hit.any(1) & np.isfinite(t_score) & (rank < k)
     return float(np.where(ok, 1.0 / np.log2(np.maximum(rank, 0) + 2.0), 0.0).mean())
@@ -511,15 +511,35 @@ def train_dlrm(paths: RunPaths, data: TrainingData | None = None, *, device: str
                            progress=progress, time_budget_s=time_budget_s, **fit_kwargs)
     best_record = next((h for h in hist["history"] if h["epoch"] == hist["best_epoch"]), {})
     valid_metrics = {k: v for k, v in best_record.items() if k.startswith("valid_")}
-    if refit:
+    fusion, trials = fusion_on_valid(model, two_tower, data, fit_kwargs.get("candidates", 100))
+    if refit:  # the weights chosen on valid (with the train-only model) carry over to the refit model
         both = Interactions.concat([data.train, data.valid])
         model, _ = fit_dlrm(data, cfg, two_tower=two_tower, epochs=hist["best_epoch"], device=device, seed=seed,
                             progress=progress, train_rows=both, select=False, **fit_kwargs)
+        fusion["refit_after_selection"] = True
     training = {"device": str(resolve_device(device)), "seed": seed, "refit_on_train_valid": refit, **hist,
-                **{k: v for k, v in fit_kwargs.items()}}
-    out = save_dlrm(model, paths.models / "dlrm", {"valid": valid_metrics}, training, onnx=onnx)
-    return {"model": "dlrm", "dir": str(out), "valid": valid_metrics, "best_epoch": hist["best_epoch"],
-            "epochs_run": hist["epochs_run"], "wall_s": round(time.perf_counter() - start, 2), "_model": model}
+                "fusion_search": trials, **{k: v for k, v in fit_kwargs.items()}}
+    out = save_dlrm(model, paths.models / "dlrm", {"valid": valid_metrics}, training, onnx=onnx, fusion=fusion)
+    return {"model": "dlrm", "dir": str(out), "valid": valid_metrics, "fusion": fusion,
+            "best_epoch": hist["best_epoch"], "epochs_run": hist["epochs_run"],
+            "wall_s": round(time.perf_counter() - start, 2), "_model": model}
+
+
+def fusion_on_valid(model: DLRM, two_tower: TwoTower | None, data: TrainingData,
+                    candidates: int = 100) -> tuple[dict[str, Any], list[dict[str, float]]]:
+    """The fusion weights for ``config.json``, chosen on the validation split's two-tower candidates.
+
+    Without a two-tower there is nothing to fuse with: the DLRM score alone (``selected_on: default``).
+    """
+    if two_tower is None:
+        return {"dlrm_weight": 1.0, "retrieval_weight": 0.0, "selected_on": "default"}, []
+    cset = candidate_set(two_tower, data, split_view(data, "valid"), candidates)
+    logits = dlrm_scores(model, data, cset.users, cset.history, cset.cands)
+    fusion, trials = choose_fusion(cset, logits, two_tower.cfg.temperature)
+    fusion["valid_ndcg@10_dlrm_only"] = candidate_ndcg(cset, logits.astype(np.float64))
+    fusion["valid_ndcg@10_two_tower"] = candidate_ndcg(cset, cset.retrieval)
+    fusion["candidates"] = int(cset.cands.shape[1])
+    return fusion, trials
 
 
 # ------------------------------------------------------------------------------ both
