@@ -132,10 +132,11 @@ def QueryItemFeatures(paths: RunPaths, top_k: int = 100) -> ServingOp:  # noqa: 
 
 
 def Rank(paths: RunPaths, top_k: int = 100) -> ServingOp:  # noqa: N802
-    """The DLRM ranker (ONNX) over user x candidate features."""
+    """The DLRM ranker (ONNX) over user x candidate features, fused with the retrieval score."""
     layout = _layout(paths, "dlrm")
     return ServingOp("ranker", f"{STEPS}:Rank", {"model_dir": str(paths.models / "dlrm")},
-                     _user_block_specs(layout) + _item_block_specs(layout, top_k),
+                     _user_block_specs(layout) + _item_block_specs(layout, top_k)
+                     + [TensorSpec("retrieval_scores", np.float32, (top_k,))],
                      [TensorSpec("rank_scores", np.float32, (top_k,))])
 
 

@@ -12,7 +12,7 @@ Flow for a batch of B requests (K candidates, N results)::
                   ─► EmbedUser         ─► user_embedding [B,d]
                   ─► QueryIndex        ─► candidate_ids [B,K] (encoded), retrieval_scores [B,K]
                   ─► QueryItemFeatures ─► item_cat/item_lists/item_cont [B,K,*], candidate_keys [B,K] (raw)
-                  ─► Rank              ─► rank_scores [B,K]
+                  ─► Rank              ─► rank_scores [B,K] (DLRM fused with retrieval score)
                   ─► FilterTopN        ─► item_ids [B,N] (raw, -1 = none), scores [B,N], cold_start [B,1]
 
 Ids are int64 throughout: ``user_id``/``item_ids`` are the dataset's raw ids; encoded
@@ -251,17 +251,29 @@ class QueryItemFeatures:
 
 
 class Rank:
-    """DLRM (ONNX) scores every candidate for its user: ``rank_scores`` float32 [B, K] (logits)."""
+    """DLRM (ONNX) scores every candidate, fused with the retrieval score as chosen on validation.
+
+    Inputs: the user blocks [B, *], the item blocks [B, K, *] and ``retrieval_scores`` float32
+    [B, K]. Output: ``rank_scores`` float32 [B, K] = ``dlrm_weight * dlrm_logit +
+    retrieval_weight * retrieval_score`` (weights from the DLRM folder's config.json, the same
+    :func:`recstack.models.fusion.fuse_scores` that ``recstack evaluate`` uses).
+    """
 
     def __init__(self, model_dir: str):
+        from recstack.models.fusion import read_fusion
+
         model_dir = Path(model_dir)
         self.layout, _ = _model_layout(model_dir)
+        self.fusion = read_fusion(model_dir)
         self.session = _onnx_session(model_dir / "dlrm.onnx")
         self.input_names = [i.name for i in self.session.get_inputs()]
         self.output_name = self.session.get_outputs()[0].name
 
     def execute(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        from recstack.models.fusion import fuse_scores
+
         item_cat = _require(inputs, "item_cat", np.int64, 3)
+        retrieval_scores = _require(inputs, "retrieval_scores", np.float32, 2)
         batch, k, _ = item_cat.shape
         feeds = {}
         for name in self.input_names:
@@ -271,8 +283,9 @@ class Rank:
                 feeds[name] = block.reshape(batch * k, block.shape[2])
             else:  # user blocks: one row per user, repeated for each of its K candidates
                 feeds[name] = np.repeat(_require(inputs, name, dtype, 2), k, axis=0)
-        (scores,) = self.session.run([self.output_name], feeds)
-        return {"rank_scores": np.ascontiguousarray(scores.reshape(batch, k), dtype=np.float32)}
+        (logits,) = self.session.run([self.output_name], feeds)
+        fused = fuse_scores(logits.reshape(batch, k).astype(np.float32), retrieval_scores, self.fusion)
+        return {"rank_scores": np.ascontiguousarray(fused, dtype=np.float32)}
 
 
 class FilterTopN:
