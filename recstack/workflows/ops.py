@@ -166,7 +166,22 @@ def value_dtype_of(series: pd.Series) -> str:
 # --------------------------------------------------------------------------- graph
 
 
-class Node:
+class _Composable:
+    """``>> Operator`` applies an op; ``+`` joins outputs side by side (shared by Node and Group)."""
+
+    def __rshift__(self, op: "Operator") -> "Node":
+        if not isinstance(op, Operator):
+            return NotImplemented
+        return Node(parent=self, op=op)
+
+    def __add__(self, other: Any) -> "Group":
+        return Group([self, Node.of(other)])
+
+    def __radd__(self, other: Any) -> "Group":
+        return Group([Node.of(other), self])
+
+
+class Node(_Composable):
     """A column selection, or an operator applied to a parent node / group."""
 
     def __init__(self, columns: Sequence[str] | None = None, parent: "Node | Group | None" = None,
@@ -198,24 +213,13 @@ class Node:
         assert self.parent is not None and self.op is not None
         return [(cols, ops + (self.op,)) for cols, ops in self.parent.chains()]
 
-    def __rshift__(self, op: "Operator") -> "Node":
-        if not isinstance(op, Operator):
-            return NotImplemented
-        return Node(parent=self, op=op)
-
-    def __add__(self, other: Any) -> "Group":
-        return Group([self, Node.of(other)])
-
-    def __radd__(self, other: Any) -> "Group":
-        return Group([Node.of(other), self])
-
     def __repr__(self) -> str:
         if self.columns is not None:
             return f"{self.columns!r}"
         return f"{self.parent!r} >> {self.op!r}"
 
 
-class Group:
+class Group(_Composable):
     """Nodes joined with ``+``: their outputs side by side."""
 
     def __init__(self, members: Iterable["Node | Group"]) -> None:
@@ -225,17 +229,6 @@ class Group:
 
     def chains(self) -> list[tuple[tuple[str, ...], tuple["Operator", ...]]]:
         return [chain for m in self.members for chain in m.chains()]
-
-    def __rshift__(self, op: "Operator") -> Node:
-        if not isinstance(op, Operator):
-            return NotImplemented
-        return Node(parent=self, op=op)
-
-    def __add__(self, other: Any) -> "Group":
-        return Group([self, Node.of(other)])
-
-    def __radd__(self, other: Any) -> "Group":
-        return Group([Node.of(other), self])
 
     def __repr__(self) -> str:
         return " + ".join(f"({m!r})" for m in self.members)
