@@ -203,3 +203,44 @@ def test_failed_run_keeps_existing_artifacts(cli_env, e2e_paths, capsys):
     # the online store and its registry are written by the event tests; everything else is untouched
     assert {p for p in changed if "feature_repo" not in p.parts} == set()
     assert "ml-nope" in capsys.readouterr().err
+
+
+def test_served_ranking_equals_offline_evaluation_ranking(client, e2e_paths):
+    """What `recstack evaluate` measures for two_tower+dlrm is what the ensemble serves (same users,
+    histories, seen items, candidates and fusion; PyTorch offline vs ONNX in Triton)."""
+    import torch
+
+    from recstack.evaluation.metrics import exclude_seen
+    from recstack.models.data import load_training_data
+    from recstack.models.export import load_dlrm, load_two_tower
+    from recstack.models.fusion import fuse_scores
+    from recstack.models.predict import dlrm_scores, rerank, user_embeddings
+    from recstack.models.train import split_view, top_candidates
+    from recstack.workflows import Workflow
+
+    data = load_training_data(e2e_paths)
+    view = split_view(data, "test")
+    two_tower, _ = load_two_tower(e2e_paths.models / "two_tower")
+    dlrm, dlrm_config = load_dlrm(e2e_paths.models / "dlrm")
+    item_emb = np.load(e2e_paths.models / "two_tower" / "item_embeddings.npy")
+    workflow = Workflow.load(e2e_paths.workflow)
+    items = pd.read_parquet(e2e_paths.features / "item_features.parquet", columns=["item_key", "item_id"])
+    raw_of = dict(zip(items["item_id"], items["item_key"]))
+
+    raw_users = [11, 12, 13, 14, 15]  # not touched by the event tests
+    encoded = [workflow.transform_request({"user_id": u})["user_id"] for u in raw_users]
+    rows = np.array([int(np.flatnonzero(view.users == e)[0]) for e in encoded])
+    with torch.no_grad():
+        first = user_embeddings(two_tower, data, view.users[rows], view.history[rows]).astype(np.float64) @ item_emb.T
+    exclude_seen(first, view.users[rows], view.seen, view.targets[rows])
+    first[:, :2] = -np.inf  # padding / out-of-vocabulary ids are not items
+    cands = top_candidates(first, 100)
+    with torch.no_grad():
+        logits = dlrm_scores(dlrm, data, view.users[rows], view.history[rows], cands)
+    final = rerank(first, cands, fuse_scores(logits, np.take_along_axis(first, cands, axis=1), dlrm_config["fusion"]))
+    offline_top = [[raw_of[i] for i in np.argsort(-row, kind="stable")[:10]] for row in final]
+
+    served = recommend(client, raw_users, k=10)
+    for user, rec, want in zip(raw_users, served, offline_top):
+        overlap = len(set(rec.item_ids) & set(want))
+        assert overlap >= 9 and rec.item_ids[:3] == want[:3], (user, rec.item_ids, want)
