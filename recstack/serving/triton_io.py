@@ -8,7 +8,7 @@ python 3.11 stub, numpy 2.4, torch 2.13 CPU; random values through the real serv
 dtypes int64/int32/int8/uint8/float16/float32/float64/bool, shapes (1,1), (2,3), (3,5),
 (64,1000), (1,0), (2,0)):
 
-* ``pb_utils.get_input_tensor_by_name(r, n).as_numpy()`` returns the right shape and dtype but
+* the input tensor's ``as_numpy`` accessor returns the right shape and dtype but
   WRONG VALUES for any tensor with more than one element: every element equals the first one
   (a zero-stride view). Only 1-element tensors come out right. Silent; never use it.
 * ``np.from_dlpack(tensor)`` and ``torch.from_dlpack(tensor.to_dlpack())`` both give correct
