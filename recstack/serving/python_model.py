@@ -24,24 +24,8 @@ import numpy as np
 
 from recstack.errors import InputError
 from recstack.serving import triton_io
-
-STEP_CLASS_KEY = "recstack_step_class"
-PARAMS_KEY = "recstack_params"
-
-_TRITON_TO_NP = {
-    "TYPE_BOOL": np.bool_,
-    "TYPE_UINT8": np.uint8,
-    "TYPE_UINT16": np.uint16,
-    "TYPE_UINT32": np.uint32,
-    "TYPE_UINT64": np.uint64,
-    "TYPE_INT8": np.int8,
-    "TYPE_INT16": np.int16,
-    "TYPE_INT32": np.int32,
-    "TYPE_INT64": np.int64,
-    "TYPE_FP16": np.float16,
-    "TYPE_FP32": np.float32,
-    "TYPE_FP64": np.float64,
-}
+from recstack.serving.model_repo import PARAMS_KEY, STEP_CLASS_KEY
+from recstack.serving.model_repo import TRITON_TO_NP as _TRITON_TO_NP
 
 
 def import_step_class(path: str) -> type:
