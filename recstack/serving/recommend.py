@@ -105,13 +105,15 @@ def start_server(paths: RunPaths, http_port: int = 0, grpc_port: int = 0, metric
 
 
 def wait_for_interrupt() -> None:
-    """Block until Ctrl-C / SIGTERM."""
+    """Block until Ctrl-C (SIGINT) or SIGTERM.
+
+    Both handlers are installed explicitly: a process started in the background by a
+    non-interactive shell inherits SIGINT as ignored, so Ctrl-C semantics can't be assumed.
+    """
     stop = threading.Event()
-    signal.signal(signal.SIGTERM, lambda *_: stop.set())
-    try:
-        while not stop.wait(1.0):
-            pass
-    except KeyboardInterrupt:
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
+    while not stop.wait(1.0):
         pass
 
 
