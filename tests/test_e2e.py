@@ -244,3 +244,15 @@ def test_served_ranking_equals_offline_evaluation_ranking(client, e2e_paths):
     for user, rec, want in zip(raw_users, served, offline_top):
         overlap = len(set(rec.item_ids) & set(want))
         assert overlap >= 9 and rec.item_ids[:3] == want[:3], (user, rec.item_ids, want)
+
+
+def test_serve_on_a_busy_port_exits_2(cli_env, capsys):
+    import socket
+
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        assert cli_main(["serve", "--grpc-port", str(port), "--http-port", "0", "--metrics-port", "0"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "already in use" in err

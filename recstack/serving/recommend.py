@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import signal
+import socket
 import threading
 import time
 from dataclasses import dataclass
@@ -90,9 +91,24 @@ def query_help(http_url: str, grpc_url: str, dataset: str) -> str:
     )
 
 
+def _check_port_free(option: str, port: int) -> None:
+    """A fixed port must be free on 127.0.0.1, else a one-line error instead of Triton's log dump."""
+    if port == 0:
+        return
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        try:
+            probe.bind(("127.0.0.1", port))
+        except OSError:
+            raise InputError(f"{option}: 127.0.0.1:{port} is already in use (another server? stop it or "
+                             f"choose another port)") from None
+
+
 def start_server(paths: RunPaths, http_port: int = 0, grpc_port: int = 0, metrics_port: int = 0):
     """Start tritonserver on the run's exported repository (loopback only) and wait until ready."""
     from recstack.serving.tritonserver import TritonServer
+
+    for option, port in (("--http-port", http_port), ("--grpc-port", grpc_port), ("--metrics-port", metrics_port)):
+        _check_port_free(option, port)
 
     if not (paths.triton_repo / ENSEMBLE / "config.pbtxt").is_file():
         raise InputError(f"{paths.triton_repo}: no exported ensemble (run `recstack export --dataset "
