@@ -1,8 +1,16 @@
-"""recstack.evaluation: full-catalogue leave-one-out metrics and run reports (shared/DATA.md protocol)."""
+"""recstack.evaluation: full-catalogue leave-one-out metrics and run reports (shared/DATA.md protocol).
 
-from recstack.evaluation.evaluate import evaluate_run, format_report, format_table, write_report
-from recstack.evaluation.metrics import (RankingAccumulator, coverage, evaluate_scores, exclude_seen,
-                                         metrics_from_ranks, ranks_from_topk, target_ranks, top_k)
+Imported lazily: the CLI registers `recstack evaluate` without importing torch.
+"""
 
-__all__ = ["RankingAccumulator", "coverage", "evaluate_run", "evaluate_scores", "exclude_seen", "format_report", "format_table",
-           "metrics_from_ranks", "ranks_from_topk", "target_ranks", "top_k", "write_report"]
+from __future__ import annotations
+
+from recstack.lazy import lazy_exports
+
+_EXPORTS = {
+    "evaluate_run": "evaluate", "format_report": "evaluate", "format_table": "evaluate", "write_report": "evaluate",
+    "RankingAccumulator": "metrics", "coverage": "metrics", "evaluate_scores": "metrics", "exclude_seen": "metrics",
+    "metrics_from_ranks": "metrics", "ranks_from_topk": "metrics", "target_ranks": "metrics", "top_k": "metrics",
+}
+__all__ = sorted(_EXPORTS)
+__getattr__ = lazy_exports(__name__, _EXPORTS)

@@ -10,8 +10,7 @@ for importing torch.
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from recstack.lazy import lazy_exports
 
 _EXPORTS = {
     "TrainingData": "data", "load_training_data": "data",
@@ -25,8 +24,4 @@ _EXPORTS = {
 }
 __all__ = sorted(_EXPORTS)
 
-
-def __getattr__(name: str) -> Any:
-    if name not in _EXPORTS:
-        raise AttributeError(f"module 'recstack.models' has no attribute {name!r}")
-    return getattr(importlib.import_module(f"recstack.models.{_EXPORTS[name]}"), name)
+__getattr__ = lazy_exports(__name__, _EXPORTS)
