@@ -195,6 +195,15 @@ def _auc(pos: np.ndarray, neg: np.ndarray) -> float:
     return float((ranks[:n_pos].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
 
 
+def _optimiser_step(opt: torch.optim.Optimizer, sched: Any, loss: torch.Tensor) -> float:
+    """One backward + optimiser + LR-schedule step; returns the loss value."""
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    opt.step()
+    sched.step()
+    return float(loss.detach())
+
+
 def _lr_lambda(total_steps: int, warmup: int = 50):
     def fn(step: int) -> float:
         if step < warmup:
@@ -258,11 +267,7 @@ def fit_two_tower(data: TrainingData, cfg: TwoTowerConfig | None = None, *, epoc
                     neg_log_q = torch.full((len(neg),), math.log(cfg.uniform_negatives / n_cat), device=dev)
             loss = in_batch_softmax_loss(user_emb, item_emb, item_ids, cfg.temperature, log_q,
                                          neg_emb, neg_ids, neg_log_q)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            sched.step()
-            total += float(loss.detach())
+            total += _optimiser_step(opt, sched, loss)
             n_batches += 1
         record: dict[str, Any] = {"epoch": epoch + 1, "loss": total / max(n_batches, 1)}
         if select:
@@ -437,11 +442,7 @@ def fit_dlrm(data: TrainingData, cfg: DLRMConfig | None = None, *, two_tower: Tw
                 r = row_idx[b]
                 batch = _tensors(data.batch(rows.users[r], rows.history[r], items[b]), dev)
                 loss_value = loss_fn(model(batch), torch.from_numpy(labels[b]).to(dev))
-            opt.zero_grad(set_to_none=True)
-            loss_value.backward()
-            opt.step()
-            sched.step()
-            total += float(loss_value.detach())
+            total += _optimiser_step(opt, sched, loss_value)
             n_batches += 1
         record: dict[str, Any] = {"epoch": epoch + 1, "loss": total / max(n_batches, 1)}
         if select:
