@@ -204,6 +204,40 @@ def _optimiser_step(opt: torch.optim.Optimizer, sched: Any, loss: torch.Tensor) 
     return float(loss.detach())
 
 
+class _EpochSelection:
+    """Model selection shared by both training loops: keep the best epoch's weights by a
+    validation score, stop after ``patience`` epochs without gain or past ``time_budget_s``."""
+
+    def __init__(self, model: torch.nn.Module, select: bool, patience: int, time_budget_s: float | None,
+                 bar: Any, shown: tuple[str, ...]):
+        self.model, self.select, self.patience, self.time_budget_s = model, select, patience, time_budget_s
+        self.bar, self.shown = bar, shown
+        self.history: list[dict[str, Any]] = []
+        self.best = (-1.0, 0, _state_copy(model))
+        self.start = time.perf_counter()
+
+    def end_epoch(self, record: dict[str, Any], score: float | None) -> bool:
+        """Record one epoch (``score`` = validation score when selecting); True when training should stop."""
+        epoch = record["epoch"]
+        if self.select and score is not None and score > self.best[0]:
+            self.best = (score, epoch, _state_copy(self.model))
+        record["elapsed_s"] = round(time.perf_counter() - self.start, 2)
+        self.history.append(record)
+        self.bar.set_postfix({k: round(v, 4) for k, v in record.items() if k in self.shown})
+        if self.select and epoch - self.best[1] >= self.patience:
+            return True
+        return self.time_budget_s is not None and time.perf_counter() - self.start > self.time_budget_s
+
+    def finish(self) -> dict[str, Any]:
+        """Restore the best weights (when selecting); the training summary."""
+        self.bar.close()
+        if self.select:
+            self.model.load_state_dict(self.best[2])
+        self.model.eval()
+        return {"epochs_run": len(self.history), "best_epoch": self.best[1] if self.select else len(self.history),
+                "history": self.history, "train_s": round(time.perf_counter() - self.start, 2)}
+
+
 def _lr_lambda(total_steps: int, warmup: int = 50):
     def fn(step: int) -> float:
         if step < warmup:
@@ -242,10 +276,8 @@ def fit_two_tower(data: TrainingData, cfg: TwoTowerConfig | None = None, *, epoc
     sched = torch.optim.lr_scheduler.LambdaLR(opt, _lr_lambda(epochs * steps_per_epoch))
     rng = np.random.default_rng(seed)
     view = split_view(data, "valid")
-    history: list[dict[str, Any]] = []
-    best = (-1.0, 0, _state_copy(model))
-    start = time.perf_counter()
     bar = tqdm(range(epochs), desc="two-tower", unit="epoch", disable=not progress)
+    selection = _EpochSelection(model, select, patience, time_budget_s, bar, ("loss", "valid_ndcg@10"))
     for epoch in bar:
         model.train()
         perm = rng.permutation(len(rows))
@@ -270,25 +302,15 @@ def fit_two_tower(data: TrainingData, cfg: TwoTowerConfig | None = None, *, epoc
             total += _optimiser_step(opt, sched, loss)
             n_batches += 1
         record: dict[str, Any] = {"epoch": epoch + 1, "loss": total / max(n_batches, 1)}
+        score = None
         if select:
             model.eval()
             metrics = evaluate_two_tower(model, data, view)
             record.update({"valid_ndcg@10": metrics["ndcg@10"], "valid_hr@10": metrics["hr@10"]})
-            if metrics["ndcg@10"] > best[0]:
-                best = (metrics["ndcg@10"], epoch + 1, _state_copy(model))
-        record["elapsed_s"] = round(time.perf_counter() - start, 2)
-        history.append(record)
-        bar.set_postfix({k: round(v, 4) for k, v in record.items() if k in ("loss", "valid_ndcg@10")})
-        if select and epoch + 1 - best[1] >= patience:
+            score = metrics["ndcg@10"]
+        if selection.end_epoch(record, score):
             break
-        if time_budget_s is not None and time.perf_counter() - start > time_budget_s:
-            break
-    bar.close()
-    if select:
-        model.load_state_dict(best[2])
-    model.eval()
-    return model, {"epochs_run": len(history), "best_epoch": best[1] if select else len(history),
-                   "history": history, "train_s": round(time.perf_counter() - start, 2)}
+    return model, selection.finish()
 
 
 def train_two_tower(paths: RunPaths, data: TrainingData | None = None, *, device: str = "auto",
@@ -408,11 +430,9 @@ def fit_dlrm(data: TrainingData, cfg: DLRMConfig | None = None, *, two_tower: Tw
     if retrieval_offset and (two_tower is None or loss != "softmax"):
         raise InputError("retrieval_offset: needs a two-tower and loss='softmax'")
     loss_fn = torch.nn.BCEWithLogitsLoss()
-    history: list[dict[str, Any]] = []
-    best = (-1.0, 0, _state_copy(model))
     metric_name = "valid_ndcg@10_fused" if two_tower is not None else "valid_auc"
-    start = time.perf_counter()
     bar = tqdm(range(epochs), desc="dlrm", unit="epoch", disable=not progress)
+    selection = _EpochSelection(model, select, patience, time_budget_s, bar, ("loss", metric_name))
     for epoch in bar:
         model.train()
         row_idx, items, labels = dlrm_examples(data, rows, rng, negatives, pos_rows, pop_share, hard_negatives, pool)
@@ -445,26 +465,14 @@ def fit_dlrm(data: TrainingData, cfg: DLRMConfig | None = None, *, two_tower: Tw
             total += _optimiser_step(opt, sched, loss_value)
             n_batches += 1
         record: dict[str, Any] = {"epoch": epoch + 1, "loss": total / max(n_batches, 1)}
+        score = None
         if select:
             model.eval()
             score = _dlrm_valid_metric(model, data, view, cset, record,
                                        two_tower.cfg.temperature if two_tower is not None else 1.0)
-            if score > best[0]:
-                best = (score, epoch + 1, _state_copy(model))
-        record["elapsed_s"] = round(time.perf_counter() - start, 2)
-        history.append(record)
-        bar.set_postfix({k: round(v, 4) for k, v in record.items() if k in ("loss", metric_name)})
-        if select and epoch + 1 - best[1] >= patience:
+        if selection.end_epoch(record, score):
             break
-        if time_budget_s is not None and time.perf_counter() - start > time_budget_s:
-            break
-    bar.close()
-    if select:
-        model.load_state_dict(best[2])
-    model.eval()
-    return model, {"epochs_run": len(history), "best_epoch": best[1] if select else len(history),
-                   "selection_metric": metric_name, "history": history,
-                   "train_s": round(time.perf_counter() - start, 2)}
+    return model, {**selection.finish(), "selection_metric": metric_name}
 
 
 def _dlrm_valid_metric(model: DLRM, data: TrainingData, view: SplitView, cset: CandidateSet | None,

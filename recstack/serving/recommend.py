@@ -12,9 +12,7 @@ import argparse
 import signal
 import socket
 import threading
-import time
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
