@@ -14,7 +14,6 @@ import pytest
 from recstack.cli import main as cli_main
 from recstack.ensembles import recommendation_graph
 from recstack.ensembles.graph import MAX_BATCH_SIZE
-from recstack.errors import InputError
 from recstack.features.events import push_event
 from recstack.models.layout import FeatureLayout
 from recstack.io import read_json
