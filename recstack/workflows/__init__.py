@@ -8,7 +8,9 @@ requests with the same saved statistics; schema + tags for the later stages.
 
 from recstack.workflows.defaults import default_workflow
 from recstack.workflows.export import fit_and_export
-from recstack.workflows.ops import AddTags, Categorify, FillMissing, Group, Node, Normalize, Operator, register_op
+from recstack.workflows.graph import Group, Node
+from recstack.workflows.operator import Operator, register_op
+from recstack.workflows.ops import AddTags, Categorify, FillMissing, Normalize
 from recstack.workflows.schema import ColumnSchema, Schema, Tags
 from recstack.workflows.sequences import history_before_each, user_histories
 from recstack.workflows.workflow import Workflow

@@ -7,8 +7,9 @@ import argparse
 import json
 import logging
 
-from recstack.cli import add_dataset_argument
+from recstack.cliutil import add_dataset_argument, add_progress_argument
 from recstack.errors import InputError
+from recstack.ids import HISTORY_LENGTH
 from recstack.paths import RunPaths
 
 
@@ -19,8 +20,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
     fit = sub.add_parser("fit", help="fit the default workflow on train and write the feature tables")
     add_dataset_argument(fit)
-    fit.add_argument("--history-length", type=int, default=50,
-                     help="items kept in each user's recent history (default: 50)")
+    add_progress_argument(fit)
+    fit.add_argument("--history-length", type=int, default=HISTORY_LENGTH,
+                     help="items kept in each user's recent history (default: %(default)s)")
     fit.set_defaults(handler=_fit)
 
     tr = sub.add_parser("transform", help="encode one raw request with the saved workflow; prints JSON")
@@ -38,7 +40,8 @@ def _fit(args: argparse.Namespace) -> int:
     paths = RunPaths.for_dataset(args.dataset)
     if not paths.data.is_dir():
         raise InputError(f"--dataset {args.dataset}: no data folder {paths.data} (run `recstack data prepare` first)")
-    fit_and_export(paths.data, paths.workflow, paths.features, history_length=args.history_length)
+    fit_and_export(paths.data, paths.workflow, paths.features, history_length=args.history_length,
+                   progress=args.progress)
     return 0
 
 

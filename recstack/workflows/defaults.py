@@ -7,8 +7,10 @@ import warnings
 
 import pandas as pd
 
-from recstack.workflows.ops import AddTags, Categorify, FillMissing, Group, Node, Normalize, is_list_series
+from recstack.workflows.graph import Group, Node
+from recstack.workflows.ops import AddTags, Categorify, FillMissing, Normalize
 from recstack.workflows.schema import Tags
+from recstack.workflows.values import is_list_series
 from recstack.workflows.workflow import Workflow
 
 log = logging.getLogger("recstack.workflows")

@@ -16,6 +16,7 @@ import pyarrow.parquet as pq
 from tqdm.auto import tqdm
 
 from recstack.errors import InputError
+from recstack.ids import HISTORY_LENGTH
 from recstack.io import atomic_dir, write_json
 from recstack.workflows.defaults import default_workflow
 from recstack.workflows.schema import Schema, Tags
@@ -67,7 +68,7 @@ def _feature_table(workflow: Workflow, table: pd.DataFrame, id_column: str, key_
 
 
 def fit_and_export(data_dir: str | Path, workflow_dir: str | Path, features_dir: str | Path,
-                   history_length: int = 50, progress: bool = True) -> dict[str, Any]:
+                   history_length: int = HISTORY_LENGTH, progress: bool = True) -> dict[str, Any]:
     """Fit ``default_workflow`` on train (joined with users and items), save it to
     ``workflow_dir`` and write ``user_features``, ``item_features``, ``user_history``,
     ``popularity`` parquet + ``features.json`` to ``features_dir``. Returns the summary dict.

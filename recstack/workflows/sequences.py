@@ -9,6 +9,7 @@ import numpy as np
 import pandas as pd
 
 from recstack.errors import InputError
+from recstack.ids import PAD
 
 _REQUIRED = ("user_id", "item_id", "timestamp")
 
@@ -71,7 +72,7 @@ def history_before_each(interactions_encoded: pd.DataFrame, history_length: int,
                         chunk_rows: int = 262_144) -> np.ndarray:
     """``[N, history_length]`` int64: for each row (in the given row order), the items that row's
     user interacted with strictly before it (time order, ties by row order), **right-aligned**:
-    the most recent item is in the last column, shorter histories are left-padded with 0.
+    the most recent item is in the last column, shorter histories are left-padded with ``PAD`` (0).
     """
     _check(interactions_encoded, history_length)
     L = int(history_length)
@@ -79,7 +80,7 @@ def history_before_each(interactions_encoded: pd.DataFrame, history_length: int,
     items = interactions_encoded["item_id"].to_numpy(dtype=np.int64)
     ts = interactions_encoded["timestamp"].to_numpy()
     n = len(users)
-    out = np.zeros((n, L), dtype=np.int64)
+    out = np.full((n, L), PAD, dtype=np.int64)
     if n == 0:
         return out
     order = _time_order(users, ts)
@@ -92,6 +93,6 @@ def history_before_each(interactions_encoded: pd.DataFrame, history_length: int,
         k = np.arange(lo, hi, dtype=np.int64)
         idx = k[:, None] + offsets[None, :]
         valid = idx >= group_start[lo:hi, None]
-        block = np.where(valid, it[np.clip(idx, 0, None)], 0)
+        block = np.where(valid, it[np.clip(idx, 0, None)], PAD)
         out[order[lo:hi]] = block
     return out

@@ -12,19 +12,20 @@ import numpy as np
 import pandas as pd
 from tqdm.auto import tqdm
 
+import recstack.workflows.ops  # noqa: F401  (registers the built-in ops that load() reads by name)
 from recstack.errors import InputError
 from recstack.io import atomic_dir, read_json, write_json
-from recstack.workflows.ops import Group, Node, Operator, infer_column_schema
+from recstack.workflows.graph import Chain, Group, Node
+from recstack.workflows.operator import Operator
 from recstack.workflows.schema import Schema
+from recstack.workflows.values import infer_column_schema
 
 FORMAT = "recstack.workflow"
 FORMAT_VERSION = 1
 
-Chain = tuple[tuple[str, ...], tuple[Operator, ...]]
-
 
 class Workflow:
-    """Ops composed with ``>>`` / ``+`` (see :mod:`recstack.workflows.ops`).
+    """Ops composed with ``>>`` / ``+`` (see :mod:`recstack.workflows.graph`).
 
     ``fit(train_df)`` collects statistics; ``transform(df)`` returns every output column
     whose input columns are present in ``df`` (in output-schema order); ``transform_request``
