@@ -356,7 +356,7 @@ def test_failed_write_keeps_old_folder(tmp_path, monkeypatch):
     def boom(*args, **kwargs):
         raise RuntimeError("disk full")
     monkeypatch.setattr(prepare_module, "write_json", boom)
-    with pytest.raises(RuntimeError):
+    with pytest.raises(RuntimeError, match="disk full"):
         prepare_from_file("e", out, path, "u", "i", "t", progress=False)
     assert {p.name: p.read_bytes() for p in out.iterdir()} == before
     assert sorted(p.name for p in tmp_path.iterdir()) == ["data", "e.csv"]  # no temp folder left
@@ -393,6 +393,129 @@ def test_cli_import_and_prepare(tmp_path, capsys, ml100k_cache):
     assert "100,000 interactions, 943 users, 1,682 items" in out
     assert "train 98,114 / valid 943 / test 943" in out
     assert (tmp_path / "runs" / "ml-100k" / "data" / "dataset.json").is_file()
+
+
+# --------------------------------------------------------------------------- files without a header row
+
+
+def _rating_rows() -> list[tuple[str, int, int, int]]:
+    """36 (user, item, rating, unix seconds) rows: 4 users with 9 interactions each, a repeated
+    (user, item) pair and a timestamp tie, interleaved by user like a real log."""
+    rows = []
+    for k in range(9):
+        for u in range(1, 5):
+            item = 100 + (u * 7 + k * 3) % 17
+            rows.append((f"u{u}", item, 1 + (u + k) % 5, 978_300_000 + 60 * k + (u % 2)))
+    rows[-1] = (rows[-1][0], rows[-5][1], 4, rows[-1][3])  # u4 rates its previous item again
+    rows[-2] = (rows[-2][0], rows[-2][1], 2, rows[-6][3])  # u3's last two have the same timestamp
+    return rows
+
+
+def _import(tmp_path: Path, name: str, path: Path, *options: str) -> int:
+    return cli_main(["data", "import", "--name", name, "--interactions", str(path),
+                     "--home", str(tmp_path), "--no-progress", *options])
+
+
+def _data_dir(tmp_path: Path, name: str) -> Path:
+    return tmp_path / "runs" / name / "data"
+
+
+def test_cli_import_without_header_row_matches_header_file(tmp_path, capsys):
+    rows = _rating_rows()
+    lines = lambda sep: "".join(sep.join(map(str, r)) + "\n" for r in rows)
+    with_header = _write(tmp_path / "ratings.csv", "user,item,rating,ts\n" + lines(","))
+    no_header = _write(tmp_path / "ratings_nh.csv", lines(","))
+    colons = _write(tmp_path / "ratings.dat", lines("::"))   # ML-1M ratings.dat style
+    tabs = _write(tmp_path / "u.data", lines("\t"))          # ML-100K u.data style
+    named = ("--user-col", "user", "--item-col", "item", "--rating-col", "rating", "--timestamp-col", "ts")
+    positional = ("--user-col", "0", "--item-col", "1", "--rating-col", "2", "--timestamp-col", "3")
+    assert _import(tmp_path, "header", with_header, *named) == 0
+    assert _import(tmp_path, "noheader", no_header, "--no-header", *positional) == 0
+    assert _import(tmp_path, "columns", colons, "--sep", "::", "--columns", "user,item,rating,ts", *named) == 0
+    assert _import(tmp_path, "tabs", tabs, "--sep", "\\t", "--no-header", *positional) == 0
+    out = capsys.readouterr().out
+    assert out.count("36 interactions, 4 users") == 4 and out.count("valid 4 / test 4") == 4
+
+    expected = {n: pd.read_parquet(_data_dir(tmp_path, "header") / f"{n}.parquet") for n in SPLIT_FILES}
+    assert len(expected["interactions"]) == 36 and len(expected["test"]) == 4
+    assert expected["users"]["original_id"].tolist() == ["u1", "u2", "u3", "u4"]
+    assert expected["interactions"]["rating"].tolist()[:4] == [2.0, 3.0, 4.0, 5.0]
+    assert len(expected["train"]) == 36 - 1 - 8  # the repeated pair dropped
+    for name in ("noheader", "columns", "tabs"):
+        for n in SPLIT_FILES:
+            got = pd.read_parquet(_data_dir(tmp_path, name) / f"{n}.parquet")
+            pd.testing.assert_frame_equal(got, expected[n], obj=f"{name}/{n}")
+    meta = json.loads((_data_dir(tmp_path, "noheader") / "dataset.json").read_text())
+    assert meta["columns"] == {"user": "0", "item": "1", "timestamp": "3", "rating": "2"}
+
+
+def test_headerless_side_tables_and_library_call(tmp_path):
+    inter = _write(tmp_path / "r.csv", "a,10,5,1\na,11,3,2\nb,10,4,3\na,12,1,4\n")
+    users = _write(tmp_path / "users.csv", "b,31,F\na,25,M\n")
+    items = _write(tmp_path / "items.csv", "10,Ten,x|y\n12,Twelve,z\n")
+    ds = load_interactions_file(inter, "user", "item", "ts", "rating", users_path=users, items_path=items,
+                                columns=["user", "item", "rating", "ts"], users_columns="user,age,gender",
+                                items_columns="item,title,genres")
+    assert ds.interactions["user_id"].tolist() == [1, 1, 2, 1]
+    assert ds.interactions["item_id"].tolist() == [10, 11, 10, 12]  # integer ids kept
+    assert ds.users.set_index("original_id").loc["b", ["age", "gender"]].tolist() == [31, "F"]
+    it = ds.items.set_index("item_id")
+    assert it.loc[10, "title"] == "Ten" and it.loc[10, "genres"] == ["x", "y"]
+    assert it.loc[11, "title"] == "11" and it.loc[11, "genres"] == []  # no side row
+    # positional names also work from Python, as strings or ints
+    by_position = load_interactions_file(inter, 0, "1", 3, 2, header=False)
+    pd.testing.assert_frame_equal(by_position.interactions, ds.interactions)
+
+
+@pytest.mark.parametrize(
+    "options, option, reason",
+    [
+        (["--columns", "user,item,ts", "--user-col", "user", "--item-col", "item", "--timestamp-col", "ts"],
+         "--columns", "3 names given (user,item,ts) but"),
+        (["--columns", "user,item,rating,ts,extra", "--user-col", "user", "--item-col", "item",
+          "--timestamp-col", "ts"], "--columns", "5 names given"),
+        (["--columns", "user,,rating,ts", "--user-col", "user", "--item-col", "item", "--timestamp-col", "ts"],
+         "--columns", "empty column name"),
+        (["--columns", "user,item,user,ts", "--user-col", "user", "--item-col", "item", "--timestamp-col", "ts"],
+         "--columns", "column name 'user' is given twice"),
+        (["--no-header", "--user-col", "user", "--item-col", "1", "--timestamp-col", "3"],
+         "--user-col", "no column 'user' (given as --user-col); available columns: 0, 1, 2, 3"),
+        (["--columns", "user,item,rating,ts", "--user-col", "0", "--item-col", "item", "--timestamp-col", "ts"],
+         "--user-col", "no column '0' (given as --user-col); available columns: user, item, rating, ts"),
+        (["--no-header", "--user-col", "0", "--item-col", "1", "--timestamp-col", "9"],
+         "--timestamp-col", "no column '9'"),
+        (["--user-col", "0", "--item-col", "1", "--timestamp-col", "3"],  # forgot --no-header
+         "--user-col", "first line looks like data: for a file without a header row use --no-header"),
+        (["--no-header", "--user-col", "0", "--item-col", "1", "--timestamp-col", "3",
+          "--users-columns", "user,age"], "--users-columns", "given without a --users file"),
+        (["--no-header", "--user-col", "0", "--item-col", "1", "--timestamp-col", "3", "--users", "USERS",
+          "--users-columns", "user,age,gender"], "--users-columns", "3 names given (user,age,gender) but"),
+        (["--no-header", "--user-col", "0", "--item-col", "1", "--timestamp-col", "3", "--users", "USERS",
+          "--users-columns", "user,age"], "--user-key-col (default: --user-col)", "no column '0'"),
+        (["--no-header", "--user-col", "0", "--item-col", "1", "--timestamp-col", "3", "--sep", ""],
+         "--sep", "empty separator"),
+    ],
+)
+def test_cli_headerless_bad_options_exit_2(tmp_path, capsys, options, option, reason):
+    path = _write(tmp_path / "r.csv", "1,10,5,100\n1,11,3,200\n2,10,4,300\n")
+    users = _write(tmp_path / "users.csv", "1,25\n2,31\n")
+    options = [str(users) if o == "USERS" else o for o in options]
+    assert _import(tmp_path, "bad", path, *options) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("recstack: error: ") and err.count("\n") == 1
+    assert option in err and reason in err
+    assert not (tmp_path / "runs").exists()
+
+
+def test_cli_headerless_options_on_parquet_exit_2(tmp_path, capsys):
+    path = tmp_path / "r.parquet"
+    pd.DataFrame({"u": [1, 1, 2], "i": [5, 6, 5], "t": [1, 2, 3]}).to_parquet(path)
+    cols = ("--user-col", "u", "--item-col", "i", "--timestamp-col", "t")
+    for options, option in ((["--no-header"], "--no-header"), (["--columns", "u,i,t"], "--columns")):
+        assert _import(tmp_path, "pq", path, *options, *cols) == 2
+        err = capsys.readouterr().err
+        assert err.startswith(f"recstack: error: {option}: ") and "parquet" in err and err.count("\n") == 1
+    assert _import(tmp_path, "pq", path, *cols) == 0
 
 
 def test_ml100k_genre_columns_match_source(ml100k_cache, ml100k):

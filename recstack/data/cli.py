@@ -9,6 +9,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from recstack.cliutil import add_progress_argument
 from recstack.errors import InputError
 from recstack.paths import RunPaths
 
@@ -56,7 +57,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         description="Import any interactions file: CSV (comma), TSV (.tsv, tab) or parquet, one row per "
         "interaction. String ids get int64 ids in order of first appearance (the original is kept "
         "as original_id in users/items). Timestamps: unix seconds or dates (UTC if no zone). "
-        "Writes runs/<name>/data/.",
+        "A CSV/TSV without a header row: --no-header names its columns 0, 1, 2, ... (so --user-col 0), "
+        "or --columns user,item,rating,ts names them. Writes runs/<name>/data/.",
     )
     imp.add_argument("--name", required=True, help="dataset / run name (letters, digits, . _ -)")
     imp.add_argument("--interactions", required=True, type=Path, metavar="FILE",
@@ -76,7 +78,20 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     imp.add_argument("--year-col", metavar="COL", help="item year column (default: 'year' if present)")
     imp.add_argument("--genres-col", metavar="COL", help="item genres column (default: 'genres' if present)")
     imp.add_argument("--genres-sep", default="|", metavar="SEP", help="separator of genre strings (default: |)")
-    imp.add_argument("--sep", metavar="SEP", help="CSV field separator (default: tab for .tsv, else comma)")
+    imp.add_argument("--sep", metavar="SEP",
+                     help="CSV field separator (default: tab for .tsv, else comma); '\\t' means a tab, "
+                     "longer ones such as '::' are literal")
+    imp.add_argument("--no-header", dest="header", action="store_false",
+                     help="the interactions CSV/TSV has no header row: its columns are named by position "
+                     "0, 1, 2, ... (e.g. --user-col 0 --item-col 1 --rating-col 2 --timestamp-col 3)")
+    imp.add_argument("--columns", metavar="NAMES",
+                     help="comma-separated names for the columns of an interactions CSV/TSV without a "
+                     "header row (implies --no-header; the count must match the file), e.g. "
+                     "user,item,rating,ts then --user-col user")
+    imp.add_argument("--users-columns", metavar="NAMES",
+                     help="comma-separated names for the columns of a --users file without a header row")
+    imp.add_argument("--items-columns", metavar="NAMES",
+                     help="comma-separated names for the columns of an --items file without a header row")
     _add_common(imp)
     imp.set_defaults(handler=_import)
 
@@ -84,8 +99,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def _add_common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--home", type=Path, metavar="DIR",
                         help="project folder holding runs/ (default: $RECSTACK_HOME or the current folder)")
-    parser.add_argument("--no-progress", dest="progress", action="store_false",
-                        help="hide progress bars")
+    add_progress_argument(parser)
 
 
 def _prepare(args: argparse.Namespace) -> int:
@@ -117,11 +131,23 @@ def _import(args: argparse.Namespace) -> int:
     summary = prepare_from_file(
         args.name, out, args.interactions, args.user_col, args.item_col, args.timestamp_col,
         args.rating_col, progress=args.progress, users_path=args.users, user_key_col=args.user_key_col,
-        items_path=args.items, item_key_col=args.item_key_col, sep=args.sep, title_col=args.title_col,
-        year_col=args.year_col, genres_col=args.genres_col, genres_sep=args.genres_sep,
+        items_path=args.items, item_key_col=args.item_key_col, sep=_separator(args.sep),
+        title_col=args.title_col, year_col=args.year_col, genres_col=args.genres_col,
+        genres_sep=args.genres_sep,
+        header=args.header, columns=args.columns, users_columns=args.users_columns,
+        items_columns=args.items_columns,
     )
     _print_summary(summary)
     return 0
+
+
+def _separator(sep: str | None) -> str | None:
+    """``--sep`` as typed: the escapes ``\\t`` (tab) and ``\\s+`` (any whitespace) are understood."""
+    if sep is None:
+        return None
+    if sep == "":
+        raise InputError("--sep: empty separator")
+    return "\t" if sep == "\\t" else sep
 
 
 def _print_summary(summary: dict[str, Any]) -> None:

@@ -7,10 +7,16 @@ kept as ``original_id`` in ``users``/``items``.
 
 Timestamps: numbers are unix seconds (fractions are floored); strings are parsed as dates
 (no time zone means UTC); parquet datetime columns are converted to unix seconds.
+
+Header: a CSV/TSV's first line names its columns, unless ``header=False`` (columns are then
+named by position: ``"0"``, ``"1"``, ...) or ``columns`` gives the names (implies no header
+row; their count must match the file's fields).
 """
 
 from __future__ import annotations
 
+import re
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -28,12 +34,35 @@ MAX_UNIX_SECONDS = 10**11  # year ~5138: larger numbers are not seconds
 # --------------------------------------------------------------------------- reading
 
 
-def read_table(path: Path | str, sep: str | None = None) -> pd.DataFrame:
+def parse_column_names(names: Sequence[str] | str, option: str = "--columns") -> list[str]:
+    """Column names from a comma-separated string (or a sequence); InputError on an empty or
+    repeated name, naming ``option``."""
+    text = names if isinstance(names, str) else ",".join(map(str, names))
+    parsed = [str(n).strip() for n in (names.split(",") if isinstance(names, str) else names)]
+    if not parsed or any(not n for n in parsed):
+        raise InputError(f"{option}: empty column name in {text!r} (give comma-separated names)")
+    seen: set[str] = set()
+    for name in parsed:
+        if name in seen:
+            raise InputError(f"{option}: column name {name!r} is given twice in {text!r}")
+        seen.add(name)
+    return parsed
+
+
+def read_table(path: Path | str, sep: str | None = None, *, header: bool = True,
+               columns: Sequence[str] | str | None = None, columns_option: str = "--columns",
+               header_option: str = "--no-header") -> pd.DataFrame:
     """Read a CSV/TSV (optionally compressed) or parquet file; InputError on any problem.
 
-    ``sep`` defaults to a tab for ``.tsv`` files and a comma otherwise.
+    ``sep`` defaults to a tab for ``.tsv`` files and a comma otherwise; a separator of more
+    than one character (``::``) is taken literally, except ``\\s+`` (any whitespace).
+    ``header=False``: the CSV has no header row, columns are named ``"0"``, ``"1"``, ...
+    ``columns``: names for the columns of a CSV without a header row (implies ``header=False``);
+    a count that differs from the file's fields is an InputError naming ``columns_option``.
+    Parquet files always name their columns, so both are an InputError for them.
     """
     path = Path(path)
+    names = None if columns is None else parse_column_names(columns, columns_option)
     if not path.exists():
         raise InputError(f"{path}: file not found")
     if not path.is_file():
@@ -41,12 +70,26 @@ def read_table(path: Path | str, sep: str | None = None) -> pd.DataFrame:
     if path.stat().st_size == 0:
         raise InputError(f"{path}: file is empty")
     suffixes = [s.lower() for s in path.suffixes]
+    headerless = names is not None or not header
     if suffixes and suffixes[-1] in PARQUET_SUFFIXES:
+        if headerless:
+            option = columns_option if names is not None else header_option
+            raise InputError(f"{option}: {path} is a parquet file, whose columns always have names; "
+                             "drop the option and use those names")
         frame = _read_parquet(path)
     else:
         if sep is None:
             sep = "\t" if ".tsv" in suffixes else ","
-        frame = _read_csv(path, sep)
+        frame = _read_csv(path, sep, headerless)
+        if headerless:
+            frame.columns = [str(i) for i in range(frame.shape[1])]
+        else:
+            frame.attrs["first_line_is_header"] = True
+        if names is not None:
+            if len(names) != frame.shape[1]:
+                raise InputError(f"{columns_option}: {len(names)} names given ({','.join(names)}) but "
+                                 f"{path} has {frame.shape[1]} fields per row")
+            frame.columns = names
     if len(frame) == 0:
         raise InputError(f"{path}: file has no data rows")
     return frame
@@ -59,9 +102,14 @@ def _read_parquet(path: Path) -> pd.DataFrame:
         raise InputError(f"{path}: not a readable parquet file: {_one_line(exc)}") from None
 
 
-def _read_csv(path: Path, sep: str) -> pd.DataFrame:
+def _read_csv(path: Path, sep: str, headerless: bool = False) -> pd.DataFrame:
+    options: dict[str, Any] = {"header": None} if headerless else {}
+    if len(sep) > 1 and sep != r"\s+":  # pandas would take it as a regex and need its python engine
+        options.update(sep=re.escape(sep), engine="python")
+    else:
+        options.update(sep=sep, low_memory=False)
     try:
-        return pd.read_csv(path, sep=sep, low_memory=False)
+        return pd.read_csv(path, **options)
     except pd.errors.EmptyDataError:
         raise InputError(f"{path}: file is empty") from None
     except pd.errors.ParserError as exc:
@@ -77,12 +125,26 @@ def _one_line(exc: BaseException) -> str:
     return text.removeprefix("Error tokenizing data. ") or type(exc).__name__
 
 
-def require_columns(frame: pd.DataFrame, path: Path, columns: dict[str, str | None]) -> None:
-    """InputError naming the first missing column (and its option) and listing available ones."""
+def require_columns(frame: pd.DataFrame, path: Path, columns: dict[str, str | None],
+                    headerless_options: str = "--no-header (columns 0, 1, ...) or --columns NAMES") -> None:
+    """InputError naming the first missing column (and its option) and listing available ones.
+
+    If the file's first line was read as a header but looks like data (every name a number),
+    the message suggests ``headerless_options``.
+    """
     for option, column in columns.items():
         if column is not None and column not in frame.columns:
             available = ", ".join(map(str, frame.columns))
-            raise InputError(f"{path}: no column {column!r} (given as {option}); available columns: {available}")
+            hint = ""
+            if frame.attrs.get("first_line_is_header") and _looks_like_data(frame.columns):
+                hint = ("; its first line looks like data: for a file without a header row use "
+                        f"{headerless_options}")
+            raise InputError(f"{path}: no column {column!r} (given as {option}); "
+                             f"available columns: {available}{hint}")
+
+
+def _looks_like_data(names: pd.Index) -> bool:
+    return bool(pd.to_numeric(pd.Series(list(map(str, names))), errors="coerce").notna().all())
 
 
 # --------------------------------------------------------------------------- ids
@@ -286,6 +348,10 @@ def load_interactions_file(
     year_col: str | None = None,
     genres_col: str | None = None,
     genres_sep: str = "|",
+    header: bool = True,
+    columns: Sequence[str] | str | None = None,
+    users_columns: Sequence[str] | str | None = None,
+    items_columns: Sequence[str] | str | None = None,
 ) -> Dataset:
     """Load an interactions CSV/TSV/parquet (+ optional user/item side tables) into a Dataset.
 
@@ -296,29 +362,46 @@ def load_interactions_file(
     for string ids; items also get ``title`` = the original id, ``year`` NaN, ``genres`` []).
     Items always get ``title``/``year``/``genres``: taken from ``title_col``/``year_col``/
     ``genres_col`` (default: columns of those names, if present; genre strings are split on
-    ``genres_sep``). Every problem raises :class:`InputError` naming the file.
+    ``genres_sep``).
+
+    A CSV/TSV interactions file without a header row: ``header=False`` names its columns by
+    position (``"0"``, ``"1"``, ...; so ``user_col="0"``), or ``columns`` names them (a
+    comma-separated string or a sequence; implies no header row). The side tables always
+    have a header row unless ``users_columns``/``items_columns`` name their columns.
+    Every problem raises :class:`InputError` naming the file and, for a bad column, its
+    command-line option (``--user-col``, ``--columns``, ...).
     """
     path = Path(path)
-    frame = read_table(path, sep)
-    require_columns(frame, path, {"user column": user_col, "item column": item_col,
-                                  "timestamp column": timestamp_col, "rating column": rating_col})
+    # column names are strings, also those of a file without a header row ("0", "1", ...)
+    user_col, item_col, timestamp_col = str(user_col), str(item_col), str(timestamp_col)
+    rating_col, user_key_col, item_key_col, title_col, year_col, genres_col = (
+        None if c is None else str(c)
+        for c in (rating_col, user_key_col, item_key_col, title_col, year_col, genres_col))
+    frame = read_table(path, sep, header=header, columns=columns)
+    require_columns(frame, path, {"--user-col": user_col, "--item-col": item_col,
+                                  "--timestamp-col": timestamp_col, "--rating-col": rating_col})
     _check_no_missing(frame[user_col], path, user_col)
     _check_no_missing(frame[item_col], path, item_col)
     files = {str(path.resolve()): sha256_file(path)}
 
     side: dict[str, tuple[Path | None, str | None, pd.DataFrame | None]] = {}
-    for role, side_path, key, default_key in (("users", users_path, user_key_col, user_col),
-                                              ("items", items_path, item_key_col, item_col)):
+    for role, side_path, key, default_key, names in (
+            ("users", users_path, user_key_col, user_col, users_columns),
+            ("items", items_path, item_key_col, item_col, items_columns)):
         if side_path is None:
+            if names is not None:
+                raise InputError(f"--{role}-columns: given without a --{role} file")
             side[role] = (None, None, None)
             continue
         side_path = Path(side_path)
-        table = read_table(side_path, sep)
+        table = read_table(side_path, sep, columns=names, columns_option=f"--{role}-columns")
+        key_option = f"--{role[:-1]}-key-col" + ("" if key else f" (default: --{role[:-1]}-col)")
         key = key or default_key
-        require_columns(table, side_path, {f"{role} key column": key})
+        hint = f"--{role}-columns NAMES"
+        require_columns(table, side_path, {key_option: key}, hint)
         if role == "items":
-            require_columns(table, side_path, {"title column": title_col, "year column": year_col,
-                                               "genres column": genres_col})
+            require_columns(table, side_path, {"--title-col": title_col, "--year-col": year_col,
+                                               "--genres-col": genres_col}, hint)
         side[role] = (side_path, key, table)
         files[str(side_path.resolve())] = sha256_file(side_path)
 

@@ -75,7 +75,8 @@ def prepare_from_file(name: str, out_dir: Path, interactions_path: Path | str, u
                       progress: bool = True, **options: Any) -> dict[str, Any]:
     """Load a generic interactions file (see :func:`load_interactions_file`, whose keyword
     ``options`` pass through: users_path, user_key_col, items_path, item_key_col, sep, title_col,
-    year_col, genres_col, genres_sep) and write its data folder like :func:`prepare_dataset`."""
+    year_col, genres_col, genres_sep, header, columns, users_columns, items_columns) and write its
+    data folder like :func:`prepare_dataset`."""
     start = time.perf_counter()
     dataset = load_interactions_file(interactions_path, user_col, item_col, timestamp_col, rating_col,
                                      name=name, **options)
