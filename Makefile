@@ -13,6 +13,7 @@ run: setup
 	$(VENV)/bin/recstack run --dataset $(DATASET) --serve $(SERVE)
 
 test: setup
+	$(VENV)/bin/lint-imports --no-cache
 	$(VENV)/bin/python -m pytest $(PYTEST_ARGS)
 
 clean:

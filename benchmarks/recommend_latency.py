@@ -21,7 +21,8 @@ from tqdm import tqdm
 from recstack.ensembles import recommendation_graph, run_in_process
 from recstack.paths import RunPaths
 from recstack.serving.client import TritonClient
-from recstack.serving.recommend import recommend, start_server
+from recstack.serving.recommend import recommend
+from recstack.serving.server import start_server
 
 
 def _timed(fn, users: list[int], label: str) -> np.ndarray:

@@ -41,13 +41,7 @@ def build_parser() -> argparse.ArgumentParser:
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     subparsers.required = True
     for module_name in STAGE_CLIS:
-        try:
-            module = importlib.import_module(module_name)
-        except ModuleNotFoundError as exc:
-            if exc.name != module_name:
-                raise
-            continue  # stage without a CLI yet
-        module.register(subparsers)
+        importlib.import_module(module_name).register(subparsers)
     return parser
 
 
@@ -62,11 +56,6 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         sys.stderr.write("recstack: interrupted\n")
         return 130
-
-
-def add_dataset_argument(parser: argparse.ArgumentParser) -> None:
-    """The `--dataset` option every stage shares: which `runs/<dataset>/` to read and write."""
-    parser.add_argument("--dataset", default="ml-100k", help="dataset / run name (default: ml-100k)")
 
 
 if __name__ == "__main__":

@@ -15,16 +15,25 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from recstack.io import write_json
+from recstack.cliutil import add_dataset_argument, add_progress_argument
+from recstack.errors import InputError
+from recstack.ids import HISTORY_LENGTH
+from recstack.io import read_json, write_json
 from recstack.paths import RunPaths
-
-HISTORY_LENGTH = 50
 
 
 def _data(paths: RunPaths, args: argparse.Namespace) -> str:
-    from recstack.data import prepare_dataset
+    """MovieLens is fetched and split; a dataset made by `recstack data import` is used as imported."""
+    from recstack.data import KNOWN_DATASETS, prepare_dataset
 
-    info = prepare_dataset(args.dataset, paths.data)
+    if args.dataset in KNOWN_DATASETS:
+        info = prepare_dataset(args.dataset, paths.data, progress=args.progress)
+    elif (paths.data / "dataset.json").is_file():
+        info = read_json(paths.data / "dataset.json")
+    else:
+        known = ", ".join(KNOWN_DATASETS)
+        raise InputError(f"--dataset: {args.dataset!r} is neither a known dataset ({known}) nor imported "
+                         f"(`recstack data import --name {args.dataset} ...` writes {paths.data})")
     counts = info.get("counts", {})
     return f"{counts.get('rows', '?')} interactions from {info.get('source', '?')}"
 
@@ -32,7 +41,8 @@ def _data(paths: RunPaths, args: argparse.Namespace) -> str:
 def _workflow(paths: RunPaths, args: argparse.Namespace) -> str:
     from recstack.workflows import fit_and_export
 
-    fit_and_export(paths.data, paths.workflow, paths.features, history_length=args.history_length)
+    fit_and_export(paths.data, paths.workflow, paths.features, history_length=args.history_length,
+                   progress=args.progress)
     return f"workflow fit on train, features written to {paths.features}"
 
 
@@ -46,13 +56,12 @@ def _features(paths: RunPaths, args: argparse.Namespace) -> str:
 def _train(paths: RunPaths, args: argparse.Namespace) -> str:
     from recstack.models.train import train_all
 
-    summary = train_all(paths, device=args.device, epochs=args.epochs)
+    summary = train_all(paths, device=args.device, epochs=args.epochs, progress=args.progress)
     return f"two-tower + DLRM trained on {summary['device']}"
 
 
 def _index(paths: RunPaths, args: argparse.Namespace) -> str:
-    from recstack.retrieval.cli import load_item_embeddings
-    from recstack.retrieval.index import build_index
+    from recstack.retrieval import build_index, load_item_embeddings
 
     embeddings, ids = load_item_embeddings(paths)
     meta = build_index(embeddings, ids, kind=args.index_kind, out_dir=paths.index)
@@ -62,7 +71,7 @@ def _index(paths: RunPaths, args: argparse.Namespace) -> str:
 def _evaluate(paths: RunPaths, args: argparse.Namespace) -> str:
     from recstack.evaluation import evaluate_run, format_report
 
-    report = evaluate_run(paths)
+    report = evaluate_run(paths, progress=args.progress)
     print(format_report(report))
     return "evaluated on the test split (full catalogue, seen items excluded)"
 
@@ -97,14 +106,14 @@ def serve_and_show(paths: RunPaths, args: argparse.Namespace, times: dict[str, f
     import pandas as pd
 
     from recstack.serving.client import TritonClient
-    from recstack.serving.recommend import (
-        DEFAULT_GRPC_PORT, DEFAULT_HTTP_PORT, DEFAULT_METRICS_PORT, ItemTitles, format_recommendation, query_help,
-        recommend, start_server, wait_for_interrupt,
+    from recstack.serving.recommend import ItemTitles, format_recommendation, recommend
+    from recstack.serving.server import (
+        DEFAULT_GRPC_PORT, DEFAULT_HTTP_PORT, DEFAULT_METRICS_PORT, query_help, start_server, wait_for_interrupt,
     )
 
     ports = (DEFAULT_HTTP_PORT, DEFAULT_GRPC_PORT, DEFAULT_METRICS_PORT) if args.serve else (0, 0, 0)
     print("\n[serve] starting tritonserver", flush=True)
-    server = start_server(paths, *ports)
+    server = start_server(paths.triton_repo, paths.feature_repo, *ports, log_path=paths.root / "tritonserver.log")
     try:
         times["serve (startup)"] = round(server.startup_seconds, 2)
         print(f"[serve] tritonserver ready in {server.startup_seconds:.1f}s "
@@ -134,11 +143,10 @@ def summary_table(times: dict[str, float]) -> str:
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    from recstack.cli import add_dataset_argument
-
     parser = subparsers.add_parser("run", help="run the whole pipeline, then serve it",
                                    description=__doc__.splitlines()[0])
     add_dataset_argument(parser)
+    add_progress_argument(parser)
     parser.add_argument("--serve", type=int, choices=(0, 1), default=1,
                         help="1: keep serving until Ctrl-C (default); 0: stop after printing recommendations")
     parser.add_argument("--device", default="auto", help="training device: auto|cpu|cuda (default auto)")

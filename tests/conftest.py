@@ -8,12 +8,13 @@ from pathlib import Path
 
 import pytest
 
+from recstack.ids import HISTORY_LENGTH
 from recstack.paths import RunPaths
 
 
 def _pipeline_args(**overrides) -> argparse.Namespace:
-    defaults = dict(dataset="ml-100k", serve=0, device="cpu", epochs=None, history_length=50,
-                    index_kind="flat", top_k=100)
+    defaults = dict(dataset="ml-100k", serve=0, device="cpu", epochs=None, history_length=HISTORY_LENGTH,
+                    index_kind="flat", top_k=100, progress=False)
     defaults.update(overrides)
     return argparse.Namespace(**defaults)
 
@@ -38,9 +39,9 @@ def e2e_paths(e2e_home) -> RunPaths:
 @pytest.fixture(scope="session")
 def e2e_server(e2e_paths):
     """tritonserver on free loopback ports serving the exported ML-100K ensemble."""
-    from recstack.serving.recommend import start_server
+    from recstack.serving.server import start_server
 
-    server = start_server(e2e_paths)
+    server = start_server(e2e_paths.triton_repo, e2e_paths.feature_repo)
     print(f"tritonserver startup: {server.startup_seconds:.2f}s")
     try:
         yield server

@@ -8,8 +8,6 @@ from __future__ import annotations
 
 import json
 import os
-import statistics
-import time
 from pathlib import Path
 
 import numpy as np
@@ -17,7 +15,7 @@ import pytest
 
 from recstack.errors import InputError
 from recstack.serving.client import TritonClient, TritonRequestError
-from recstack.serving.examples import (
+from recstack.ensembles.examples import (
     AFFINE_INPUTS,
     AFFINE_OUTPUTS,
     AFFINE_STEP_CLASS,
@@ -28,16 +26,8 @@ from recstack.serving.examples import (
     AffineCheckStep,
     SumStep,
 )
-from recstack.serving.model_repo import TensorSpec, write_ensemble_model, write_python_model
-from recstack.serving.tritonserver import TritonServer, TritonStartError, check_libpython, find_triton
-
-try:
-    find_triton()
-    _SKIP = None
-except InputError as exc:  # pragma: no cover - depends on the machine
-    _SKIP = str(exc)
-
-needs_triton = pytest.mark.skipif(_SKIP is not None, reason=f"tritonserver unavailable: {_SKIP}")
+from recstack.ensembles.model_repo import Artifact, TensorSpec, write_ensemble_model, write_python_model
+from recstack.serving.tritonserver import TritonServer, TritonStartError, check_libpython
 
 MAX_BATCH = 16
 I64 = np.iinfo(np.int64)
@@ -116,11 +106,12 @@ def _assert_same(got: dict[str, np.ndarray], want: dict[str, np.ndarray]) -> Non
 # --- no server needed ------------------------------------------------------------------------
 
 
-def test_modules_import_outside_triton():
-    import recstack.serving.python_model  # noqa: F401
-    import recstack.serving.triton_io as tio
+def test_modules_import_outside_triton_and_need_the_backend_only_for_io():
+    import recstack.ensembles.python_model  # noqa: F401
+    import recstack.ensembles.triton_io as tio
 
-    assert "DLPack" in tio.__doc__
+    with pytest.raises(ModuleNotFoundError, match="triton_python_backend_utils"):
+        tio.pb_utils()
 
 
 def test_missing_libpython_names_debian_package():
@@ -149,10 +140,16 @@ def test_ensemble_validation_rejects_unknown_tensor(tmp_path):
 
 
 def test_python_model_config(tmp_path):
-    import sys
-
+    model_src = tmp_path / "src" / "model"
+    model_src.mkdir(parents=True)
+    (model_src / "config.json").write_text("{}")
+    (model_src / "big.pt").write_bytes(b"not exported")
+    (tmp_path / "src" / "table.parquet").write_bytes(b"table")
     folder = write_python_model(
-        tmp_path, "m", AFFINE_STEP_CLASS, {"scale": 3.0, "note": 'a "quoted" \\ value'}, AFFINE_INPUTS, AFFINE_OUTPUTS
+        tmp_path / "repo", "m", AFFINE_STEP_CLASS, {"scale": 3.0, "note": 'a "quoted" \\ value'}, AFFINE_INPUTS,
+        AFFINE_OUTPUTS,
+        artifacts={"model_dir": Artifact(model_src, ("config.json",)), "table": Artifact(tmp_path / "src" / "table.parquet")},
+        environment={"feature_repo": "RECSTACK_FEATURE_REPO"},
     )
     from google.protobuf import text_format
     from tritonclient.grpc import model_config_pb2
@@ -160,18 +157,31 @@ def test_python_model_config(tmp_path):
     config = (folder / "config.pbtxt").read_text()
     parsed = text_format.Parse(config, model_config_pb2.ModelConfig())
     assert parsed.backend == "python" and parsed.max_batch_size == 64
-    assert parsed.parameters["EXECUTION_ENV_PATH"].string_value == sys.prefix
+    # nothing in the repository names a path of this machine: artifacts are copied and named relatively
+    assert "EXECUTION_ENV_PATH" not in parsed.parameters and str(tmp_path) not in config
+    assert json.loads(parsed.parameters["recstack_artifacts"].string_value) == {
+        "model_dir": "model_dir", "table": "table/table.parquet"}
+    assert sorted(p.name for p in (folder / "1" / "model_dir").iterdir()) == ["config.json"]
+    assert (folder / "1" / "table" / "table.parquet").read_bytes() == b"table"
+    assert json.loads(parsed.parameters["recstack_environment"].string_value) == {
+        "feature_repo": "RECSTACK_FEATURE_REPO"}
     assert json.loads(parsed.parameters["recstack_params"].string_value) == {"scale": 3.0, "note": 'a "quoted" \\ value'}
     assert [i.name for i in parsed.input] == ["floats", "ints"] and list(parsed.input[0].dims) == [-1]
     assert (folder / "1" / "model.py").read_text().startswith('"""The generic Triton python-backend model')
     with pytest.raises(InputError, match="step_class"):
         write_python_model(tmp_path, "bad", "no_colon", {}, AFFINE_INPUTS, AFFINE_OUTPUTS)
+    with pytest.raises(InputError, match=r"artifact .*missing\.parquet: missing"):
+        write_python_model(tmp_path, "bad", AFFINE_STEP_CLASS, {}, AFFINE_INPUTS, AFFINE_OUTPUTS,
+                           artifacts={"table": Artifact(tmp_path / "missing.parquet")})
+    with pytest.raises(InputError, match=r"parameter\(s\) \['scale'\] given more than once"):
+        write_python_model(tmp_path, "bad", AFFINE_STEP_CLASS, {"scale": 1.0}, AFFINE_INPUTS, AFFINE_OUTPUTS,
+                           environment={"scale": "SCALE"})
+    assert not (tmp_path / "bad").exists()
 
 
 # --- through the module's server -------------------------------------------------------------
 
 
-@needs_triton
 def test_port_zero_picks_free_ports(server):
     ports = {server.http_port, server.grpc_port, server.metrics_port}
     assert len(ports) == 3 and all(p > 0 for p in ports)
@@ -179,7 +189,6 @@ def test_port_zero_picks_free_ports(server):
         assert h.is_ready() and g.is_ready() and g.is_ready("affine_sum")
 
 
-@needs_triton
 def test_random_roundtrip_equals_in_process(client):
     step = AffineCheckStep()
     rng = np.random.default_rng(1234)
@@ -192,7 +201,6 @@ def test_random_roundtrip_equals_in_process(client):
         _assert_same(got, want)
 
 
-@needs_triton
 def test_wrong_dtype_missing_input_and_big_batch_are_errors(client):
     rng = np.random.default_rng(7)
     good = _case(rng, 2, 3)
@@ -210,7 +218,6 @@ def test_wrong_dtype_missing_input_and_big_batch_are_errors(client):
         _assert_same(client.infer("affine", good, ["floats_out", "ints_out", "count"]), AffineCheckStep().execute(good))
 
 
-@needs_triton
 def test_step_input_error_becomes_error_response(client):
     case = {"floats": np.ones((2, 3), np.float32), "ints": np.array([[1, 2, 3], [4, REJECT, 6]], np.int64)}
     with pytest.raises(TritonRequestError, match=f"ints: value {REJECT} is rejected by this check model"):
@@ -220,14 +227,12 @@ def test_step_input_error_becomes_error_response(client):
     np.testing.assert_array_equal(got["ints_out"], case["ints"] + 7)
 
 
-@needs_triton
 def test_step_exception_becomes_one_line_error(client):
     with pytest.raises(TritonRequestError, match=r"^TypeError: output total: step returned float32, the model declares int64$"):
         client.infer("bad_output", {"values": np.ones((2, 3), np.float32)}, ["total"])
     assert client.infer("sum", {"values": np.ones((2, 3), np.float32)}, ["total"])["total"].shape == (2, 1)
 
 
-@needs_triton
 def test_optional_input(client):
     values = np.arange(12, dtype=np.float32).reshape(3, 4)
     weights = np.linspace(-1, 1, 12, dtype=np.float32).reshape(3, 4)
@@ -241,7 +246,6 @@ def test_optional_input(client):
         client.infer("sum", {"values": values, "weights": weights[:, :2]}, ["total"])
 
 
-@needs_triton
 def test_ensemble_of_two_python_models(client):
     rng = np.random.default_rng(99)
     affine, summer = AffineCheckStep(), SumStep(offset=0.5)
@@ -252,24 +256,6 @@ def test_ensemble_of_two_python_models(client):
         want = {"total": summer.execute({"values": mid["floats_out"]})["total"], "ints_out": mid["ints_out"]}
         got = client.infer("affine_sum", case, ["total", "ints_out"])
         _assert_same(got, want)
-
-
-@needs_triton
-def test_latency_of_sequential_requests(client, capsys):
-    rng = np.random.default_rng(3)
-    case = _case(rng, 1, 64)
-    client.infer("affine", case, ["floats_out"])  # warm-up
-    times = []
-    for _ in range(100):
-        t0 = time.perf_counter()
-        client.infer("affine", case, ["floats_out", "ints_out", "count"])
-        times.append(time.perf_counter() - t0)
-    times.sort()
-    with capsys.disabled():
-        print(
-            f"\n[serving] {client.protocol}: 100 sequential requests, median {statistics.median(times) * 1e3:.2f} ms, "
-            f"p99 {times[98] * 1e3:.2f} ms"
-        )
 
 
 # --- servers of their own --------------------------------------------------------------------
@@ -287,7 +273,6 @@ def _group_pids(pgid: int) -> list[int]:
     return pids
 
 
-@needs_triton
 def test_stop_leaves_no_process(tmp_path, server):
     write_python_model(tmp_path / "repo", "sum", SUM_STEP_CLASS, {}, SUM_INPUTS, SUM_OUTPUTS, optional_inputs=SUM_OPTIONAL)
     second = TritonServer(tmp_path / "repo").start()  # runs beside the module's server: ports differ
@@ -305,10 +290,9 @@ def test_stop_leaves_no_process(tmp_path, server):
     second.stop()  # idempotent
 
 
-@needs_triton
 def test_startup_failure_reports_log_tail(tmp_path):
     write_python_model(
-        tmp_path / "repo", "broken", "recstack.serving.examples:NoSuchStep", {}, SUM_INPUTS, SUM_OUTPUTS
+        tmp_path / "repo", "broken", "recstack.ensembles.examples:NoSuchStep", {}, SUM_INPUTS, SUM_OUTPUTS
     )
     srv = TritonServer(tmp_path / "repo", startup_timeout_s=60)
     with pytest.raises(TritonStartError, match="NoSuchStep"):

@@ -9,7 +9,7 @@ from recstack.paths import RunPaths
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    from recstack.cli import add_dataset_argument
+    from recstack.cliutil import add_dataset_argument
 
     parser = subparsers.add_parser(
         "export", help="export the serving ensemble as a Triton model repository",

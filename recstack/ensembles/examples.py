@@ -5,16 +5,16 @@ from __future__ import annotations
 import numpy as np
 
 from recstack.errors import InputError
-from recstack.serving.model_repo import TensorSpec
+from recstack.ensembles.model_repo import TensorSpec
 
-AFFINE_STEP_CLASS = "recstack.serving.examples:AffineCheckStep"
+AFFINE_STEP_CLASS = "recstack.ensembles.examples:AffineCheckStep"
 AFFINE_INPUTS = (TensorSpec("floats", np.float32, (-1,)), TensorSpec("ints", np.int64, (-1,)))
 AFFINE_OUTPUTS = (
     TensorSpec("floats_out", np.float32, (-1,)),
     TensorSpec("ints_out", np.int64, (-1,)),
     TensorSpec("count", np.int64, (1,)),
 )
-SUM_STEP_CLASS = "recstack.serving.examples:SumStep"
+SUM_STEP_CLASS = "recstack.ensembles.examples:SumStep"
 SUM_INPUTS = (TensorSpec("values", np.float32, (-1,)), TensorSpec("weights", np.float32, (-1,)))
 SUM_OUTPUTS = (TensorSpec("total", np.float32, (1,)),)
 SUM_OPTIONAL = ("weights",)

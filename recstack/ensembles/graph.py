@@ -5,7 +5,10 @@
     export_ensemble(graph, paths.triton_repo)
 
 Each op is one Triton python model running one step class of
-:mod:`recstack.ensembles.steps`. Tensors are wired by name: an op's input is the
+:mod:`recstack.ensembles.steps`. The files a step reads (saved Workflow, ONNX models,
+FAISS index, popularity, item keys) are exported inside its model folder; the online
+feature store is a deployment setting (``RECSTACK_FEATURE_REPO``, set by ``recstack serve``),
+so the repository can be copied to a serving host. Tensors are wired by name: an op's input is the
 output of the latest earlier op with that name, or an ensemble input
 (``user_id`` int64 [1], ``top_n`` int32 [1]). The ensemble's outputs are
 ``item_ids`` int64 [-1] and ``scores`` float32 [-1] (raw item ids, best first) and
@@ -25,7 +28,7 @@ from recstack.errors import InputError
 from recstack.io import read_json
 from recstack.models.layout import FeatureLayout
 from recstack.paths import RunPaths
-from recstack.serving.model_repo import TensorSpec, write_ensemble_model, write_python_model
+from recstack.ensembles.model_repo import Artifact, TensorSpec, write_ensemble_model, write_python_model
 
 ENSEMBLE_NAME = "recommend"
 ENSEMBLE_INPUTS = [TensorSpec("user_id", np.int64, (1,)), TensorSpec("top_n", np.int32, (1,))]
@@ -33,6 +36,9 @@ ENSEMBLE_OUTPUTS = [TensorSpec("item_ids", np.int64, (-1,)), TensorSpec("scores"
                     TensorSpec("cold_start", np.int32, (1,))]
 MAX_BATCH_SIZE = 64
 STEPS = "recstack.ensembles.steps"
+FEATURE_REPO_ENV = "RECSTACK_FEATURE_REPO"
+"""Environment variable naming the Feast repository (online store) the served steps read."""
+SETTING_ENV = {"feature_repo": FEATURE_REPO_ENV}
 
 
 @dataclass
@@ -45,6 +51,13 @@ class ServingOp:
     inputs: list[TensorSpec]
     outputs: list[TensorSpec]
     instance_count: int = 1
+    artifacts: dict[str, Artifact] = field(default_factory=dict)
+    settings: dict[str, str] = field(default_factory=dict)
+    """Deployment settings (keys of ``SETTING_ENV``) with their values in this process."""
+
+    def step_kwargs(self) -> dict[str, Any]:
+        """Constructor arguments of the step in this process (artifacts at their source paths)."""
+        return {**self.params, **{k: str(a.source) for k, a in self.artifacts.items()}, **self.settings}
 
     def __rshift__(self, other: "ServingOp | ServingGraph") -> "ServingGraph":
         return ServingGraph([self]) >> other
@@ -66,6 +79,11 @@ def _layout(paths: RunPaths, model: str) -> FeatureLayout:
     if not config_path.exists():
         raise InputError(f"{config_path}: missing; run `recstack train --dataset {paths.root.name}` first")
     return FeatureLayout.from_dict(read_json(config_path)["layout"])
+
+
+def _model_files(paths: RunPaths, model: str, *onnx: str) -> Artifact:
+    """A model folder's ``config.json`` (layout, fusion) and the named ONNX files: what a step loads."""
+    return Artifact(paths.models / model, ("config.json", *onnx))
 
 
 def _user_block_specs(layout: FeatureLayout) -> list[TensorSpec]:
@@ -95,49 +113,52 @@ def QueryUserFeatures(paths: RunPaths) -> ServingOp:  # noqa: N802 (reads like a
     """Feast user features + history for a raw ``user_id``, encoded with the saved Workflow."""
     layout = _layout(paths, "two_tower")
     return ServingOp(
-        "query_user_features", f"{STEPS}:QueryUserFeatures",
-        {"feature_repo": str(paths.feature_repo), "workflow_dir": str(paths.workflow),
-         "model_dir": str(paths.models / "two_tower")},
-        [ENSEMBLE_INPUTS[0]], _user_block_specs(layout) + [SEEN, KNOWN])
+        "query_user_features", f"{STEPS}:QueryUserFeatures", {},
+        [ENSEMBLE_INPUTS[0]], _user_block_specs(layout) + [SEEN, KNOWN],
+        artifacts={"workflow_dir": Artifact(paths.workflow), "model_dir": _model_files(paths, "two_tower")},
+        settings={"feature_repo": str(paths.feature_repo)})
 
 
 def EmbedUser(paths: RunPaths) -> ServingOp:  # noqa: N802
     """The two-tower model's user tower (ONNX)."""
     layout = _layout(paths, "two_tower")
     dim = int(read_json(paths.models / "two_tower" / "config.json")["embedding_dim"])
-    return ServingOp("user_tower", f"{STEPS}:EmbedUser", {"model_dir": str(paths.models / "two_tower")},
-                     _user_block_specs(layout), [TensorSpec("user_embedding", np.float32, (dim,))])
+    return ServingOp("user_tower", f"{STEPS}:EmbedUser", {},
+                     _user_block_specs(layout), [TensorSpec("user_embedding", np.float32, (dim,))],
+                     artifacts={"model_dir": _model_files(paths, "two_tower", "user_tower.onnx")})
 
 
 def QueryIndex(paths: RunPaths, top_k: int = 100) -> ServingOp:  # noqa: N802
     """FAISS top-K candidates, seen items excluded; popular items for cold-start users."""
     dim = int(read_json(paths.models / "two_tower" / "config.json")["embedding_dim"])
     return ServingOp(
-        "retrieve", f"{STEPS}:QueryIndex",
-        {"index_dir": str(paths.index), "popularity_path": str(paths.features / "popularity.parquet"),
-         "top_k": int(top_k)},
+        "retrieve", f"{STEPS}:QueryIndex", {"top_k": int(top_k)},
         [TensorSpec("user_embedding", np.float32, (dim,)), SEEN, KNOWN],
-        [TensorSpec("candidate_ids", np.int64, (top_k,)), TensorSpec("retrieval_scores", np.float32, (top_k,))])
+        [TensorSpec("candidate_ids", np.int64, (top_k,)), TensorSpec("retrieval_scores", np.float32, (top_k,))],
+        artifacts={"index_dir": Artifact(paths.index),
+                   "popularity_path": Artifact(paths.features / "popularity.parquet")})
 
 
 def QueryItemFeatures(paths: RunPaths, top_k: int = 100) -> ServingOp:  # noqa: N802
     """Feast item features of the candidates."""
     layout = _layout(paths, "dlrm")
     return ServingOp(
-        "query_item_features", f"{STEPS}:QueryItemFeatures",
-        {"feature_repo": str(paths.feature_repo), "features_dir": str(paths.features),
-         "model_dir": str(paths.models / "dlrm")},
+        "query_item_features", f"{STEPS}:QueryItemFeatures", {},
         [TensorSpec("candidate_ids", np.int64, (top_k,))],
-        _item_block_specs(layout, top_k) + [TensorSpec("candidate_keys", np.int64, (top_k,))])
+        _item_block_specs(layout, top_k) + [TensorSpec("candidate_keys", np.int64, (top_k,))],
+        artifacts={"features_dir": Artifact(paths.features, ("item_features.parquet",)),
+                   "model_dir": _model_files(paths, "dlrm")},
+        settings={"feature_repo": str(paths.feature_repo)})
 
 
 def Rank(paths: RunPaths, top_k: int = 100) -> ServingOp:  # noqa: N802
     """The DLRM ranker (ONNX) over user x candidate features, fused with the retrieval score."""
     layout = _layout(paths, "dlrm")
-    return ServingOp("ranker", f"{STEPS}:Rank", {"model_dir": str(paths.models / "dlrm")},
+    return ServingOp("ranker", f"{STEPS}:Rank", {},
                      _user_block_specs(layout) + _item_block_specs(layout, top_k)
                      + [TensorSpec("retrieval_scores", np.float32, (top_k,))],
-                     [TensorSpec("rank_scores", np.float32, (top_k,))])
+                     [TensorSpec("rank_scores", np.float32, (top_k,))],
+                     artifacts={"model_dir": _model_files(paths, "dlrm", "dlrm.onnx")})
 
 
 def FilterTopN(top_k: int = 100, max_top_n: int = 100) -> ServingOp:  # noqa: N802
@@ -174,7 +195,8 @@ def export_ensemble(graph: ServingGraph, repo_dir: Path, name: str = ENSEMBLE_NA
         steps = []
         for op in graph.ops:
             write_python_model(tmp, op.name, op.step_class, op.params, op.inputs, op.outputs,
-                               max_batch_size=max_batch_size, instance_count=op.instance_count)
+                               max_batch_size=max_batch_size, instance_count=op.instance_count,
+                               artifacts=op.artifacts, environment={k: SETTING_ENV[k] for k in op.settings})
             steps.append((op.name, {s.name: s.name for s in op.inputs}, {s.name: s.name for s in op.outputs}))
         write_ensemble_model(tmp, name, ENSEMBLE_INPUTS, ENSEMBLE_OUTPUTS, steps, max_batch_size=max_batch_size)
     except BaseException:
@@ -202,6 +224,6 @@ def run_in_process(graph: ServingGraph, inputs: dict[str, np.ndarray],
     for op in graph.ops:
         if op.name not in steps:
             module, cls = op.step_class.split(":")
-            steps[op.name] = getattr(importlib.import_module(module), cls)(**op.params)
+            steps[op.name] = getattr(importlib.import_module(module), cls)(**op.step_kwargs())
         tensors.update(steps[op.name].execute({s.name: tensors[s.name] for s in op.inputs}))
     return {s.name: tensors[s.name] for s in ENSEMBLE_OUTPUTS}

@@ -1,10 +1,15 @@
 """Write Triton model repositories: generic python models (one per serving step) and ensembles.
 
 A python model is ``<repo>/<name>/config.pbtxt`` + ``<repo>/<name>/1/model.py``, where
-``model.py`` is a copy of :mod:`recstack.serving.python_model`: it imports the step class
+``model.py`` is a copy of :mod:`recstack.ensembles.python_model`: it imports the step class
 named in the config (``"package.module:ClassName"``), builds it with the JSON ``params``
 and calls ``step.execute(dict[str, ndarray]) -> dict[str, ndarray]`` per request.
-The model runs inside the venv that wrote it (``EXECUTION_ENV_PATH = sys.prefix``).
+
+The repository holds no path of the machine that wrote it: files a step needs
+(:class:`Artifact`) are copied into ``<repo>/<name>/1/<param>/`` and named relative to that
+folder; deployment settings (``environment``: param -> environment variable) and the Python
+environment (``RECSTACK_PYTHON_ENV``) are given when the server starts. Copy the folder to
+another host or into a container and it serves there.
 
 An ensemble is ``<repo>/<name>/config.pbtxt`` (platform ``ensemble``) + an empty ``1/``.
 Each model folder also gets ``recstack_model.json`` (its input/output names and dtypes;
@@ -18,7 +23,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import sys
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -48,6 +52,8 @@ TRITON_TO_NP = {v: k for k, v in NP_TO_TRITON.items()}
 
 STEP_CLASS_KEY = "recstack_step_class"
 PARAMS_KEY = "recstack_params"
+ARTIFACTS_KEY = "recstack_artifacts"
+ENVIRONMENT_KEY = "recstack_environment"
 SIGNATURE_FILE = "recstack_model.json"
 GENERIC_MODEL_SOURCE = Path(__file__).with_name("python_model.py")
 
@@ -100,6 +106,33 @@ class TensorSpec:
         return cls(obj["name"], obj["dtype"], tuple(obj["dims"]))
 
 
+@dataclass(frozen=True)
+class Artifact:
+    """A file or folder a step reads, copied into the model's version folder at export.
+
+    ``files`` copies only those names out of a ``source`` folder (None: the whole file or folder).
+    """
+
+    source: Path
+    files: tuple[str, ...] | None = None
+
+    def copy_to(self, dest: Path) -> str:
+        """Copy into the folder ``dest``; return the path the step gets, relative to ``dest``'s parent."""
+        source = Path(self.source)
+        if not source.exists():
+            raise InputError(f"artifact {source}: missing (run the stage that writes it first)")
+        dest.mkdir(parents=True)
+        if source.is_file():
+            shutil.copy2(source, dest / source.name)
+            return f"{dest.name}/{source.name}"
+        for name in self.files if self.files is not None else [p.name for p in source.iterdir()]:
+            item = source / name
+            if not item.exists():
+                raise InputError(f"artifact {item}: missing (run the stage that writes it first)")
+            (shutil.copytree if item.is_dir() else shutil.copy2)(item, dest / name)
+        return dest.name
+
+
 def _pbtxt_str(value: str) -> str:
     """A protobuf text-format string literal."""
     return '"' + value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n") + '"'
@@ -145,17 +178,27 @@ def write_python_model(
     instance_count: int = 1,
     optional_inputs: Iterable[str] = (),
     dynamic_batching: bool = False,
+    artifacts: Mapping[str, Artifact] | None = None,
+    environment: Mapping[str, str] | None = None,
 ) -> Path:
     """Write ``<repo>/<name>/{config.pbtxt, 1/model.py}`` for a step class served by the python backend.
 
-    ``step_class`` is ``"package.module:ClassName"``; the class is built with ``**params``
-    (JSON-serialisable) inside Triton. ``max_batch_size=0`` turns batching off (``dims`` are
-    then the full shape). Returns the model folder. The folder is replaced atomically.
+    ``step_class`` is ``"package.module:ClassName"``; the class is built inside Triton with
+    ``**params`` (JSON-serialisable), plus one path per ``artifacts`` entry (copied into
+    ``1/<param>/``) and one value per ``environment`` entry (``{param: ENV_VAR}``, read from
+    the server's environment). ``max_batch_size=0`` turns batching off (``dims`` are then the
+    full shape). Returns the model folder. The folder is replaced atomically.
     """
     _check_model_name(name)
     if not isinstance(step_class, str) or step_class.count(":") != 1 or not all(step_class.split(":")):
         raise InputError(f"model {name}: step_class {step_class!r} must look like 'package.module:ClassName'")
     params = dict(params or {})
+    artifacts = dict(artifacts or {})
+    environment = dict(environment or {})
+    given = [*params, *artifacts, *environment]
+    clash = sorted({param for param in given if given.count(param) > 1})
+    if clash:
+        raise InputError(f"model {name}: parameter(s) {clash} given more than once (params, artifacts, environment)")
     try:
         params_json = json.dumps(params, allow_nan=False)
     except (TypeError, ValueError) as exc:
@@ -176,14 +219,15 @@ def write_python_model(
         + _tensor_block("output", outputs)
         + f"instance_group [\n  {{\n    count: {int(instance_count)}\n    kind: KIND_CPU\n  }}\n]\n"
         + ("dynamic_batching { }\n" if dynamic_batching and max_batch_size > 0 else "")
-        + _parameter("EXECUTION_ENV_PATH", sys.prefix)
         + _parameter(STEP_CLASS_KEY, step_class)
         + _parameter(PARAMS_KEY, params_json)
+        + _parameter(ENVIRONMENT_KEY, json.dumps(environment))
     )
     repo_dir = Path(repo_dir)
     with atomic_dir(repo_dir / name) as tmp:
-        (tmp / "config.pbtxt").write_text(config)
         (tmp / "1").mkdir()
+        relative = {param: artifact.copy_to(tmp / "1" / param) for param, artifact in artifacts.items()}
+        (tmp / "config.pbtxt").write_text(config + _parameter(ARTIFACTS_KEY, json.dumps(relative)))
         shutil.copyfile(GENERIC_MODEL_SOURCE, tmp / "1" / "model.py")
         _write_signature(tmp, "python", inputs, outputs, max_batch_size, optional_inputs)
     return repo_dir / name

@@ -1,9 +1,19 @@
 """The generic Triton python-backend model: serves any recstack step class.
 
-:func:`recstack.serving.model_repo.write_python_model` copies this file to
-``<repo>/<model>/1/model.py``. The model's ``config.pbtxt`` names the step class
+:func:`recstack.ensembles.model_repo.write_python_model` copies this file to
+``<repo>/<model>/<version>/model.py``. The model's ``config.pbtxt`` names the step class
 (parameter ``recstack_step_class``, ``"package.module:ClassName"``) and its
-constructor arguments (parameter ``recstack_params``, a JSON object).
+constructor arguments (parameter ``recstack_params``, a JSON object). Two more
+parameters keep the repository free of machine paths, so it serves wherever it is copied:
+
+* ``recstack_artifacts``: names of params that are paths relative to the model's version
+  folder (files exported with the model); they are made absolute here.
+* ``recstack_environment``: ``{param: ENV_VAR}`` for deployment settings (e.g. the feature
+  store's repository), read from the server's environment when the model loads.
+
+The Python environment is chosen when serving starts, not at export: when
+``RECSTACK_PYTHON_ENV`` names a virtual environment (``recstack serve`` sets it to its
+own), its site-packages are added before anything but the standard library is imported.
 
 A step class is any class with ``__init__(**params)`` and
 ``execute(inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]`` (arrays carry the
@@ -16,16 +26,27 @@ and the model keeps serving.
 
 from __future__ import annotations
 
-import importlib
-import json
-import traceback
+import os
+import site
+import sys
 
-import numpy as np
+PYTHON_ENV_VAR = "RECSTACK_PYTHON_ENV"
 
-from recstack.errors import InputError
-from recstack.serving import triton_io
-from recstack.serving.model_repo import PARAMS_KEY, STEP_CLASS_KEY
-from recstack.serving.model_repo import TRITON_TO_NP as _TRITON_TO_NP
+if os.environ.get(PYTHON_ENV_VAR):  # before numpy / recstack: they may live only in that environment
+    site.addsitedir(os.path.join(os.environ[PYTHON_ENV_VAR], "lib", f"python{sys.version_info[0]}.{sys.version_info[1]}",
+                                 "site-packages"))
+
+import importlib  # noqa: E402
+import json  # noqa: E402
+import traceback  # noqa: E402
+
+import numpy as np  # noqa: E402
+
+from recstack.ensembles import triton_io  # noqa: E402
+from recstack.ensembles.model_repo import (  # noqa: E402
+    ARTIFACTS_KEY, ENVIRONMENT_KEY, PARAMS_KEY, STEP_CLASS_KEY, TRITON_TO_NP,
+)
+from recstack.errors import InputError  # noqa: E402
 
 
 def import_step_class(path: str) -> type:
@@ -40,6 +61,28 @@ def import_step_class(path: str) -> type:
             raise InputError(f"{STEP_CLASS_KEY}: module {module_name} has no attribute {class_name!r}")
         obj = getattr(obj, part)
     return obj
+
+
+def _json_param(params: dict, key: str, default):
+    text = params.get(key, {}).get("string_value")
+    return json.loads(text) if text else default
+
+
+def resolve_artifacts(artifacts: dict[str, str], version_dir: str) -> dict[str, str]:
+    """``{param: path relative to the version folder}`` -> ``{param: absolute path}``."""
+    return {param: os.path.join(version_dir, relative) for param, relative in artifacts.items()}
+
+
+def read_environment(environment: dict[str, str], model_name: str) -> dict[str, str]:
+    """``{param: ENV_VAR}`` -> ``{param: value}``; an unset variable is an InputError naming it."""
+    values = {}
+    for param, variable in environment.items():
+        value = os.environ.get(variable)
+        if not value:
+            raise InputError(f"model {model_name}: environment variable {variable} ({param}) is not set; "
+                             "start the server with `recstack serve`, which sets it")
+        values[param] = value
+    return values
 
 
 def one_line(exc: BaseException) -> str:
@@ -62,11 +105,14 @@ class TritonPythonModel:
         except KeyError:
             raise InputError(f"model {self.model_name}: config.pbtxt has no {STEP_CLASS_KEY} parameter") from None
         kwargs = json.loads(params.get(PARAMS_KEY, {}).get("string_value") or "{}")
+        version_dir = os.path.join(args["model_repository"], str(args["model_version"]))
+        kwargs.update(resolve_artifacts(_json_param(params, ARTIFACTS_KEY, {}), version_dir))
+        kwargs.update(read_environment(_json_param(params, ENVIRONMENT_KEY, {}), self.model_name))
         inputs = config.get("input", [])
         self.optional_inputs = [i["name"] for i in inputs if i.get("optional")]
         self.required_inputs = [i["name"] for i in inputs if not i.get("optional")]
         self.output_dtypes = {
-            o["name"]: np.dtype(_TRITON_TO_NP[o["data_type"]]) for o in config.get("output", []) if o["data_type"] in _TRITON_TO_NP
+            o["name"]: np.dtype(TRITON_TO_NP[o["data_type"]]) for o in config.get("output", []) if o["data_type"] in TRITON_TO_NP
         }
         self.output_names = [o["name"] for o in config.get("output", [])]
         self.step = import_step_class(step_class)(**kwargs)

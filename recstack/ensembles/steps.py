@@ -4,7 +4,7 @@ Each step is built from JSON-serialisable parameters (paths, sizes) and has
 ``execute(inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]``; arrays carry
 the batch as their first dimension. The same class runs in-process (tests,
 ``recstack evaluate``-style checks) and inside a Triton python model
-(``recstack.serving.python_model``), so what is tested is what is served.
+(``recstack.ensembles.python_model``), so what is tested is what is served.
 
 Flow for a batch of B requests (K candidates, N results)::
 

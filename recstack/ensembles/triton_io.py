@@ -1,6 +1,6 @@
 """Move tensors in and out of a Triton python-backend model, through DLPack only.
 
-Used inside the python backend (``recstack.serving.python_model``); imports
+Used inside the python backend (``recstack.ensembles.python_model``); imports
 ``triton_python_backend_utils`` lazily so this module also imports outside Triton.
 
 Findings (measured on this machine: Triton 2.51 python backend from nvidia-pytriton 0.7.0,

@@ -8,7 +8,7 @@ import sys
 
 import numpy as np
 
-from recstack.cli import add_dataset_argument
+from recstack.cliutil import add_dataset_argument
 from recstack.errors import InputError
 from recstack.paths import RunPaths
 

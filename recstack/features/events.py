@@ -9,12 +9,11 @@ import argparse
 import time
 from typing import Any
 
+from recstack.cliutil import add_dataset_argument
 from recstack.errors import InputError
+from recstack.ids import FIRST_CODE
 from recstack.io import read_json
 from recstack.paths import RunPaths
-
-# Categorify codes below this are padding / null (0) and out-of-vocabulary (1).
-FIRST_VOCABULARY_CODE = 2
 
 
 def encode_item(workflow: Any, raw_item_id: int) -> int:
@@ -23,7 +22,7 @@ def encode_item(workflow: Any, raw_item_id: int) -> int:
 
     id_column = workflow.output_schema.select_by_tag(Tags.ITEM_ID).names[0]
     encoded = int(workflow.transform_request({id_column: int(raw_item_id)})[id_column])
-    if encoded < FIRST_VOCABULARY_CODE:
+    if encoded < FIRST_CODE:
         raise InputError(f"--item: item {raw_item_id} is not in the catalogue the models were trained on")
     return encoded
 
@@ -51,8 +50,6 @@ def push_event(paths: RunPaths, user_id: int, item_id: int, timestamp: float | N
 
 
 def register_events(subparsers: argparse._SubParsersAction) -> None:
-    from recstack.cli import add_dataset_argument
-
     parser = subparsers.add_parser("events", help="push real-time interactions to the online store")
     sub = parser.add_subparsers(dest="events_command", metavar="ACTION")
     sub.required = True

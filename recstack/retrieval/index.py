@@ -16,7 +16,9 @@ import faiss
 import numpy as np
 
 from recstack.errors import InputError
+from recstack.ids import FIRST_CODE
 from recstack.io import atomic_dir, read_json, write_json
+from recstack.paths import RunPaths
 
 INDEX_FILE = "items.faiss"
 META_FILE = "index.json"
@@ -218,3 +220,18 @@ def build_index(
     index.meta["build_s"] = round(build_s, 3)
     meta = index.save(out_dir)
     return meta
+
+
+def load_item_embeddings(paths: RunPaths) -> tuple[np.ndarray, np.ndarray]:
+    """The two-tower item embeddings of real items (encoded ids ``FIRST_CODE..``): ``[n, d]`` float32 and their ids ``[n]``."""
+    path = paths.models / "two_tower" / "item_embeddings.npy"
+    if not path.is_file():
+        raise InputError(f"{path}: not found (train the two-tower model first)")
+    try:
+        emb = np.load(path, allow_pickle=False)
+    except (ValueError, OSError) as exc:
+        raise InputError(f"{path}: not a readable .npy array ({exc})") from exc
+    if emb.ndim != 2 or emb.shape[0] <= FIRST_CODE:
+        raise InputError(f"{path}: expected [n_items, d] with n_items > {FIRST_CODE}, got shape {emb.shape}")
+    ids = np.arange(FIRST_CODE, emb.shape[0], dtype=np.int64)
+    return np.ascontiguousarray(emb[FIRST_CODE:], dtype=np.float32), ids

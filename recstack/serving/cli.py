@@ -1,10 +1,9 @@
-"""`recstack triton ...`: install check and a foreground server for a model repository."""
+"""`recstack serve` (a recommendation repository on tritonserver) and `recstack triton check`."""
 
 from __future__ import annotations
 
 import argparse
 import shutil
-import signal
 import statistics
 import sys
 import tempfile
@@ -13,11 +12,14 @@ from pathlib import Path
 
 import numpy as np
 
+from recstack.cliutil import add_dataset_argument
 from recstack.errors import InputError
+from recstack.paths import RunPaths
+from recstack.serving.server import DEFAULT_GRPC_PORT, DEFAULT_HTTP_PORT, DEFAULT_METRICS_PORT
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    parser = subparsers.add_parser("triton", help="tritonserver: install check, serve a model repository")
+    parser = subparsers.add_parser("triton", help="tritonserver install check")
     sub = parser.add_subparsers(dest="triton_command", metavar="ACTION")
     sub.required = True
 
@@ -27,13 +29,21 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     check.add_argument("--seed", type=int, default=0)
     check.set_defaults(handler=run_check)
 
-    serve = sub.add_parser("serve", help="serve a model repository on 127.0.0.1 until Ctrl-C")
-    serve.add_argument("repo", type=Path, help="model repository folder (e.g. triton_repo/ml-100k)")
-    serve.add_argument("--http-port", type=int, default=8000)
-    serve.add_argument("--grpc-port", type=int, default=8001)
-    serve.add_argument("--metrics-port", type=int, default=8002)
+    serve = subparsers.add_parser(
+        "serve", help="start tritonserver (CPU, loopback) with an exported recommendation repository",
+        description="Start tritonserver on 127.0.0.1 with triton_repo/<dataset>/ (or --repo, a copy of it anywhere), "
+                    "reading the online store of --feature-repo; serve until Ctrl-C or SIGTERM.")
+    add_dataset_argument(serve)
+    serve.add_argument("--repo", type=Path, default=None, help="model repository (default: triton_repo/<dataset>)")
+    serve.add_argument("--feature-repo", type=Path, default=None,
+                       help="Feast repository of the online store (default: runs/<dataset>/feature_repo)")
+    serve.add_argument("--python-env", type=Path, default=None,
+                       help="virtual environment whose packages the python models import (default: this one)")
+    serve.add_argument("--http-port", type=int, default=DEFAULT_HTTP_PORT)
+    serve.add_argument("--grpc-port", type=int, default=DEFAULT_GRPC_PORT)
+    serve.add_argument("--metrics-port", type=int, default=DEFAULT_METRICS_PORT)
     serve.add_argument("--timeout", type=float, default=300.0, help="server startup timeout in seconds")
-    serve.add_argument("--log", type=Path, default=None, help="server log file (default: a temp file)")
+    serve.add_argument("--log", type=Path, default=None, help="server log file (default: runs/<dataset>/tritonserver.log)")
     serve.set_defaults(handler=run_serve)
 
 
@@ -48,8 +58,8 @@ def _random_case(rng: np.random.Generator, batch: int, length: int) -> dict[str,
 
 def run_check(args: argparse.Namespace) -> int:
     from recstack.serving.client import TritonClient
-    from recstack.serving.examples import AFFINE_INPUTS, AFFINE_OUTPUTS, AFFINE_STEP_CLASS, AffineCheckStep
-    from recstack.serving.model_repo import write_python_model
+    from recstack.ensembles.examples import AFFINE_INPUTS, AFFINE_OUTPUTS, AFFINE_STEP_CLASS, AffineCheckStep
+    from recstack.ensembles.model_repo import write_python_model
     from recstack.serving.tritonserver import TritonServer, TritonStartError
 
     if args.requests < 1:
@@ -94,39 +104,25 @@ def run_check(args: argparse.Namespace) -> int:
 
 
 def run_serve(args: argparse.Namespace) -> int:
-    from recstack.serving.tritonserver import TritonServer
-
-    if not args.repo.is_dir():
-        raise InputError(f"repo: {args.repo} is not a folder")
-    server = TritonServer(
-        args.repo,
-        http_port=args.http_port,
-        grpc_port=args.grpc_port,
-        metrics_port=args.metrics_port,
-        log_path=args.log,
-        startup_timeout_s=args.timeout,
-    )
+    from recstack.serving.server import query_help, start_server, wait_for_interrupt
     from recstack.serving.tritonserver import TritonStartError
 
+    paths = RunPaths.for_dataset(args.dataset)
+    log = args.log or paths.root / "tritonserver.log"
+    log.parent.mkdir(parents=True, exist_ok=True)
     try:
-        server.start()
+        server = start_server(args.repo or paths.triton_repo, args.feature_repo or paths.feature_repo,
+                              args.http_port, args.grpc_port, args.metrics_port, python_env=args.python_env,
+                              log_path=log, startup_timeout_s=args.timeout)
     except TritonStartError as exc:
         print(f"recstack: error: {exc}", file=sys.stderr)
         return 1
-    def _terminate(signum, frame):  # docker stop / kill: shut the server down like Ctrl-C
-        raise KeyboardInterrupt
-
-    previous = signal.signal(signal.SIGTERM, _terminate)
-    with server:
-        print(f"tritonserver ready in {server.startup_seconds:.2f} s: http {server.http_url}, "
-              f"grpc {server.grpc_url}, log {server.log_path}; Ctrl-C stops it", flush=True)
-        try:
-            while server.is_running():
-                time.sleep(0.5)
-        except KeyboardInterrupt:
-            print("stopping tritonserver ...", file=sys.stderr)
-            return 0
-        finally:
-            signal.signal(signal.SIGTERM, previous)
-        print("tritonserver exited; last log lines:\n" + server.log_tail(), file=sys.stderr)
-    return 1
+    try:
+        print(f"tritonserver ready in {server.startup_seconds:.1f}s: HTTP {server.http_url}, "
+              f"gRPC {server.grpc_url}, log {server.log_path}")
+        print(query_help(server.http_url, server.grpc_url, args.dataset))
+        print("serving until Ctrl-C", flush=True)
+        wait_for_interrupt()
+    finally:
+        server.stop()
+    return 0

@@ -1,4 +1,4 @@
-"""Client side of the recommendation ensemble: `recstack serve` and `recstack recommend`.
+"""Client side of the recommendation ensemble: `recstack recommend`.
 
 Apps call the ``recommend`` ensemble over Triton's KServe v2 gRPC/HTTP API with
 ``user_id`` int64 [B, 1] and ``top_n`` int32 [B, 1]; they get raw ``item_ids`` int64
@@ -9,21 +9,17 @@ here, outside the ensemble (strings do not cross the python backend safely).
 from __future__ import annotations
 
 import argparse
-import signal
-import socket
-import threading
 from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
 
+from recstack.cliutil import add_dataset_argument
+from recstack.ensembles.graph import ENSEMBLE_NAME
 from recstack.errors import InputError
 from recstack.paths import RunPaths
+from recstack.serving.server import DEFAULT_GRPC_PORT, DEFAULT_HTTP_PORT
 
-DEFAULT_HTTP_PORT = 8000
-DEFAULT_GRPC_PORT = 8001
-DEFAULT_METRICS_PORT = 8002
-ENSEMBLE = "recommend"
 MAX_TOP_N = 100
 
 
@@ -48,7 +44,7 @@ def recommend(client, user_ids: list[int] | np.ndarray, k: int = 10) -> list[Rec
     k = check_top_n(k)
     users = np.asarray(user_ids, dtype=np.int64).reshape(-1, 1)
     inputs = {"user_id": users, "top_n": np.full((len(users), 1), k, dtype=np.int32)}
-    out = client.infer(ENSEMBLE, inputs, ["item_ids", "scores", "cold_start"])
+    out = client.infer(ENSEMBLE_NAME, inputs, ["item_ids", "scores", "cold_start"])
     results = []
     for row, user in enumerate(users[:, 0]):
         keep = out["item_ids"][row] >= 0
@@ -76,73 +72,7 @@ def format_recommendation(rec: Recommendation, titles: ItemTitles) -> str:
     return "\n".join(lines)
 
 
-def query_help(http_url: str, grpc_url: str, dataset: str) -> str:
-    """How to query a running server, printed by `serve` and `run`."""
-    return (
-        f"query it:\n"
-        f"  .venv/bin/recstack recommend --dataset {dataset} --user 1 -k 10          (gRPC {grpc_url})\n"
-        f"  .venv/bin/recstack recommend --dataset {dataset} --user 1 -k 10 --http   (HTTP {http_url})\n"
-        f"  curl -s {http_url}/v2/models/{ENSEMBLE}/infer -d "
-        "'{\"inputs\":[{\"name\":\"user_id\",\"shape\":[1,1],\"datatype\":\"INT64\",\"data\":[1]},"
-        "{\"name\":\"top_n\",\"shape\":[1,1],\"datatype\":\"INT32\",\"data\":[10]}]}'\n"
-        f"  .venv/bin/recstack events push --dataset {dataset} --user 1 --item 50   (real-time update)"
-    )
-
-
-def _check_port_free(option: str, port: int) -> None:
-    """A fixed port must be free on 127.0.0.1, else a one-line error instead of Triton's log dump."""
-    if port == 0:
-        return
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
-        try:
-            probe.bind(("127.0.0.1", port))
-        except OSError:
-            raise InputError(f"{option}: 127.0.0.1:{port} is already in use (another server? stop it or "
-                             f"choose another port)") from None
-
-
-def start_server(paths: RunPaths, http_port: int = 0, grpc_port: int = 0, metrics_port: int = 0):
-    """Start tritonserver on the run's exported repository (loopback only) and wait until ready."""
-    from recstack.serving.tritonserver import TritonServer
-
-    for option, port in (("--http-port", http_port), ("--grpc-port", grpc_port), ("--metrics-port", metrics_port)):
-        _check_port_free(option, port)
-
-    if not (paths.triton_repo / ENSEMBLE / "config.pbtxt").is_file():
-        raise InputError(f"{paths.triton_repo}: no exported ensemble (run `recstack export --dataset "
-                         f"{paths.root.name}` first)")
-    paths.root.mkdir(parents=True, exist_ok=True)
-    server = TritonServer(paths.triton_repo, http_port=http_port, grpc_port=grpc_port,
-                          metrics_port=metrics_port, log_path=paths.root / "tritonserver.log")
-    server.start()
-    return server
-
-
-def wait_for_interrupt() -> None:
-    """Block until Ctrl-C (SIGINT) or SIGTERM.
-
-    Both handlers are installed explicitly: a process started in the background by a
-    non-interactive shell inherits SIGINT as ignored, so Ctrl-C semantics can't be assumed.
-    """
-    stop = threading.Event()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(sig, lambda *_: stop.set())
-    while not stop.wait(1.0):
-        pass
-
-
 def register(subparsers: argparse._SubParsersAction) -> None:
-    from recstack.cli import add_dataset_argument
-
-    serve = subparsers.add_parser("serve", help="start tritonserver (CPU, loopback) with the exported ensemble",
-                                  description="Start tritonserver on 127.0.0.1 with triton_repo/<dataset>/, wait "
-                                              "until ready, report the startup time, serve until Ctrl-C.")
-    add_dataset_argument(serve)
-    serve.add_argument("--http-port", type=int, default=DEFAULT_HTTP_PORT)
-    serve.add_argument("--grpc-port", type=int, default=DEFAULT_GRPC_PORT)
-    serve.add_argument("--metrics-port", type=int, default=DEFAULT_METRICS_PORT)
-    serve.set_defaults(handler=_serve)
-
     rec = subparsers.add_parser("recommend", help="top-N recommendations for a user from the running server",
                                 description="Query the `recommend` ensemble over gRPC (default) or HTTP and "
                                             "print titles and scores.")
@@ -154,19 +84,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     rec.add_argument("--new-user", action="store_true",
                      help="accept a user the online store does not know (cold start: popular items)")
     rec.set_defaults(handler=_recommend)
-
-
-def _serve(args: argparse.Namespace) -> int:
-    paths = RunPaths.for_dataset(args.dataset)
-    server = start_server(paths, args.http_port, args.grpc_port, args.metrics_port)
-    try:
-        print(f"tritonserver ready in {server.startup_seconds:.1f}s: HTTP {server.http_url}, gRPC {server.grpc_url}")
-        print(query_help(server.http_url, server.grpc_url, args.dataset))
-        print("serving until Ctrl-C")
-        wait_for_interrupt()
-    finally:
-        server.stop()
-    return 0
 
 
 def _recommend(args: argparse.Namespace) -> int:

@@ -39,6 +39,7 @@ from collections import deque
 from dataclasses import dataclass
 from pathlib import Path
 
+from recstack.ensembles.python_model import PYTHON_ENV_VAR
 from recstack.errors import InputError
 
 
@@ -186,9 +187,12 @@ class TritonServer:
         with TritonServer("triton_repo/ml-100k") as server:
             client = TritonClient(server.grpc_url)
 
-    ``kill_with_parent`` (default on) asks Linux to SIGTERM the server if the thread
-    that started it dies without calling stop() (e.g. SIGKILL of this process);
-    start the server from a thread that lives as long as the server should.
+    ``python_env`` is the virtual environment whose packages the python models import (default:
+    this interpreter's, ``sys.prefix``); ``env`` adds environment variables for the server and
+    its python models (``recstack serve`` names the online store this way). ``kill_with_parent`` (default
+    on) asks Linux to SIGTERM the server if the thread that started it dies without calling
+    stop() (e.g. SIGKILL of this process); start the server from a thread that lives as long as
+    the server should.
     """
 
     def __init__(
@@ -205,6 +209,8 @@ class TritonServer:
         extra_args: tuple[str, ...] | list[str] = (),
         kill_with_parent: bool = True,
         exit_timeout_s: int = 5,
+        env: dict[str, str] | None = None,
+        python_env: str | os.PathLike | None = None,
     ) -> None:
         self.model_repository = Path(model_repository).resolve()
         self._requested_ports = (int(http_port), int(grpc_port), int(metrics_port))
@@ -216,6 +222,10 @@ class TritonServer:
         self.extra_args = tuple(extra_args)
         self.kill_with_parent = kill_with_parent
         self.exit_timeout_s = int(exit_timeout_s)
+        python_env = Path(python_env or sys.prefix).resolve()
+        if not python_env.is_dir():
+            raise InputError(f"python_env: {python_env} is not a folder (a virtual environment with recstack)")
+        self.env = {PYTHON_ENV_VAR: str(python_env), **(env or {})}
 
         self.http_port = self.grpc_port = self.metrics_port = 0
         self.log_path: Path | None = None
@@ -299,7 +309,7 @@ class TritonServer:
             f"--exit-timeout-secs={self.exit_timeout_s}",
             *self.extra_args,
         ]
-        env = dict(os.environ)
+        env = {**os.environ, **self.env}
         env["LD_LIBRARY_PATH"] = os.pathsep.join(
             p for p in (str(install.lib_dir), env.get("LD_LIBRARY_PATH", "")) if p
         )
