@@ -54,7 +54,7 @@ def _features(paths: RunPaths, args: argparse.Namespace) -> str:
 
 
 def _train(paths: RunPaths, args: argparse.Namespace) -> str:
-    from recstack.models.train import train_all
+    from recstack.models import train_all
 
     summary = train_all(paths, device=args.device, epochs=args.epochs, progress=args.progress)
     return f"two-tower + DLRM trained on {summary['device']}"
@@ -69,10 +69,10 @@ def _index(paths: RunPaths, args: argparse.Namespace) -> str:
 
 
 def _evaluate(paths: RunPaths, args: argparse.Namespace) -> str:
-    from recstack.evaluation import evaluate_run, format_report
+    from recstack.evaluation import evaluate_run, format_table
 
     report = evaluate_run(paths, progress=args.progress)
-    print(format_report(report))
+    print(format_table(report))
     return "evaluated on the test split (full catalogue, seen items excluded)"
 
 

@@ -94,7 +94,7 @@ def _dlrm():
 
 @check("train --device auto")
 def _device():
-    from recstack.models.train import resolve_device
+    from recstack.models.device import resolve_device
     device = resolve_device("auto")
     if device.type != "cuda":
         raise RuntimeError(f"auto resolved to {device}")

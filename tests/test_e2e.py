@@ -227,12 +227,12 @@ def test_served_ranking_equals_offline_evaluation_ranking(client, e2e_paths):
     histories, seen items, candidates and fusion; PyTorch offline vs ONNX in Triton)."""
     import torch
 
-    from recstack.evaluation.metrics import exclude_seen
     from recstack.models.data import load_training_data
     from recstack.models.export import load_dlrm, load_two_tower
     from recstack.models.fusion import fuse_scores
     from recstack.models.predict import dlrm_scores, rerank, user_embeddings
-    from recstack.models.train import split_view, top_candidates
+    from recstack.models.validation import split_view
+    from recstack.ranking import catalogue_mask, mask_unrankable, top_k
     from recstack.workflows import Workflow
 
     data = load_training_data(e2e_paths)
@@ -249,9 +249,8 @@ def test_served_ranking_equals_offline_evaluation_ranking(client, e2e_paths):
     rows = np.array([int(np.flatnonzero(view.users == e)[0]) for e in encoded])
     with torch.no_grad():
         first = user_embeddings(two_tower, data, view.users[rows], view.history[rows]).astype(np.float64) @ item_emb.T
-    exclude_seen(first, view.users[rows], view.seen, view.targets[rows])
-    first[:, :2] = -np.inf  # padding / out-of-vocabulary ids are not items
-    cands = top_candidates(first, 100)
+    mask_unrankable(first, view.users[rows], view.seen, view.targets[rows], catalogue_mask(data.n_items))
+    cands = top_k(first, 100)
     with torch.no_grad():
         logits = dlrm_scores(dlrm, data, view.users[rows], view.history[rows], cands)
     final = rerank(first, cands, fuse_scores(logits, np.take_along_axis(first, cands, axis=1), dlrm_config["fusion"]))

@@ -1,4 +1,5 @@
-"""recstack.evaluation: metrics on hand-computed cases; the popularity anchor and model quality on ML-100K."""
+"""recstack.ranking / recstack.evaluation: metrics on hand-computed cases; the popularity anchor and model
+quality on ML-100K."""
 
 from __future__ import annotations
 
@@ -8,9 +9,15 @@ import math
 import numpy as np
 import pytest
 
-from recstack.evaluation.metrics import (RankingAccumulator, catalogue_mask, coverage, exclude_seen,
-                                         metrics_from_ranks, ranks_from_topk, target_ranks, top_k)
+from recstack.data import prepare_dataset
+from recstack.evaluation import evaluate_run, format_table
+from recstack.evaluation.metrics import evaluate_scores, ranks_from_topk
+from recstack.ids import FIRST_CODE, HISTORY_LENGTH
+from recstack.models import train_all
 from recstack.paths import RunPaths
+from recstack.ranking import (RankingAccumulator, catalogue_mask, coverage, exclude_seen, mask_unrankable,
+                              metrics_from_ranks, row_batches, target_ranks, top_k)
+from recstack.workflows import fit_and_export
 
 
 def test_ties_rank_below_the_target():
@@ -57,23 +64,44 @@ def test_topk_coverage_and_accumulator():
     assert r["users"] == 2 and r["coverage"] == pytest.approx(3 / 4)
 
 
+def test_catalogue_starts_at_the_first_vocabulary_code():
+    assert catalogue_mask(5).tolist() == [False] * FIRST_CODE + [True] * (5 - FIRST_CODE)
+
+
+def test_candidates_exclude_seen_and_non_catalogue_items():
+    """Candidate selection (two-tower top-C for the DLRM): seen items, except the row's target, and
+    pad / OOV ids never become candidates; best first, ties by lower id."""
+    scores = np.array([[9.0, 8, 1, 5, 5, 3], [9.0, 8, 1, 5, 5, 3]])
+    seen = (np.array([0, 2, 2]), np.array([3, 2]))  # user 0 saw items 3 and 2; user 1 nothing
+    first = mask_unrankable(scores.copy(), np.array([0, 1]), seen, np.array([2, 2]), catalogue_mask(6))
+    assert np.isneginf(first[:, :FIRST_CODE]).all() and first[0, 3] == -np.inf and first[0, 2] == 1.0
+    assert top_k(first, 3).tolist() == [[4, 5, 2], [3, 4, 5]]
+    assert top_k(first, 10).shape == (2, 6)
+
+
+def test_row_batches_and_evaluate_scores():
+    assert [b.tolist() for b in row_batches(5, 2)] == [[0, 1], [2, 3], [4]]
+    assert list(row_batches(0, 2)) == []
+    scores = np.array([[0, 0, 3, 2, 1, 0.5], [0, 0, 1, 3, 2, 0.5], [0, 0, 1, 2, 3, 0.5]], dtype=float)
+    seen = (np.array([0, 1, 1, 1]), np.array([2]))  # user 0 saw item 2
+    out = evaluate_scores(lambda rows: scores[rows], np.array([0, 1, 2]), np.array([3, 5, 4]), 6, seen, k=2,
+                          batch_size=2)
+    # ranks: user 0 -> 0 (item 2 excluded), user 1 -> 3 (below 3, 4, 2), user 2 -> 0
+    assert out["hr@2"] == pytest.approx(2 / 3) and out["mrr"] == pytest.approx((1 + 1 / 4 + 1) / 3)
+    assert out["users"] == 3
+
+
 # ------------------------------------------------------------------------------------- ML-100K
 
 @pytest.fixture(scope="module")
 def ml100k(tmp_path_factory) -> RunPaths:
-    data = pytest.importorskip("recstack.data")
-    workflows = pytest.importorskip("recstack.workflows")
-    if not hasattr(data, "prepare_dataset") or not hasattr(workflows, "fit_and_export"):
-        pytest.skip("data / workflows stages not available")
     paths = RunPaths.for_dataset("ml-100k", home=tmp_path_factory.mktemp("eval_home"))
-    data.prepare_dataset("ml-100k", paths.data, progress=False)
-    workflows.fit_and_export(paths.data, paths.workflow, paths.features, history_length=50, progress=False)
+    prepare_dataset("ml-100k", paths.data, progress=False)
+    fit_and_export(paths.data, paths.workflow, paths.features, history_length=HISTORY_LENGTH, progress=False)
     return paths
 
 
 def test_popularity_matches_the_data_md_anchor(ml100k):
-    from recstack.evaluation import evaluate_run
-
     report = evaluate_run(ml100k, progress=False)
     pop = report["models"]["popularity"]
     assert pop["hr@10"] == pytest.approx(0.086, abs=0.01)
@@ -85,9 +113,6 @@ def test_popularity_matches_the_data_md_anchor(ml100k):
 
 def test_trained_models_beat_popularity(ml100k):
     """A short training run (3 epochs each, no ONNX) already beats popularity on NDCG@10."""
-    from recstack.evaluation import evaluate_run, format_table
-    from recstack.models.train import train_all
-
     train_all(ml100k, device="cpu", epochs=3, progress=False, onnx=False, threads=1)
     report = evaluate_run(ml100k, progress=False)
     print(format_table(report))
@@ -111,3 +136,18 @@ def test_trained_models_beat_popularity(ml100k):
             assert again["two_tower+dlrm"]["ndcg@10"] == pytest.approx(ndcg[same_as], abs=1e-9)
     finally:
         path.write_text(json.dumps(config))
+
+
+def test_evaluate_cli_no_progress_hides_the_bar(ml100k, monkeypatch, capsys):
+    import argparse
+
+    from recstack.evaluation import cli
+
+    monkeypatch.setenv("RECSTACK_HOME", str(ml100k.root.parent.parent))
+    parser = argparse.ArgumentParser()
+    cli.register(parser.add_subparsers())
+    for extra, bar_shown in (([], True), (["--no-progress"], False)):
+        args = parser.parse_args(["evaluate", "--dataset", "ml-100k", "--split", "valid", *extra])
+        assert args.handler(args) == 0
+        out, err = capsys.readouterr()
+        assert ("evaluate valid" in err) is bar_shown and "popularity" in out

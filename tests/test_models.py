@@ -8,15 +8,20 @@ import pytest
 import torch
 
 from recstack.errors import InputError
-from recstack.models.data import Interactions, TrainingData, history_before_each, last_items
+from recstack.ids import FIRST_CODE
+from recstack.models.data import Interactions, TrainingData, last_items
+from recstack.models.device import resolve_device
 from recstack.models.dlrm import DLRM, DLRMConfig, DenseArch, InteractionArch, OverArch, SparseArch
+from recstack.models.dlrm_training import fit_dlrm
 from recstack.models.export import load_dlrm, load_two_tower, random_inputs, save_dlrm, save_two_tower
+from recstack.models.fusion import DLRM_WEIGHT_GRID, fuse_scores, read_fusion, select_fusion
 from recstack.models.layout import FeatureLayout, pad_lists
-from recstack.models.train import fit_dlrm, fit_two_tower, resolve_device
+from recstack.models.predict import dlrm_scores, rerank
 from recstack.models.two_tower import TwoTower, TwoTowerConfig, in_batch_softmax_loss
-
-workflows = pytest.importorskip("recstack.workflows")
-ColumnSchema, Schema, Tags = workflows.ColumnSchema, workflows.Schema, workflows.Tags
+from recstack.models.two_tower_training import fit_two_tower
+from recstack.models.validation import CandidateSet, candidate_ndcg, candidate_set, fusion_on_valid, split_view
+from recstack.ranking import RankingAccumulator
+from recstack.workflows import ColumnSchema, Schema, Tags, history_before_each
 
 N_USERS, N_ITEMS, L = 40, 60, 8
 
@@ -127,24 +132,26 @@ def test_in_batch_loss_masks_duplicates():
     assert torch.isfinite(same_loss) and torch.isfinite(row0)
 
 
+def train_history(users: np.ndarray, items: np.ndarray, length: int) -> np.ndarray:
+    """History before each row of rows sorted by (user, time), as recstack.models.data builds it for train."""
+    return history_before_each(pd.DataFrame({"user_id": users, "item_id": items,
+                                             "timestamp": np.arange(len(users))}), length)
+
+
 def test_histories():
     users = np.array([1, 1, 1, 2, 2])
     items = np.array([5, 6, 7, 8, 9])
-    h = history_before_each(users, items, 2)
-    assert h.tolist() == [[0, 0], [0, 5], [5, 6], [0, 0], [0, 8]]
+    assert train_history(users, items, 2).tolist() == [[0, 0], [0, 5], [5, 6], [0, 0], [0, 8]]
     assert last_items(users, items, np.array([2, 1, 3]), 2).tolist() == [[8, 9], [6, 7], [0, 0]]
-    ref = workflows.history_before_each(pd.DataFrame({"user_id": users, "item_id": items,
-                                                      "timestamp": np.arange(5)}), 2)
-    assert np.array_equal(ref, h)
 
 
 def synthetic_data(layout: FeatureLayout, seed: int = 0) -> TrainingData:
     """Users whose next item is the previous one + 1 (mod catalogue): learnable from the history."""
     rng = np.random.default_rng(seed)
     users_l, items_l = [], []
-    for u in range(2, N_USERS):
-        start = int(rng.integers(2, N_ITEMS))
-        seq = [2 + (start - 2 + t) % (N_ITEMS - 2) for t in range(12)]
+    for u in range(FIRST_CODE, N_USERS):
+        start = int(rng.integers(FIRST_CODE, N_ITEMS))
+        seq = [FIRST_CODE + (start - FIRST_CODE + t) % (N_ITEMS - FIRST_CODE) for t in range(12)]
         users_l += [u] * len(seq)
         items_l += seq
     users, items = np.array(users_l), np.array(items_l)
@@ -152,7 +159,7 @@ def synthetic_data(layout: FeatureLayout, seed: int = 0) -> TrainingData:
     last = np.r_[users[1:] != users[:-1], True]
     second = np.r_[last[1:], False]
     train = ~(last | second)
-    tr = Interactions(users[train], items[train], ratings[train], history_before_each(users[train], items[train], L))
+    tr = Interactions(users[train], items[train], ratings[train], train_history(users[train], items[train], L))
     hv = last_items(users[train], items[train], users[second], L)
     va = Interactions(users[second], items[second], ratings[second], hv)
     prior = ~last
@@ -183,7 +190,7 @@ def test_training_lowers_loss_and_save_load_onnx(layout, tmp_path):
         assert (tt_dir / name).exists()
     assert (dl_dir / "dlrm.onnx").exists()
     emb = np.load(tt_dir / "item_embeddings.npy")
-    assert emb.shape == (N_ITEMS, 16) and emb.dtype == np.float32 and not emb[:2].any()
+    assert emb.shape == (N_ITEMS, 16) and emb.dtype == np.float32 and not emb[:FIRST_CODE].any()
 
     tt2, cfg2 = load_two_tower(tt_dir)
     dl2, _ = load_dlrm(dl_dir)
@@ -216,7 +223,7 @@ def test_load_rejects_missing_or_wrong_folder(tmp_path):
 def test_resolve_device():
     assert resolve_device("cpu").type == "cpu"
     assert resolve_device("auto").type in ("cpu", "cuda")
-    with pytest.raises(InputError):
+    with pytest.raises(InputError, match="expected auto, cpu or cuda, got 'tpu'"):
         resolve_device("tpu")
     if not torch.cuda.is_available():
         with pytest.raises(InputError, match="cuda"):
@@ -226,8 +233,6 @@ def test_resolve_device():
 # ------------------------------------------------------------------------------ score fusion
 
 def test_fuse_scores_applies_the_weights():
-    from recstack.models.fusion import fuse_scores
-
     logits = np.array([[2.0, -1.0, 0.5], [0.0, 1.0, 3.0]], np.float32)
     retrieval = np.array([[0.1, 0.9, 0.5], [0.2, -np.inf, 0.3]], np.float32)
     fused = fuse_scores(logits, retrieval, {"dlrm_weight": 0.5, "retrieval_weight": 10.0})
@@ -256,8 +261,6 @@ def test_fusion_module_does_not_import_torch():
 
 
 def test_select_fusion_grid_excludes_zero():
-    from recstack.models.fusion import DLRM_WEIGHT_GRID, select_fusion
-
     assert min(DLRM_WEIGHT_GRID) > 0
     seen = []
     fusion, trials = select_fusion(lambda f: seen.append(f) or -abs(f["dlrm_weight"] - 0.5), temperature=0.05)
@@ -266,16 +269,12 @@ def test_select_fusion_grid_excludes_zero():
     # even when the ranker only hurts, the smallest positive weight is chosen, never 0
     fusion, _ = select_fusion(lambda f: -f["dlrm_weight"], temperature=0.1)
     assert fusion["dlrm_weight"] == min(DLRM_WEIGHT_GRID) > 0
-    with pytest.raises(InputError):
+    with pytest.raises(InputError, match="fusion grid: needs at least one dlrm_weight, all > 0"):
         select_fusion(lambda f: 0.0, temperature=0.1, grid=(0.0, 1.0))
 
 
 def test_fusion_is_selected_on_valid_saved_and_read_back(layout, tmp_path):
     """train_dlrm's fusion step: weights chosen on valid candidates, stored in config.json, read back, applied."""
-    from recstack.models.fusion import fuse_scores, read_fusion
-    from recstack.models.predict import dlrm_scores
-    from recstack.models.train import candidate_ndcg, candidate_set, fusion_on_valid, split_view
-
     torch.set_num_threads(1)
     data = synthetic_data(layout)
     tt, _ = fit_two_tower(data, TwoTowerConfig(embedding_dim=16, output_dim=16, hidden=[32], uniform_negatives=16,
@@ -306,15 +305,11 @@ def test_fusion_is_selected_on_valid_saved_and_read_back(layout, tmp_path):
 
 
 def test_candidate_ndcg_matches_full_catalogue_metric(layout):
-    from recstack.evaluation.metrics import RankingAccumulator
-    from recstack.models.predict import rerank
-    from recstack.models.train import CandidateSet
-
     rng = np.random.default_rng(0)
     U, n_items, C = 30, 40, 12
     first = rng.normal(size=(U, n_items))
-    first[:, :2] = -np.inf
-    targets = rng.integers(2, n_items, U)
+    first[:, :FIRST_CODE] = -np.inf
+    targets = rng.integers(FIRST_CODE, n_items, U)
     cands = np.argsort(-first, axis=1)[:, :C]
     second = rng.normal(size=(U, C))
     second[0] = 0.0  # all tied: the target (if a candidate) ranks below the other C - 1
@@ -322,10 +317,24 @@ def test_candidate_ndcg_matches_full_catalogue_metric(layout):
                         np.take_along_axis(first, cands, axis=1))
     acc = RankingAccumulator(n_items, 10)
     acc.add(rerank(first, cands, second), targets)
-    assert candidate_ndcg_of(cset, second) == pytest.approx(acc.result()["ndcg@10"])
+    assert candidate_ndcg(cset, second) == pytest.approx(acc.result()["ndcg@10"])
 
 
-def candidate_ndcg_of(cset, scores):
-    from recstack.models.train import candidate_ndcg
+def test_train_cli_passes_no_progress(tmp_path, monkeypatch, capsys):
+    """`recstack train --no-progress` reaches train_all (whose tqdm bars it disables)."""
+    import argparse
+    import json
 
-    return candidate_ndcg(cset, scores)
+    from recstack.models import cli, recipe
+
+    calls = []
+    monkeypatch.setattr(recipe, "train_all", lambda paths, **kw: calls.append(kw) or {"dataset": paths.root.name})
+    monkeypatch.setenv("RECSTACK_HOME", str(tmp_path))
+    (tmp_path / "runs" / "tiny" / "data").mkdir(parents=True)
+    parser = argparse.ArgumentParser()
+    cli.register(parser.add_subparsers())
+    for extra, want in (([], True), (["--no-progress"], False)):
+        args = parser.parse_args(["train", "--dataset", "tiny", "--device", "cpu", "--json", *extra])
+        assert args.handler(args) == 0
+        assert calls[-1]["progress"] is want and calls[-1]["device"] == "cpu"
+        assert json.loads(capsys.readouterr().out) == {"dataset": "tiny"}

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 
-from recstack.cli import add_dataset_argument
+from recstack.cliutil import add_dataset_argument, add_progress_argument
 from recstack.errors import InputError
 from recstack.paths import RunPaths
 
@@ -16,6 +16,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         description="Rank every item for every user (seen items excluded, ties ranked below the target) and "
                     "report Recall/NDCG/HR@K, MRR and coverage; writes runs/<ds>/reports/evaluation_<split>.{json,png}.")
     add_dataset_argument(parser)
+    add_progress_argument(parser)
     parser.add_argument("--split", default="test", choices=("test", "valid"), help="split to score (default: test)")
     parser.add_argument("--k", type=int, default=10, help="cut-off K (default: 10)")
     parser.add_argument("--candidates", type=int, default=100, help="two-tower candidates the DLRM reranks (default: 100)")
@@ -34,7 +35,8 @@ def _evaluate(args: argparse.Namespace) -> int:
     paths = RunPaths.for_dataset(args.dataset)
     if not paths.data.is_dir():
         raise InputError(f"--dataset {args.dataset}: no data folder {paths.data} (run `recstack data prepare` first)")
-    report = evaluate_run(paths, k=args.k, split=args.split, candidates=args.candidates, device=args.device)
+    report = evaluate_run(paths, k=args.k, split=args.split, candidates=args.candidates, device=args.device,
+                           progress=args.progress)
     if args.json:
         print(json.dumps(report, indent=2))
         return 0

@@ -3,7 +3,7 @@
 Protocol (shared/DATA.md): leave-one-out on the time split. For ``split="test"`` the target
 is each user's test item, the user's history (model input) and seen items (excluded from
 the ranking) are train + valid; for ``split="valid"`` both are train only. Every catalogue
-item is ranked, ties pessimistically (:mod:`recstack.evaluation.metrics`).
+item is ranked, ties pessimistically (:mod:`recstack.ranking`, the protocol training selects with).
 
 * ``popularity``: interaction counts of the rows before the target, i.e. train for
   ``valid`` and train + valid for ``test`` (the DATA.md protocol refits baselines on train +
@@ -32,16 +32,17 @@ import torch
 from tqdm.auto import tqdm
 
 from recstack.errors import InputError
-from recstack.evaluation.metrics import RankingAccumulator, exclude_seen
 from recstack.io import write_json
+from recstack.models.data import load_training_data
+from recstack.models.device import resolve_device
+from recstack.models.export import load_dlrm, load_two_tower
+from recstack.models.fusion import LEGACY_FUSION, check_fusion, fuse_scores
+from recstack.models.predict import dlrm_scores, rerank, user_embeddings
+from recstack.models.validation import split_view
 from recstack.paths import RunPaths
+from recstack.ranking import RankingAccumulator, mask_unrankable, row_batches, top_k
 
 METRIC_COLUMNS = ("recall@{k}", "ndcg@{k}", "hr@{k}", "mrr", "coverage")
-
-
-def _score_batches(n: int, batch_size: int):
-    for s in range(0, n, batch_size):
-        yield np.arange(s, min(s + batch_size, n))
 
 
 def evaluate_run(paths: RunPaths, k: int = 10, split: str = "test", *, candidates: int = 100,
@@ -52,12 +53,6 @@ def evaluate_run(paths: RunPaths, k: int = 10, split: str = "test", *, candidate
     Returns ``{"dataset", "split", "k", "users", "models": {name: metrics}, "files": {...}}``.
     Models whose folder is missing are reported under ``"skipped"``.
     """
-    from recstack.models.data import load_training_data
-    from recstack.models.export import load_dlrm, load_two_tower
-    from recstack.models.fusion import LEGACY_FUSION, check_fusion, fuse_scores
-    from recstack.models.predict import dlrm_scores, rerank, user_embeddings
-    from recstack.models.train import resolve_device, split_view, top_candidates
-
     if split not in ("test", "valid"):
         raise InputError(f"--split: expected test or valid, got {split!r}")
     if k < 1:
@@ -93,7 +88,7 @@ def evaluate_run(paths: RunPaths, k: int = 10, split: str = "test", *, candidate
 
     popularity = data.item_counts(("train",) if split == "valid" else ("train", "valid")).astype(np.float64)
     catalogue = accs["popularity"].catalogue
-    batches = list(_score_batches(len(view.users), batch_size))
+    batches = list(row_batches(len(view.users), batch_size))
     with torch.no_grad():
         for rows in tqdm(batches, desc=f"evaluate {split}", unit="batch", disable=not progress):
             users, targets = view.users[rows], view.targets[rows]
@@ -101,11 +96,10 @@ def evaluate_run(paths: RunPaths, k: int = 10, split: str = "test", *, candidate
             if two_tower is None:
                 continue
             first = user_embeddings(two_tower, data, users, view.history[rows]).astype(np.float64) @ item_emb.T
-            exclude_seen(first, users, view.seen, targets)
-            first[:, ~catalogue] = -np.inf
+            mask_unrankable(first, users, view.seen, targets, catalogue)
             accs["two_tower"].add(first.copy(), targets)
             if dlrm is not None:
-                cands = top_candidates(first, candidates)
+                cands = top_k(first, candidates)
                 logits = dlrm_scores(dlrm, data, users, view.history[rows], cands)
                 retrieval = np.take_along_axis(first, cands, axis=1)  # inner products of unit vectors
                 accs["two_tower+dlrm"].add(rerank(first, cands, fuse_scores(logits, retrieval, fusion)), targets)
@@ -175,6 +169,3 @@ def format_table(report: dict[str, Any]) -> str:
     for name, why in report.get("skipped", {}).items():
         out.append(f"(skipped {name}: {why})")
     return "\n".join(out)
-
-
-format_report = format_table  # the name recstack.pipeline uses

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 
-from recstack.cli import add_dataset_argument
+from recstack.cliutil import add_dataset_argument, add_progress_argument
 from recstack.errors import InputError
 from recstack.paths import RunPaths
 
@@ -16,6 +16,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         description="Train the two-tower retriever, then the DLRM ranker (selected on reranking the "
                     "two-tower's candidates on the validation split); write runs/<ds>/models/{two_tower,dlrm}/.")
     add_dataset_argument(parser)
+    add_progress_argument(parser)
     parser.add_argument("--device", default="auto", help="auto (cuda if available), cpu or cuda (default: auto)")
     parser.add_argument("--epochs", type=int, default=None,
                         help="maximum epochs per model (default: 20 two-tower, 10 DLRM; early stopping on valid)")
@@ -29,7 +30,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _train(args: argparse.Namespace) -> int:
-    from recstack.models.train import resolve_device, train_all
+    from recstack.models.device import resolve_device
+    from recstack.models.recipe import train_all
 
     if args.epochs is not None and args.epochs < 1:
         raise InputError(f"--epochs: must be >= 1, got {args.epochs}")
@@ -40,7 +42,7 @@ def _train(args: argparse.Namespace) -> int:
     if not paths.data.is_dir():
         raise InputError(f"--dataset {args.dataset}: no data folder {paths.data} (run `recstack data prepare` first)")
     summary = train_all(paths, device=args.device, epochs=args.epochs, seed=args.seed, refit=args.refit,
-                        threads=args.threads)
+                        threads=args.threads, progress=args.progress)
     if args.json:
         print(json.dumps(summary, indent=2))
         return 0

@@ -9,7 +9,7 @@ them with the saved Workflow and returns a :class:`TrainingData`:
   history at that moment (``history`` [N, L]: encoded item ids of the user's *earlier*
   interactions, oldest -> newest, right-aligned: the most recent in the last column,
   left-padded with 0, the last L kept; train rows use
-  ``recstack.workflows.history_before_each``). Valid rows
+  :func:`recstack.workflows.history_before_each`). Valid rows
   see the train items; test rows see train + valid, like a served user (features.json).
 """
 
@@ -23,11 +23,11 @@ import numpy as np
 import pandas as pd
 
 from recstack.errors import InputError
+from recstack.ids import FIRST_CODE, HISTORY_LENGTH
 from recstack.io import read_json
 from recstack.models.layout import FeatureLayout
 from recstack.paths import RunPaths
-
-DEFAULT_HISTORY_LENGTH = 50
+from recstack.workflows import Workflow, history_before_each
 
 
 @dataclass
@@ -92,29 +92,9 @@ class TrainingData:
 
 # ------------------------------------------------------------------------------- histories
 
-def history_before_each(users: np.ndarray, items: np.ndarray, history_length: int) -> np.ndarray:
-    """For rows sorted by (user, time): each row's previous ``history_length`` items of the same user.
-
-    Returns [N, L] int64, oldest -> newest, right-aligned (left-padded with 0; a user's first
-    row: all 0). Same values as ``recstack.workflows.history_before_each`` on sorted rows.
-    """
-    n = len(users)
-    L = int(history_length)
-    if n == 0:
-        return np.zeros((0, L), np.int64)
-    starts = np.r_[0, np.flatnonzero(users[1:] != users[:-1]) + 1]
-    group_start = np.repeat(starts, np.diff(np.r_[starts, n]))
-    position = np.arange(n) - group_start
-    n_hist = np.minimum(position, L)
-    cols = np.arange(L)
-    idx = np.arange(n)[:, None] - L + cols[None, :]  # column L-1 = the previous row
-    valid = cols[None, :] >= (L - n_hist)[:, None]
-    return np.where(valid, items[np.clip(idx, 0, n - 1)], 0).astype(np.int64)
-
-
 def last_items(users: np.ndarray, items: np.ndarray, query_users: np.ndarray, history_length: int) -> np.ndarray:
     """For rows sorted by (user, time): the last ``history_length`` items of each query user -> [Q, L]
-    (right-aligned like :func:`history_before_each`)."""
+    (right-aligned like :func:`recstack.workflows.history_before_each`)."""
     L = int(history_length)
     out = np.zeros((len(query_users), L), np.int64)
     if len(users) == 0:
@@ -131,13 +111,9 @@ def last_items(users: np.ndarray, items: np.ndarray, query_users: np.ndarray, hi
 # ------------------------------------------------------------------------------- loading
 
 def _train_history(users: np.ndarray, items: np.ndarray, timestamps: np.ndarray, L: int) -> np.ndarray:
-    """History before each (already time-sorted) train row: the workflows stage's function when present."""
-    try:
-        from recstack.workflows import history_before_each as wf_history
-    except ImportError:
-        return history_before_each(users, items, L)
+    """History before each (already time-sorted) train row, as the workflows stage computes it."""
     frame = pd.DataFrame({"user_id": users, "item_id": items, "timestamp": timestamps})
-    return np.asarray(wf_history(frame, L), dtype=np.int64)
+    return np.asarray(history_before_each(frame, L), dtype=np.int64)
 
 
 def _read_parquet(path: Path) -> pd.DataFrame:
@@ -146,7 +122,7 @@ def _read_parquet(path: Path) -> pd.DataFrame:
     return pd.read_parquet(path)
 
 
-def _side_table(layout: FeatureLayout, workflow: Any, raw: pd.DataFrame, side: str) -> dict[str, np.ndarray]:
+def _side_table(layout: FeatureLayout, workflow: Workflow, raw: pd.DataFrame, side: str) -> dict[str, np.ndarray]:
     """Encode a side table (users.parquet / items.parquet) into blocks indexed by encoded id."""
     spec = layout.user if side == "user" else layout.item
     card = spec.id_column.cardinality
@@ -158,14 +134,14 @@ def _side_table(layout: FeatureLayout, workflow: Any, raw: pd.DataFrame, side: s
     table: dict[str, np.ndarray] = {}
     for name, block in blocks.items():
         full = np.zeros((card,) + block.shape[1:], dtype=block.dtype)
-        keep = (ids >= 2) & (ids < card)  # rows 0 / 1 (pad / OOV) keep id-only features
+        keep = (ids >= FIRST_CODE) & (ids < card)  # the pad / OOV rows keep id-only features
         full[ids[keep]] = block[keep]
         table[name] = full
     table[f"{side}_cat"][:, 0] = np.arange(card)
     return table
 
 
-def _encode_ids(layout: FeatureLayout, workflow: Any, df: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
+def _encode_ids(layout: FeatureLayout, workflow: Workflow, df: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
     encoded = workflow.transform(df[["user_id", "item_id"]])
     u, i = layout.user.id_column.name, layout.item.id_column.name
     for col in (u, i):
@@ -174,7 +150,7 @@ def _encode_ids(layout: FeatureLayout, workflow: Any, df: pd.DataFrame) -> tuple
     return encoded[u].to_numpy(np.int64), encoded[i].to_numpy(np.int64)
 
 
-def build_training_data(layout: FeatureLayout, workflow: Any, train: pd.DataFrame, valid: pd.DataFrame,
+def build_training_data(layout: FeatureLayout, workflow: Workflow, train: pd.DataFrame, valid: pd.DataFrame,
                         test: pd.DataFrame, users: pd.DataFrame, items: pd.DataFrame) -> TrainingData:
     """Encode raw frames (data-stage columns) with a fitted workflow into :class:`TrainingData`."""
     L = layout.history_length
@@ -221,14 +197,11 @@ def history_length_of(paths: RunPaths) -> int:
         value = read_json(cfg).get("history_length")
         if value:
             return int(value)
-    return DEFAULT_HISTORY_LENGTH
+    return HISTORY_LENGTH
 
 
-def load_workflow(paths: RunPaths) -> Any:
-    try:
-        from recstack.workflows import Workflow
-    except ImportError as exc:  # pragma: no cover - depends on the workflows stage
-        raise InputError(f"recstack.workflows: Workflow unavailable ({exc})") from None
+def load_workflow(paths: RunPaths) -> Workflow:
+    """The run's fitted Workflow (``runs/<ds>/workflow/``)."""
     if not (paths.workflow / "workflow.json").exists():
         raise InputError(f"{paths.workflow}: no fitted workflow (run: recstack workflow fit)")
     return Workflow.load(paths.workflow)

@@ -15,8 +15,8 @@ share the candidate's item-id table, so their dot product in the interaction mea
 the candidate like what the user watched" directly (on ML-100K this reranked better than a
 separate history table, ``share_history_table=False``).
 
-Trained with binary cross-entropy: positives (rating >= threshold, or every interaction
-when there are no ratings) against sampled negatives (see recstack.models.train).
+Trained with binary cross-entropy or a sampled softmax: positives (rating >= threshold, or every
+interaction when there are no ratings) against sampled negatives (see recstack.models.dlrm_training).
 """
 
 from __future__ import annotations

@@ -28,7 +28,9 @@ import torch
 from torch import nn
 
 from recstack.errors import InputError
+from recstack.ids import FIRST_CODE
 from recstack.io import atomic_dir, read_json, write_json
+from recstack.models.device import to_tensors
 from recstack.models.dlrm import DLRM, DLRMConfig
 from recstack.models.layout import FeatureLayout
 from recstack.models.two_tower import TwoTower, TwoTowerConfig
@@ -165,16 +167,16 @@ def save_dlrm(model: DLRM, target: Path, metrics: dict[str, Any], training: dict
 @torch.no_grad()
 def compute_item_embeddings(model: TwoTower, item_features: dict[str, np.ndarray],
                             batch_size: int = 8192) -> np.ndarray:
-    """Item tower over the item feature table (row = encoded id) -> [n_items, d]; rows 0 and 1 zeroed."""
+    """Item tower over the item feature table (row = encoded id) -> [n_items, d]; pad / OOV rows zeroed."""
     model.eval()
     device = next(model.parameters()).device
     n = len(item_features["item_cat"])
     out = []
     for start in range(0, n, batch_size):
-        batch = {k: torch.from_numpy(v[start:start + batch_size]).to(device) for k, v in item_features.items()}
+        batch = to_tensors({k: v[start:start + batch_size] for k, v in item_features.items()}, device)
         out.append(model.item_embedding(batch).float().cpu().numpy())
     emb = np.concatenate(out, 0).astype(np.float32)
-    emb[:2] = 0.0
+    emb[:FIRST_CODE] = 0.0
     return emb
 
 

@@ -7,12 +7,12 @@ The final ranking score of a candidate for a known user is::
 where ``retrieval_score`` is the two-tower inner product of the L2-normalised user and item
 embeddings (what the FAISS inner-product index returns as ``retrieval_scores``). The weights
 are chosen on the validation split at training time (:func:`select_fusion`, called by
-``recstack.models.train.train_dlrm``) and stored in ``runs/<ds>/models/dlrm/config.json``
+``recstack.models.dlrm_training.train_dlrm``) and stored in ``runs/<ds>/models/dlrm/config.json``
 under ``"fusion"``::
 
     {"dlrm_weight": a, "retrieval_weight": b, "selected_on": "valid", "valid_ndcg@10": ...}
 
-Offline evaluation (``recstack.evaluation.evaluate_run``) and the serving steps apply the
+Offline evaluation (``recstack evaluate``) and the serving steps apply the
 same :func:`fuse_scores`, so what is measured is what is served. This module is imported by
 serving processes: keep it free of torch.
 """

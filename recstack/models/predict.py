@@ -1,6 +1,7 @@
 """Batch scoring with trained models: full-catalogue two-tower scores and DLRM reranking.
 
-Used by training (model selection on the validation split) and by recstack.evaluation.
+Used by training (model selection on the validation split, :mod:`recstack.models.validation`) and
+by offline evaluation (``recstack evaluate``).
 """
 
 from __future__ import annotations
@@ -9,19 +10,15 @@ import numpy as np
 import torch
 
 from recstack.models.data import TrainingData
+from recstack.models.device import to_tensors
 from recstack.models.dlrm import DLRM
+from recstack.models.export import compute_item_embeddings
 from recstack.models.two_tower import TwoTower
-
-
-def _to_torch(blocks: dict[str, np.ndarray], device: torch.device) -> dict[str, torch.Tensor]:
-    return {k: torch.from_numpy(np.ascontiguousarray(v)).to(device) for k, v in blocks.items()}
 
 
 @torch.no_grad()
 def item_embeddings(model: TwoTower, data: TrainingData) -> np.ndarray:
-    """[n_items, d] float32 for every encoded item id (rows 0/1 zero)."""
-    from recstack.models.export import compute_item_embeddings
-
+    """[n_items, d] float32 for every encoded item id (pad / OOV rows zero)."""
     return compute_item_embeddings(model, data.item_features)
 
 
@@ -35,7 +32,7 @@ def user_embeddings(model: TwoTower, data: TrainingData, users: np.ndarray, hist
     for s in range(0, len(users), batch_size):
         blocks = data.batch(users[s:s + batch_size], history[s:s + batch_size])
         blocks = {k: v for k, v in blocks.items() if k in ("user_cat", "user_lists", "user_cont", "history")}
-        out.append(model.user_embedding(_to_torch(blocks, device)).float().cpu().numpy())
+        out.append(model.user_embedding(to_tensors(blocks, device)).float().cpu().numpy())
     return np.concatenate(out) if out else np.zeros((0, model.cfg.output_dim), np.float32)
 
 
@@ -52,7 +49,7 @@ def dlrm_scores(model: DLRM, data: TrainingData, users: np.ndarray, history: np.
     for s in range(0, len(rows), batch_size):
         r = rows[s:s + batch_size]
         blocks = data.batch(users[r], history[r], flat_items[s:s + batch_size])
-        out[s:s + batch_size] = model(_to_torch(blocks, device)).float().cpu().numpy()
+        out[s:s + batch_size] = model(to_tensors(blocks, device)).float().cpu().numpy()
     return out.reshape(U, C)
 
 

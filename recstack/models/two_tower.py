@@ -1,7 +1,7 @@
 """Two-tower retrieval model: a user tower and an item tower mapping to one L2-normalised space.
 
 Score of (user, item) = dot(user_embedding, item_embedding) (a cosine); retrieval = inner
-product search over ``item_embeddings.npy`` (FAISS in recstack.retrieval).
+product search over ``item_embeddings.npy`` (a FAISS index, built by the retrieval stage).
 
 Layout of the inputs: :mod:`recstack.models.layout`. The item-id embedding table is
 **shared**: the item tower embeds the candidate's id with it and the user tower pools the

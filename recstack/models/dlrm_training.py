@@ -1,0 +1,158 @@
+"""Training the DLRM ranker: binary cross-entropy or sampled softmax (``loss``), positives = train
+interactions with rating >= ``positive_min_rating`` (every interaction when None or when the
+dataset has no ratings), ``negatives`` sampled items per positive (:mod:`recstack.models.negatives`:
+half uniform over the catalogue, half popularity-proportional; ``hard_negatives`` of them from
+the two-tower's top-``hard_pool`` items instead); selection by validation NDCG@10 of the
+two-tower's top-``candidates`` reranked by the fused score (AUC of validation positives vs
+sampled negatives when no two-tower is available).
+
+After training, the weights of ``dlrm_weight * dlrm_logit + retrieval_weight * two_tower_inner_product``
+are chosen on the validation candidates (:func:`recstack.models.validation.fusion_on_valid`) and
+stored in ``models/dlrm/config.json`` ``"fusion"``; evaluation and serving apply them.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from recstack.errors import InputError
+from recstack.models.data import Interactions, TrainingData, load_training_data
+from recstack.models.device import resolve_device, seed_everything, to_tensors
+from recstack.models.dlrm import DLRM, DLRMConfig
+from recstack.models.export import load_two_tower, save_dlrm
+from recstack.models.loop import EpochSelection, optimiser_step, warmup_cosine
+from recstack.models.negatives import dlrm_examples, hard_negative_pool, positive_rows
+from recstack.models.predict import item_embeddings, user_embeddings
+from recstack.models.two_tower import TwoTower
+from recstack.models.validation import candidate_set, dlrm_valid_metric, fusion_on_valid, split_view
+from recstack.paths import RunPaths
+
+
+def fit_dlrm(data: TrainingData, cfg: DLRMConfig | None = None, *, two_tower: TwoTower | None = None,
+             epochs: int = 10, batch_size: int = 1024, lr: float = 2e-3, weight_decay: float = 0.0,
+             negatives: int = 4, pop_share: float = 0.5, hard_negatives: int = 0, hard_pool: int = 50,
+             positive_min_rating: float | None = 4.0, patience: int = 2,
+             candidates: int = 100, loss: str = "bce", retrieval_offset: bool = False,
+             device: str | torch.device = "cpu", seed: int = 0,
+             time_budget_s: float | None = None, train_rows: Interactions | None = None, select: bool = True,
+             progress: bool = True) -> tuple[DLRM, dict[str, Any]]:
+    """Train a DLRM on positives vs sampled negatives; select the epoch on valid.
+
+    ``loss="bce"``: binary cross-entropy per (user, item); ``loss="softmax"``: each positive
+    against its own ``negatives`` (sampled softmax, listwise). ``retrieval_offset`` (softmax
+    only, needs the two-tower) adds the fixed two-tower logit (inner product / temperature)
+    to every score, so the DLRM learns a correction on top of retrieval (the fusion it will
+    be served with). With a two-tower, each epoch records the validation NDCG@10 of the DLRM
+    alone (``valid_ndcg@10_rerank``) and of the best fusion (``valid_ndcg@10_fused``), and the
+    epoch is selected on the fused one (what is served).
+    """
+    if loss not in ("bce", "softmax"):
+        raise InputError(f"loss: expected bce or softmax, got {loss!r}")
+    seed_everything(seed)
+    dev = resolve_device(device)
+    cfg = cfg or DLRMConfig()
+    rows = train_rows if train_rows is not None else data.train
+    model = DLRM(data.layout, cfg).to(dev)
+    opt = torch.optim.Adam(model.parameters(), lr=lr, weight_decay=weight_decay)
+    rng = np.random.default_rng(seed)
+    pos_rows = positive_rows(rows, positive_min_rating)
+    pool = hard_negative_pool(two_tower, data, rows, pos_rows, hard_pool) if (two_tower is not None and hard_negatives) \
+        else None
+    n_examples = len(pos_rows) * (1 + negatives)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, warmup_cosine(epochs * max(1, math.ceil(n_examples / batch_size))))
+    view = split_view(data, "valid")
+    cset = candidate_set(two_tower, data, view, candidates) if (two_tower is not None and select) else None
+    offset = _retrieval_offset(two_tower, data, rows) if (retrieval_offset and two_tower is not None) else None
+    if retrieval_offset and (two_tower is None or loss != "softmax"):
+        raise InputError("retrieval_offset: needs a two-tower and loss='softmax'")
+    loss_fn = torch.nn.BCEWithLogitsLoss()
+    metric_name = "valid_ndcg@10_fused" if two_tower is not None else "valid_auc"
+    bar = tqdm(range(epochs), desc="dlrm", unit="epoch", disable=not progress)
+    selection = EpochSelection(model, select, patience, time_budget_s, bar, ("loss", metric_name))
+    for epoch in bar:
+        model.train()
+        row_idx, items, labels = dlrm_examples(data, rows, rng, negatives, pos_rows, pop_share, hard_negatives, pool)
+        total, n_batches = 0.0, 0
+        if loss == "softmax":  # group k = (positive k, its negatives): [P, 1 + negatives]
+            P = len(pos_rows)
+            groups_rows = np.concatenate([row_idx[:P, None], row_idx[P:].reshape(P, negatives)], 1)
+            groups_items = np.concatenate([items[:P, None], items[P:].reshape(P, negatives)], 1)
+            dup = np.concatenate([np.zeros((P, 1), bool), labels[P:].reshape(P, negatives) > 0], 1)
+            perm = rng.permutation(P)
+            step = max(1, batch_size // (1 + negatives))
+        else:
+            perm = rng.permutation(len(row_idx))
+            step = batch_size
+        for s in range(0, len(perm), step):
+            b = perm[s:s + step]
+            if loss == "softmax":
+                r, it = groups_rows[b].reshape(-1), groups_items[b].reshape(-1)
+                batch = to_tensors(data.batch(rows.users[r], rows.history[r], it), dev)
+                logits = model(batch).view(len(b), 1 + negatives)
+                if offset is not None:
+                    logits = logits + torch.from_numpy(offset(r, it).reshape(len(b), 1 + negatives)).to(dev)
+                logits = logits.masked_fill(torch.from_numpy(dup[b]).to(dev), float("-inf"))
+                loss_value = torch.nn.functional.cross_entropy(logits, torch.zeros(len(b), dtype=torch.long,
+                                                                                   device=dev))
+            else:
+                r = row_idx[b]
+                batch = to_tensors(data.batch(rows.users[r], rows.history[r], items[b]), dev)
+                loss_value = loss_fn(model(batch), torch.from_numpy(labels[b]).to(dev))
+            total += optimiser_step(opt, sched, loss_value)
+            n_batches += 1
+        record: dict[str, Any] = {"epoch": epoch + 1, "loss": total / max(n_batches, 1)}
+        score = None
+        if select:
+            model.eval()
+            score = dlrm_valid_metric(model, data, view, cset, record,
+                                      two_tower.cfg.temperature if two_tower is not None else 1.0)
+        if selection.end_epoch(record, score):
+            break
+    return model, {**selection.finish(), "selection_metric": metric_name}
+
+
+def _retrieval_offset(two_tower: TwoTower, data: TrainingData,
+                      rows: Interactions) -> Callable[[np.ndarray, np.ndarray], np.ndarray]:
+    """``fn(row_index, items) -> two-tower logits`` (inner product / temperature) for training rows."""
+    item_emb = item_embeddings(two_tower, data)
+    user_emb = user_embeddings(two_tower, data, rows.users, rows.history)
+    inv_t = 1.0 / float(two_tower.cfg.temperature)
+
+    def fn(r: np.ndarray, items: np.ndarray) -> np.ndarray:
+        return (np.einsum("nd,nd->n", user_emb[r], item_emb[items]) * inv_t).astype(np.float32)
+    return fn
+
+
+def train_dlrm(paths: RunPaths, data: TrainingData | None = None, *, device: str = "auto",
+               epochs: int | None = None, cfg: DLRMConfig | None = None, two_tower: TwoTower | None = None,
+               refit: bool = False, seed: int = 0, progress: bool = True, onnx: bool = True,
+               time_budget_s: float | None = None, **fit_kwargs: Any) -> dict[str, Any]:
+    """Train the DLRM (selection on valid reranking when a two-tower is given or saved), save ``models/dlrm/``."""
+    start = time.perf_counter()
+    data = data or load_training_data(paths)
+    if two_tower is None and (paths.models / "two_tower" / "config.json").exists():
+        two_tower, _ = load_two_tower(paths.models / "two_tower", resolve_device(device))
+    cfg = cfg or DLRMConfig()
+    model, hist = fit_dlrm(data, cfg, two_tower=two_tower, epochs=epochs or 10, device=device, seed=seed,
+                           progress=progress, time_budget_s=time_budget_s, **fit_kwargs)
+    best_record = next((h for h in hist["history"] if h["epoch"] == hist["best_epoch"]), {})
+    valid_metrics = {k: v for k, v in best_record.items() if k.startswith("valid_")}
+    fusion, trials = fusion_on_valid(model, two_tower, data, fit_kwargs.get("candidates", 100))
+    if refit:  # the weights chosen on valid (with the train-only model) carry over to the refit model
+        both = Interactions.concat([data.train, data.valid])
+        model, _ = fit_dlrm(data, cfg, two_tower=two_tower, epochs=hist["best_epoch"], device=device, seed=seed,
+                            progress=progress, train_rows=both, select=False, **fit_kwargs)
+        fusion["refit_after_selection"] = True
+    training = {"device": str(resolve_device(device)), "seed": seed, "refit_on_train_valid": refit, **hist,
+                "fusion_search": trials, **{k: v for k, v in fit_kwargs.items()}}
+    out = save_dlrm(model, paths.models / "dlrm", {"valid": valid_metrics}, training, onnx=onnx, fusion=fusion)
+    return {"model": "dlrm", "dir": str(out), "valid": valid_metrics, "fusion": fusion,
+            "best_epoch": hist["best_epoch"], "epochs_run": hist["epochs_run"],
+            "wall_s": round(time.perf_counter() - start, 2), "_model": model}
