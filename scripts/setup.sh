@@ -42,7 +42,7 @@ fi
 [ -x "$VENV/bin/python" ] || "$PYTHON" -m venv "$VENV"
 "$VENV/bin/python" -m pip install -q --upgrade pip
 "$VENV/bin/python" -m pip install -q "$TORCH_SPEC"
-"$VENV/bin/python" -m pip install -q -e ".[dev,redis]"
+"$VENV/bin/python" -m pip install -q -e ".[dev]"
 # nvidia-pytriton carries the tritonserver binary; it pins numpy<2, which recstack does not use.
 "$VENV/bin/python" -m pip install -q --no-deps "$PYTRITON_SPEC"
 "$VENV/bin/python" -c "import numpy, torch, feast, faiss, onnxruntime, tritonclient.grpc; from recstack.serving.tritonserver import find_triton; find_triton(); print('setup: ok: numpy', numpy.__version__, '| torch', torch.__version__, '| feast', feast.__version__, '| faiss', faiss.__version__)"
