@@ -1,9 +1,14 @@
-"""Shared fixtures: one ML-100K pipeline build and one real tritonserver for the end-to-end tests."""
+"""Shared fixtures: one ML-100K pipeline build, a real redis-server, and real tritonservers for
+the end-to-end tests (SQLite and Redis online stores)."""
 
 from __future__ import annotations
 
 import argparse
 import os
+import shutil
+import subprocess
+import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -37,16 +42,83 @@ def e2e_paths(e2e_home) -> RunPaths:
 
 
 @pytest.fixture(scope="session")
-def e2e_server(e2e_paths):
-    """tritonserver on free loopback ports serving the exported ML-100K ensemble."""
+def redis_url(tmp_path_factory) -> str:
+    """A real redis-server (Debian package `redis-server`; `.ci/run` installs it) on a free loopback port."""
+    import redis
+
+    from recstack.serving.tritonserver import free_port
+
+    exe = shutil.which("redis-server")
+    assert exe, "redis-server is not installed: apt-get install redis-server (scripts/setup.sh says how)"
+    folder = tmp_path_factory.mktemp("redis")
+    port = free_port()
+    proc = subprocess.Popen([exe, "--bind", "127.0.0.1", "--port", str(port), "--save", "", "--appendonly", "no",
+                             "--dir", str(folder)], stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
+    url = f"redis://127.0.0.1:{port}/0"
+    client = redis.Redis.from_url(url)
+    try:
+        for _ in range(200):
+            try:
+                if client.ping():
+                    break
+            except redis.ConnectionError:
+                time.sleep(0.05)
+        else:
+            raise RuntimeError(f"redis-server did not answer on 127.0.0.1:{port}")
+        yield url
+    finally:
+        client.close()
+        proc.terminate()
+        proc.wait(timeout=10)
+
+
+@dataclass
+class Store:
+    """One online store of the e2e run: its kind, its Feast repository and a tritonserver reading it."""
+
+    kind: str
+    feature_repo: Path
+    server: object
+
+
+def _serve(repo: Path, feature_repo: Path):
     from recstack.serving.server import start_server
 
-    server = start_server(e2e_paths.triton_repo, e2e_paths.feature_repo)
-    print(f"tritonserver startup: {server.startup_seconds:.2f}s")
+    server = start_server(repo, feature_repo)
+    print(f"tritonserver startup ({feature_repo.name}): {server.startup_seconds:.2f}s")
+    return server
+
+
+@pytest.fixture(scope="session")
+def e2e_server(e2e_paths):
+    """tritonserver on free loopback ports serving the exported ML-100K ensemble (SQLite online store)."""
+    server = _serve(e2e_paths.triton_repo, e2e_paths.feature_repo)
     try:
         yield server
     finally:
         server.stop()
+
+
+@pytest.fixture(scope="session")
+def redis_store(e2e_paths, redis_url, tmp_path_factory) -> Store:
+    """The same run's features in Feast's Redis online store, and a tritonserver reading them."""
+    from recstack.features import build_feature_repo
+
+    repo = tmp_path_factory.mktemp("redis_store") / "feature_repo"
+    build_feature_repo(e2e_paths.features, repo, online_store="redis", redis_url=redis_url)
+    server = _serve(e2e_paths.triton_repo, repo)
+    try:
+        yield Store("redis", repo, server)
+    finally:
+        server.stop()
+
+
+@pytest.fixture(scope="module", params=["sqlite", "redis"])
+def store(request, e2e_paths) -> Store:
+    """Each end-to-end test that takes it runs once per online store."""
+    if request.param == "sqlite":
+        return Store("sqlite", e2e_paths.feature_repo, request.getfixturevalue("e2e_server"))
+    return request.getfixturevalue("redis_store")
 
 
 @pytest.fixture()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import time
 
+from recstack.ensembles.graph import MAX_QUEUE_DELAY_US
 from recstack.paths import RunPaths
 
 
@@ -18,16 +19,25 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                     "and an ensemble model `recommend` wiring them.")
     add_dataset_argument(parser)
     parser.add_argument("--top-k", type=int, default=100, help="candidates retrieved from FAISS (default 100)")
+    parser.add_argument("--per-step", action="store_true",
+                        help="one python model per step instead of one fused model (slower on CPU; for "
+                             "scaling steps apart or inspecting each step's statistics)")
+    parser.add_argument("--instances", type=int, default=1, help="CPU instances of each python model (default 1)")
+    parser.add_argument("--max-queue-delay-us", type=int, default=MAX_QUEUE_DELAY_US,
+                        help=f"dynamic batching window in microseconds (default {MAX_QUEUE_DELAY_US}; -1: off)")
     parser.set_defaults(handler=run_export)
 
 
 def run_export(args: argparse.Namespace) -> int:
-    from recstack.ensembles.graph import ENSEMBLE_NAME, export_ensemble, recommendation_graph
+    from recstack.ensembles.graph import ENSEMBLE_NAME, FUSED_NAME, export_ensemble, recommendation_graph
 
     paths = RunPaths.for_dataset(args.dataset)
     start = time.perf_counter()
     graph = recommendation_graph(paths, top_k=args.top_k)
-    repo = export_ensemble(graph, paths.triton_repo)
+    delay = None if args.max_queue_delay_us < 0 else args.max_queue_delay_us
+    repo = export_ensemble(graph, paths.triton_repo, fuse=not args.per_step, instances=args.instances,
+                           max_queue_delay_us=delay)
     names = " >> ".join(op.name for op in graph.ops)
-    print(f"export: {repo} (ensemble `{ENSEMBLE_NAME}`: {names}) in {time.perf_counter() - start:.1f}s")
+    layout = "one model per step" if args.per_step else f"fused into `{FUSED_NAME}`"
+    print(f"export: {repo} (ensemble `{ENSEMBLE_NAME}`: {names}; {layout}) in {time.perf_counter() - start:.1f}s")
     return 0

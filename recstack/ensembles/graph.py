@@ -36,6 +36,10 @@ ENSEMBLE_OUTPUTS = [TensorSpec("item_ids", np.int64, (-1,)), TensorSpec("scores"
                     TensorSpec("cold_start", np.int32, (1,))]
 MAX_BATCH_SIZE = 64
 STEPS = "recstack.ensembles.steps"
+CHAIN_STEP = "recstack.ensembles.chain:ChainStep"
+FUSED_NAME = "recommend_steps"
+MAX_QUEUE_DELAY_US = 200
+"""Default dynamic-batching window: requests arriving within it share one step execution."""
 FEATURE_REPO_ENV = "RECSTACK_FEATURE_REPO"
 """Environment variable naming the Feast repository (online store) the served steps read."""
 SETTING_ENV = {"feature_repo": FEATURE_REPO_ENV}
@@ -50,7 +54,6 @@ class ServingOp:
     params: dict[str, Any]
     inputs: list[TensorSpec]
     outputs: list[TensorSpec]
-    instance_count: int = 1
     artifacts: dict[str, Artifact] = field(default_factory=dict)
     settings: dict[str, str] = field(default_factory=dict)
     """Deployment settings (keys of ``SETTING_ENV``) with their values in this process."""
@@ -72,6 +75,25 @@ class ServingGraph:
     def __rshift__(self, other: "ServingOp | ServingGraph") -> "ServingGraph":
         more = other.ops if isinstance(other, ServingGraph) else [other]
         return ServingGraph(self.ops + more)
+
+    def fused(self, name: str = FUSED_NAME, outputs: list[TensorSpec] = ENSEMBLE_OUTPUTS) -> ServingOp:
+        """The whole chain as one op (:class:`~recstack.ensembles.chain.ChainStep`): one Triton hop.
+
+        Its inputs are the tensors no earlier op produces; artifacts and settings keep their
+        files and values under ``"<op name>.<param>"``.
+        """
+        produced: set[str] = set()
+        inputs: dict[str, TensorSpec] = {}
+        for op in self.ops:
+            inputs.update({s.name: s for s in op.inputs if s.name not in produced and s.name not in inputs})
+            produced.update(s.name for s in op.outputs)
+        chain = [{"name": op.name, "step_class": op.step_class, "params": op.params,
+                  "inputs": [s.name for s in op.inputs], "outputs": [s.name for s in op.outputs]} for op in self.ops]
+        return ServingOp(
+            name, CHAIN_STEP, {"ops": chain, "outputs": [s.name for s in outputs]}, list(inputs.values()),
+            list(outputs),
+            artifacts={f"{op.name}.{k}": a for op in self.ops for k, a in op.artifacts.items()},
+            settings={f"{op.name}.{k}": v for op in self.ops for k, v in op.settings.items()})
 
 
 def _layout(paths: RunPaths, model: str) -> FeatureLayout:
@@ -140,15 +162,14 @@ def QueryIndex(paths: RunPaths, top_k: int = 100) -> ServingOp:  # noqa: N802
 
 
 def QueryItemFeatures(paths: RunPaths, top_k: int = 100) -> ServingOp:  # noqa: N802
-    """Feast item features of the candidates."""
+    """Item features of the candidates, from the exported item feature table held in memory."""
     layout = _layout(paths, "dlrm")
     return ServingOp(
         "query_item_features", f"{STEPS}:QueryItemFeatures", {},
         [TensorSpec("candidate_ids", np.int64, (top_k,))],
         _item_block_specs(layout, top_k) + [TensorSpec("candidate_keys", np.int64, (top_k,))],
         artifacts={"features_dir": Artifact(paths.features, ("item_features.parquet",)),
-                   "model_dir": _model_files(paths, "dlrm")},
-        settings={"feature_repo": str(paths.feature_repo)})
+                   "model_dir": _model_files(paths, "dlrm")})
 
 
 def Rank(paths: RunPaths, top_k: int = 100) -> ServingOp:  # noqa: N802
@@ -181,9 +202,13 @@ def recommendation_graph(paths: RunPaths, top_k: int = 100) -> ServingGraph:
 
 
 def export_ensemble(graph: ServingGraph, repo_dir: Path, name: str = ENSEMBLE_NAME,
-                    max_batch_size: int = MAX_BATCH_SIZE) -> Path:
-    """Write one python model per op and an ensemble model ``name`` wiring them into ``repo_dir``.
+                    max_batch_size: int = MAX_BATCH_SIZE, *, fuse: bool = True, instances: int = 1,
+                    max_queue_delay_us: int | None = MAX_QUEUE_DELAY_US) -> Path:
+    """Write the graph as python models plus an ensemble model ``name`` wiring them into ``repo_dir``.
 
+    ``fuse`` writes the whole chain as one python model (one hop per request; the default,
+    measured faster on CPU), else one model per op. Every python model gets ``instances``
+    CPU instances and dynamic batching with a ``max_queue_delay_us`` window (None: off).
     The whole repository is rebuilt in a temporary folder and swapped in at the end, so a
     running server's repository is never left half-written.
     """
@@ -193,10 +218,11 @@ def export_ensemble(graph: ServingGraph, repo_dir: Path, name: str = ENSEMBLE_NA
     tmp.mkdir(parents=True)
     try:
         steps = []
-        for op in graph.ops:
+        for op in [graph.fused()] if fuse else graph.ops:
             write_python_model(tmp, op.name, op.step_class, op.params, op.inputs, op.outputs,
-                               max_batch_size=max_batch_size, instance_count=op.instance_count,
-                               artifacts=op.artifacts, environment={k: SETTING_ENV[k] for k in op.settings})
+                               max_batch_size=max_batch_size, instance_count=instances,
+                               max_queue_delay_us=max_queue_delay_us, artifacts=op.artifacts,
+                               environment={k: SETTING_ENV[k.rsplit(".", 1)[-1]] for k in op.settings})
             steps.append((op.name, {s.name: s.name for s in op.inputs}, {s.name: s.name for s in op.outputs}))
         write_ensemble_model(tmp, name, ENSEMBLE_INPUTS, ENSEMBLE_OUTPUTS, steps, max_batch_size=max_batch_size)
     except BaseException:
@@ -213,17 +239,14 @@ def export_ensemble(graph: ServingGraph, repo_dir: Path, name: str = ENSEMBLE_NA
 
 def run_in_process(graph: ServingGraph, inputs: dict[str, np.ndarray],
                    steps: dict[str, Any] | None = None) -> dict[str, np.ndarray]:
-    """Run the graph's steps in this process (no Triton), for tests and offline checks.
+    """Run the graph in this process (no Triton) through the same ChainStep the fused model runs.
 
-    ``steps`` caches built step objects by op name across calls.
+    ``steps`` caches the built chain across calls (pass the same dict again).
     """
-    import importlib
+    from recstack.ensembles.chain import ChainStep
 
     steps = {} if steps is None else steps
-    tensors = dict(inputs)
-    for op in graph.ops:
-        if op.name not in steps:
-            module, cls = op.step_class.split(":")
-            steps[op.name] = getattr(importlib.import_module(module), cls)(**op.step_kwargs())
-        tensors.update(steps[op.name].execute({s.name: tensors[s.name] for s in op.inputs}))
-    return {s.name: tensors[s.name] for s in ENSEMBLE_OUTPUTS}
+    if "chain" not in steps:
+        op = graph.fused()
+        steps["chain"] = ChainStep(**op.step_kwargs())
+    return steps["chain"].execute(inputs)

@@ -177,7 +177,7 @@ def write_python_model(
     max_batch_size: int = 64,
     instance_count: int = 1,
     optional_inputs: Iterable[str] = (),
-    dynamic_batching: bool = False,
+    max_queue_delay_us: int | None = None,
     artifacts: Mapping[str, Artifact] | None = None,
     environment: Mapping[str, str] | None = None,
 ) -> Path:
@@ -187,7 +187,9 @@ def write_python_model(
     ``**params`` (JSON-serialisable), plus one path per ``artifacts`` entry (copied into
     ``1/<param>/``) and one value per ``environment`` entry (``{param: ENV_VAR}``, read from
     the server's environment). ``max_batch_size=0`` turns batching off (``dims`` are then the
-    full shape). Returns the model folder. The folder is replaced atomically.
+    full shape). ``max_queue_delay_us`` turns on Triton's dynamic batching: requests that
+    arrive within that many microseconds of each other reach one ``execute`` call (None:
+    off). Returns the model folder. The folder is replaced atomically.
     """
     _check_model_name(name)
     if not isinstance(step_class, str) or step_class.count(":") != 1 or not all(step_class.split(":")):
@@ -210,6 +212,8 @@ def write_python_model(
         raise InputError(f"model {name}: optional_inputs {unknown} are not inputs of the model")
     if int(max_batch_size) < 0 or int(instance_count) < 1:
         raise InputError(f"model {name}: max_batch_size must be >= 0 and instance_count >= 1")
+    if max_queue_delay_us is not None and int(max_queue_delay_us) < 0:
+        raise InputError(f"model {name}: max_queue_delay_us must be >= 0, got {max_queue_delay_us}")
 
     config = (
         f"name: {_pbtxt_str(name)}\n"
@@ -218,7 +222,8 @@ def write_python_model(
         + _tensor_block("input", inputs, optional_inputs)
         + _tensor_block("output", outputs)
         + f"instance_group [\n  {{\n    count: {int(instance_count)}\n    kind: KIND_CPU\n  }}\n]\n"
-        + ("dynamic_batching { }\n" if dynamic_batching and max_batch_size > 0 else "")
+        + (f"dynamic_batching {{\n  max_queue_delay_microseconds: {int(max_queue_delay_us)}\n}}\n"
+           if max_queue_delay_us is not None and max_batch_size > 0 else "")
         + _parameter(STEP_CLASS_KEY, step_class)
         + _parameter(PARAMS_KEY, params_json)
         + _parameter(ENVIRONMENT_KEY, json.dumps(environment))

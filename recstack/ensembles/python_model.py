@@ -19,9 +19,13 @@ A step class is any class with ``__init__(**params)`` and
 ``execute(inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]`` (arrays carry the
 batch dimension first when the model batches); an optional ``close()`` runs at unload.
 
-Each request is handled on its own: an exception (``recstack.errors.InputError`` or
-anything else) becomes an error response with a one-line message for that request only,
-and the model keeps serving.
+The requests Triton hands to one ``execute`` call (dynamic batching) are concatenated
+along the batch dimension and the step runs once; its outputs are split back by rows.
+Inputs whose non-batch sizes differ between requests (``-1`` dims, e.g. ``seen_items``)
+are right-padded with 0, the padding id. If the concatenated batch fails (a bad request
+in it, or requests that carry different inputs or dtypes), each request runs on its own,
+so an exception (``recstack.errors.InputError`` or anything else) becomes an error
+response with a one-line message for that request only, and the model keeps serving.
 """
 
 from __future__ import annotations
@@ -85,6 +89,31 @@ def read_environment(environment: dict[str, str], model_name: str) -> dict[str, 
     return values
 
 
+def concat_requests(requests: list[dict[str, np.ndarray]]) -> tuple[dict[str, np.ndarray], list[int]] | None:
+    """Requests' inputs joined along axis 0, and each request's row count; None when they
+    cannot be joined (different input names, dtypes or ranks). Smaller non-batch dims are
+    right-padded with 0 (the padding id) to the largest in the batch."""
+    names = set(requests[0])
+    if any(set(r) != names for r in requests):
+        return None
+    merged = {}
+    for name in names:
+        arrays = [r[name] for r in requests]
+        if len({(a.dtype, a.ndim) for a in arrays}) != 1 or arrays[0].ndim == 0:
+            return None
+        width = np.max([a.shape[1:] for a in arrays], axis=0) if arrays[0].ndim > 1 else ()
+        merged[name] = np.concatenate([
+            np.pad(a, [(0, 0)] + [(0, int(w) - d) for w, d in zip(width, a.shape[1:])]) for a in arrays])
+    return merged, [len(r[next(iter(names))]) for r in requests]
+
+
+def split_rows(outputs: dict[str, np.ndarray], sizes: list[int]) -> list[dict[str, np.ndarray]]:
+    """Batch outputs cut back into one dict per request (``sizes`` rows each, in order)."""
+    bounds = np.cumsum([0] + sizes)
+    return [{name: np.ascontiguousarray(arr[bounds[i]:bounds[i + 1]]) for name, arr in outputs.items()}
+            for i in range(len(sizes))]
+
+
 def one_line(exc: BaseException) -> str:
     """A one-line message: InputError text as is, other exceptions prefixed with their type."""
     text = " ".join(str(exc).split()) or repr(exc)
@@ -115,20 +144,38 @@ class TritonPythonModel:
             o["name"]: np.dtype(TRITON_TO_NP[o["data_type"]]) for o in config.get("output", []) if o["data_type"] in TRITON_TO_NP
         }
         self.output_names = [o["name"] for o in config.get("output", [])]
+        self.batched = int(config.get("max_batch_size", 0)) > 0
         self.step = import_step_class(step_class)(**kwargs)
 
     def execute(self, requests: list) -> list:
-        responses = []
-        for request in requests:
+        responses: list = [None] * len(requests)
+        ready = []
+        for index, request in enumerate(requests):
             try:
-                inputs = triton_io.read_inputs(request, self.required_inputs, self.optional_inputs)
-                outputs = self.step.execute(inputs)
-                responses.append(triton_io.make_response(self._check_outputs(outputs)))
+                ready.append((index, triton_io.read_inputs(request, self.required_inputs, self.optional_inputs)))
             except Exception as exc:  # noqa: BLE001  one bad request must never take the model down
-                if not isinstance(exc, (InputError, triton_io.MissingInputError)):
-                    self._log_error(traceback.format_exc())
-                responses.append(triton_io.error_response(one_line(exc)))
+                responses[index] = self._error_response(exc)
+        if self.batched and len(ready) > 1:
+            merged = concat_requests([inputs for _, inputs in ready])
+            if merged is not None:
+                try:
+                    outputs = self._check_outputs(self.step.execute(merged[0]))
+                    for (index, _), part in zip(ready, split_rows(outputs, merged[1])):
+                        responses[index] = triton_io.make_response(part)
+                    return responses
+                except Exception:  # noqa: BLE001  find the bad request: run each on its own below
+                    pass
+        for index, inputs in ready:
+            try:
+                responses[index] = triton_io.make_response(self._check_outputs(self.step.execute(inputs)))
+            except Exception as exc:  # noqa: BLE001
+                responses[index] = self._error_response(exc)
         return responses
+
+    def _error_response(self, exc: Exception):
+        if not isinstance(exc, (InputError, triton_io.MissingInputError)):
+            self._log_error(traceback.format_exc())
+        return triton_io.error_response(one_line(exc))
 
     def _check_outputs(self, outputs: dict) -> dict:
         if not isinstance(outputs, dict):

@@ -17,7 +17,7 @@ Flow for a batch of B requests (K candidates, N results)::
 
 Ids are int64 throughout: ``user_id``/``item_ids`` are the dataset's raw ids; encoded
 ids (the Workflow's Categorify indices) stay inside. A user with no history in the
-online store is a cold-start user: retrieval returns the training window's most
+online store is a cold-start user: retrieval returns the train + valid window's most
 popular items and FilterTopN keeps them in popularity order.
 """
 
@@ -30,10 +30,10 @@ import numpy as np
 import pandas as pd
 
 from recstack.errors import InputError
+from recstack.ids import PAD
 from recstack.io import read_json
 from recstack.models.layout import FeatureLayout, pad_lists
 
-PAD_ID = 0  # encoded id 0 = padding / null (Categorify)
 
 
 def _onnx_session(path: Path):
@@ -55,6 +55,13 @@ def _require(inputs: dict[str, np.ndarray], name: str, dtype: Any, ndim: int) ->
     if array.ndim != ndim:
         raise InputError(f"input {name!r}: expected {ndim} dimensions, got shape {array.shape}")
     return array
+
+
+def _rows_isin(values: np.ndarray, sets: np.ndarray) -> np.ndarray:
+    """``[B, K]`` bool: whether ``values[b, k]`` occurs among the non-padding ids of ``sets[b]`` ([B, S])."""
+    if sets.shape[1] == 0:
+        return np.zeros(values.shape, dtype=bool)
+    return (values[:, :, None] == np.where(sets == PAD, -1, sets)[:, None, :]).any(axis=2)
 
 
 def _model_layout(model_dir: Path) -> tuple[FeatureLayout, dict[str, Any]]:
@@ -106,10 +113,9 @@ class QueryUserFeatures:
             raise InputError(f"input 'user_id': expected shape [batch, 1], got {list(user_ids.shape)}")
         keys = user_ids[:, 0]
         batch = len(keys)
-        encoded_ids = np.array([self.workflow.transform_request({self.id_column: int(k)})[self.id_column]
-                                for k in keys], dtype=np.int64)
-        features, has_features = self.online.users(keys)
-        recent, seen, has_history = self.online.histories(keys)
+        encoded_ids = self.workflow.transform(pd.DataFrame({self.id_column: keys}))[self.id_column]
+        encoded_ids = encoded_ids.to_numpy(np.int64)
+        features, has_features, recent, seen, has_history = self.online.users_with_histories(keys)
 
         def column(name: str, dtype: Any) -> np.ndarray:
             values = np.asarray(features[name], dtype=dtype)
@@ -175,7 +181,7 @@ class QueryIndex:
         self.popular_scores = (counts / max(counts.sum(), 1.0)).astype(np.float32)
 
     def _popular(self, seen: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        keep = ~np.isin(self.popular_ids, seen[seen != PAD_ID])
+        keep = ~np.isin(self.popular_ids, seen[seen != PAD])
         ids = self.popular_ids[keep][: self.top_k]
         scores = self.popular_scores[keep][: self.top_k]
         out_ids = np.zeros(self.top_k, np.int64)
@@ -193,9 +199,9 @@ class QueryIndex:
         if known.any():
             rows = np.flatnonzero(known)
             found_ids, found_scores = self.index.search(
-                np.ascontiguousarray(queries[rows]), self.top_k, exclude=[seen[r][seen[r] != PAD_ID] for r in rows])
+                np.ascontiguousarray(queries[rows]), self.top_k, exclude=[seen[r][seen[r] != PAD] for r in rows])
             valid = found_ids >= 0
-            ids[rows] = np.where(valid, found_ids, PAD_ID)
+            ids[rows] = np.where(valid, found_ids, PAD)
             scores[rows] = np.where(valid, found_scores, -np.inf)
         for row in np.flatnonzero(~known):
             ids[row], scores[row] = self._popular(seen[row])
@@ -203,50 +209,49 @@ class QueryIndex:
 
 
 class QueryItemFeatures:
-    """Candidate encoded item ids -> their encoded features from the online store (Feast).
+    """Candidate encoded item ids -> their encoded features, served from memory.
 
     Inputs: ``candidate_ids`` int64 [B, K]. Outputs: ``item_cat`` int64 [B, K, Ci],
     ``item_lists`` int64 [B, K, Li], ``item_cont`` float32 [B, K, Di] (those the layout
     has) and ``candidate_keys`` int64 [B, K] (raw item ids; -1 for padding).
+
+    Item features are static for a model version: the feature table the workflow wrote
+    (``item_features.parquet``, exported with the model) is loaded once into arrays indexed
+    by encoded item id, so a batch is one gather. Encoded ids outside the table (padding,
+    out-of-vocabulary) get the padding row: code 0 / 0.0 and raw key -1.
     """
 
-    def __init__(self, feature_repo: str, features_dir: str, model_dir: str):
-        from recstack.features import OnlineFeatures
-
-        self.online = OnlineFeatures(feature_repo)
+    def __init__(self, features_dir: str, model_dir: str):
         self.layout, _ = _model_layout(Path(model_dir))
         side = self.layout.item
-        self.id_column = side.id_column.name
-        self.cat_columns = [c.name for c in side.cat]
-        self.list_columns = list(side.lists)
-        self.cont_columns = list(side.cont)
-        table = pd.read_parquet(Path(features_dir) / "item_features.parquet", columns=["item_key", self.id_column])
-        self.key_of = np.full(int(table[self.id_column].max()) + 1, -1, np.int64)
-        self.key_of[table[self.id_column].to_numpy(np.int64)] = table["item_key"].to_numpy(np.int64)
+        table = pd.read_parquet(Path(features_dir) / "item_features.parquet")
+        ids = table[side.id_column.name].to_numpy(np.int64)
+        rows = int(ids.max()) + 2 if len(ids) else 2  # the last row is the padding row
+        self.pad_row = rows - 1
 
-    def outputs(self) -> list[str]:
-        names = ["item_cat"]
-        if self.list_columns:
-            names.append("item_lists")
-        if self.cont_columns:
-            names.append("item_cont")
-        return names + ["candidate_keys"]
+        def scatter(values: np.ndarray, dtype: Any) -> np.ndarray:
+            out = np.zeros((rows,) + values.shape[1:], dtype=dtype)
+            out[ids] = values
+            return out
+
+        self.keys = scatter(table["item_key"].to_numpy(np.int64), np.int64)
+        self.keys[self.pad_row] = -1
+        self.keys[np.setdiff1d(np.arange(rows), ids)] = -1
+        self.cat = scatter(np.stack([table[c.name].to_numpy(np.int64) for c in side.cat], axis=1), np.int64)
+        self.lists = (scatter(np.concatenate([pad_lists(table[c.name].tolist(), c.max_length, keep="first")
+                                              for c in side.lists], axis=1), np.int64) if side.lists else None)
+        self.cont = (scatter(np.stack([table[c].to_numpy(np.float32) for c in side.cont], axis=1), np.float32)
+                     if side.cont else None)
 
     def execute(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         candidates = _require(inputs, "candidate_ids", np.int64, 2)
-        batch, k = candidates.shape
-        flat = candidates.reshape(-1)
-        in_range = (flat >= 0) & (flat < len(self.key_of))
-        keys = np.where(in_range, self.key_of[np.clip(flat, 0, len(self.key_of) - 1)], -1)
-        features, _ = self.online.items(keys)
-        out = {"item_cat": np.stack([np.asarray(features[c], np.int64) for c in self.cat_columns], axis=1)}
-        if self.list_columns:
-            out["item_lists"] = np.concatenate(
-                [pad_lists(features[c.name], c.max_length, keep="first") for c in self.list_columns], axis=1)
-        if self.cont_columns:
-            out["item_cont"] = np.stack([np.asarray(features[c], np.float32) for c in self.cont_columns], axis=1)
-        out = {name: np.ascontiguousarray(block.reshape(batch, k, -1)) for name, block in out.items()}
-        out["candidate_keys"] = keys.reshape(batch, k)
+        rows = np.where((candidates >= 0) & (candidates < self.pad_row), candidates, self.pad_row)
+        out = {"item_cat": self.cat[rows]}
+        if self.lists is not None:
+            out["item_lists"] = self.lists[rows]
+        if self.cont is not None:
+            out["item_cont"] = self.cont[rows]
+        out["candidate_keys"] = self.keys[rows]
         return out
 
 
@@ -254,7 +259,8 @@ class Rank:
     """DLRM (ONNX) scores every candidate, fused with the retrieval score as chosen on validation.
 
     Inputs: the user blocks [B, *], the item blocks [B, K, *] and ``retrieval_scores`` float32
-    [B, K]. Output: ``rank_scores`` float32 [B, K] = ``dlrm_weight * dlrm_logit +
+    [B, K]. The exported DLRM takes that shape as it is (the user's vectors, history pooling
+    included, are computed once per user rather than once per candidate). Output: ``rank_scores`` float32 [B, K] = ``dlrm_weight * dlrm_logit +
     retrieval_weight * retrieval_score`` (weights from the DLRM folder's config.json, the same
     :func:`recstack.models.fusion.fuse_scores` that ``recstack evaluate`` uses).
     """
@@ -272,19 +278,13 @@ class Rank:
     def execute(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         from recstack.models.fusion import fuse_scores
 
-        item_cat = _require(inputs, "item_cat", np.int64, 3)
         retrieval_scores = _require(inputs, "retrieval_scores", np.float32, 2)
-        batch, k, _ = item_cat.shape
         feeds = {}
         for name in self.input_names:
             dtype = np.float32 if name.endswith("_cont") else np.int64
-            if name.startswith("item_"):
-                block = _require(inputs, name, dtype, 3)
-                feeds[name] = block.reshape(batch * k, block.shape[2])
-            else:  # user blocks: one row per user, repeated for each of its K candidates
-                feeds[name] = np.repeat(_require(inputs, name, dtype, 2), k, axis=0)
-        (logits,) = self.session.run([self.output_name], feeds)
-        fused = fuse_scores(logits.reshape(batch, k).astype(np.float32), retrieval_scores, self.fusion)
+            feeds[name] = _require(inputs, name, dtype, 3 if name.startswith("item_") else 2)
+        (logits,) = self.session.run([self.output_name], feeds)  # [B, K]: user blocks read once per user
+        fused = fuse_scores(logits.astype(np.float32), retrieval_scores, self.fusion)
         return {"rank_scores": np.ascontiguousarray(fused, dtype=np.float32)}
 
 
@@ -314,14 +314,14 @@ class FilterTopN:
             raise InputError(f"input 'top_n': must be between 1 and {self.max_top_n}, got {bad}")
         n = int(top_n.max())
         batch = len(keys)
-        item_ids = np.full((batch, n), -1, np.int64)
-        scores = np.full((batch, n), -np.inf, np.float32)
-        for row in range(batch):
-            usable = (keys[row] >= 0) & (encoded[row] != PAD_ID) & ~np.isin(encoded[row], seen[row][seen[row] != PAD_ID])
-            usable &= np.isfinite(retrieval_scores[row])
-            score = rank_scores[row] if known[row] else retrieval_scores[row]
-            order = [i for i in np.argsort(-score, kind="stable") if usable[i]][: top_n[row]]
-            item_ids[row, : len(order)] = keys[row, order]
-            scores[row, : len(order)] = score[order]
+        usable = (keys >= 0) & (encoded != PAD) & np.isfinite(retrieval_scores)
+        usable &= ~_rows_isin(encoded, seen)
+        score = np.where(known[:, None], rank_scores, retrieval_scores)
+        masked = np.where(usable, score, -np.inf)
+        order = np.argsort(-masked, axis=1, kind="stable")[:, :n]
+        picked = np.take_along_axis(masked, order, axis=1)
+        keep = np.isfinite(picked) & (np.arange(n)[None, :] < top_n[:, None])
+        item_ids = np.where(keep, np.take_along_axis(keys, order, axis=1), -1)
+        scores = np.where(keep, picked, -np.inf).astype(np.float32)
         cold_start = (~known).astype(np.int32).reshape(batch, 1)
         return {"item_ids": item_ids, "scores": scores, "cold_start": cold_start}

@@ -116,19 +116,27 @@ class OnlineFeatures:
             raise InputError(f"{self.repo_dir}: user_history view lacks recent_items / seen_items")
 
     def _lookup(self, view: str, join_key: str, keys: list[int]) -> tuple[dict[str, Any], np.ndarray, list[Any]]:
-        cols = self.columns[view]
+        (out, known, timestamps), = self._lookup_views((view,), join_key, keys)
+        return out, known, timestamps
+
+    def _lookup_views(self, views: Sequence[str], join_key: str,
+                      keys: list[int]) -> list[tuple[dict[str, Any], np.ndarray, list[Any]]]:
+        """One ``get_online_features`` call for several views of one entity: per view
+        ``(columns, known [B] bool, event timestamps)``."""
         if not keys:
-            empty = {c.name: ([] if c.is_list else np.zeros(0, dtype=c.dtype)) for c in cols}
-            return empty, np.zeros(0, dtype=bool), []
-        response = self.store.get_online_features(features=self._refs[view], entity_rows={join_key: keys})
-        proto = response.proto
+            return [({c.name: ([] if c.is_list else np.zeros(0, dtype=c.dtype)) for c in self.columns[v]},
+                     np.zeros(0, dtype=bool), []) for v in views]
+        refs = [ref for v in views for ref in self._refs[v]]
+        proto = self.store.get_online_features(features=refs, entity_rows={join_key: keys}).proto
         by_name = {name: res for name, res in zip(proto.metadata.feature_names.val, proto.results)}
-        out: dict[str, Any] = {}
-        for c in cols:
-            out[c.name] = _decode(by_name[c.name].values, c)
-        first = by_name[cols[0].name]
-        known = np.fromiter((s == _PRESENT for s in first.statuses), dtype=bool, count=len(keys))
-        return out, known, list(first.event_timestamps)
+        results = []
+        for view in views:
+            cols = self.columns[view]
+            out = {c.name: _decode(by_name[c.name].values, c) for c in cols}
+            first = by_name[cols[0].name]
+            known = np.fromiter((s == _PRESENT for s in first.statuses), dtype=bool, count=len(keys))
+            results.append((out, known, list(first.event_timestamps)))
+        return results
 
     def users(self, user_keys: Any) -> tuple[dict[str, np.ndarray], np.ndarray]:
         """``user_features`` columns for raw user keys, and which keys are known."""
@@ -144,6 +152,14 @@ class OnlineFeatures:
         """``(recent_items, seen_items, known)``: encoded item ids per user, oldest -> newest."""
         out, known, _ = self._lookup("user_history", "user_key", _as_keys(user_keys, "user_keys"))
         return out["recent_items"], out["seen_items"], known
+
+    def users_with_histories(self, user_keys: Any) -> tuple[dict[str, Any], np.ndarray, list[np.ndarray],
+                                                             list[np.ndarray], np.ndarray]:
+        """:meth:`users` and :meth:`histories` in one online-store read:
+        ``(features, has_features, recent_items, seen_items, has_history)``."""
+        (features, has_features, _), (history, has_history, _) = self._lookup_views(
+            ("user_features", "user_history"), "user_key", _as_keys(user_keys, "user_keys"))
+        return features, has_features, history["recent_items"], history["seen_items"], has_history
 
     def _histories_with_ts(self, keys: list[int]) -> tuple[list[np.ndarray], list[np.ndarray], np.ndarray, list[Any]]:
         out, known, ts = self._lookup("user_history", "user_key", keys)

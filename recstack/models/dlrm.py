@@ -67,12 +67,22 @@ class SparseArch(nn.Module):
 
     def forward(self, user_cat: torch.Tensor, user_lists: torch.Tensor | None, history: torch.Tensor,
                 item_cat: torch.Tensor, item_lists: torch.Tensor | None) -> torch.Tensor:
+        return torch.cat([self.user_vectors(user_cat, user_lists, history),
+                          self.item_vectors(item_cat, item_lists)], dim=1)
+
+    def user_vectors(self, user_cat: torch.Tensor, user_lists: torch.Tensor | None,
+                     history: torch.Tensor) -> torch.Tensor:
+        """The user's sparse features (cat columns, list bags, the two history bags) -> ``[B, Fu, e]``."""
         parts = [t(user_cat[:, i]) for i, t in enumerate(self.user_tables)]
         if self.user_bags:
             parts += [bag(ids) for bag, ids in zip(self.user_bags, torch.split(user_lists, self.user_list_splits, 1))]
         hist = self.history(history)  # [B, 2e]
         parts += [hist[:, : self.e], hist[:, self.e:]]
-        parts += [t(item_cat[:, i]) for i, t in enumerate(self.item_tables)]
+        return torch.stack(parts, dim=1)
+
+    def item_vectors(self, item_cat: torch.Tensor, item_lists: torch.Tensor | None) -> torch.Tensor:
+        """The item's sparse features (cat columns, list bags) -> ``[B, Fi, e]``."""
+        parts = [t(item_cat[:, i]) for i, t in enumerate(self.item_tables)]
         if self.item_bags:
             parts += [bag(ids) for bag, ids in zip(self.item_bags, torch.split(item_lists, self.item_list_splits, 1))]
         return torch.stack(parts, dim=1)
@@ -150,6 +160,31 @@ class DLRM(nn.Module):
         dense = self.dense_arch(dense_in, item_cat)
         sparse = self.sparse_arch(user_cat, user_lists, history, item_cat, item_lists)
         return self.over_arch(self.inter_arch(dense, sparse))
+
+    def score_candidates(self, user_cat: torch.Tensor, user_lists: torch.Tensor | None,
+                         user_cont: torch.Tensor | None, history: torch.Tensor, item_cat: torch.Tensor,
+                         item_lists: torch.Tensor | None, item_cont: torch.Tensor | None) -> torch.Tensor:
+        """Serving form of :meth:`score`: user blocks ``[B, *]`` once per user, candidate item blocks
+        ``[B, K, *]`` -> logits ``[B, K]``. The user's sparse vectors (history pooling included) are
+        computed once per user, not once per candidate; the logits equal :meth:`score` on the
+        user rows repeated K times."""
+        b, k = item_cat.shape[0], item_cat.shape[1]
+
+        def per_candidate(x: torch.Tensor) -> torch.Tensor:  # [B, *] -> [B*K, *]
+            return x.unsqueeze(1).expand(b, k, *x.shape[1:]).reshape(b * k, *x.shape[1:])
+
+        def flat(x: torch.Tensor | None) -> torch.Tensor | None:  # [B, K, *] -> [B*K, *]
+            return None if x is None else x.reshape(b * k, x.shape[2])
+
+        item_cat, item_lists, item_cont = flat(item_cat), flat(item_lists), flat(item_cont)
+        dense_parts = [x for x, n in ((user_cont, self.n_user_cont), (item_cont, self.n_item_cont)) if n]
+        if self.n_user_cont:
+            dense_parts[0] = per_candidate(user_cont)
+        dense_in = torch.cat(dense_parts, dim=1) if dense_parts else item_cat
+        dense = self.dense_arch(dense_in, item_cat)
+        sparse = torch.cat([per_candidate(self.sparse_arch.user_vectors(user_cat, user_lists, history)),
+                            self.sparse_arch.item_vectors(item_cat, item_lists)], dim=1)
+        return self.over_arch(self.inter_arch(dense, sparse)).reshape(b, k)
 
     def forward(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         return self.score(batch["user_cat"], batch.get("user_lists"), batch.get("user_cont"), batch["history"],

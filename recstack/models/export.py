@@ -8,7 +8,7 @@ A model folder ``runs/<ds>/models/<name>/`` holds::
     user_tower.onnx       two_tower: user blocks -> user_embedding [B, d]
     item_tower.onnx       two_tower: item blocks -> item_embedding [B, d]
     item_embeddings.npy   two_tower: [n_items, d] float32, row = encoded item id (rows 0/1 = pad/OOV: zeros)
-    dlrm.onnx             dlrm: user blocks + item blocks -> score [B] (a logit)
+    dlrm.onnx             dlrm: user blocks [B, *] + candidate item blocks [B, K, *] -> score [B, K] (logits)
 
 Every ONNX file is exported with ``torch.onnx.export(..., dynamo=True)`` with a dynamic batch
 (and dynamic history length), then checked against PyTorch through onnxruntime on random
@@ -56,9 +56,17 @@ class _Positional(nn.Module):
 
 
 def random_inputs(layout: FeatureLayout, names: list[str], batch: int, seed: int = 0,
-                  history_length: int | None = None) -> dict[str, np.ndarray]:
-    """Random but valid input blocks (ids within cardinality, some padding) for export checks."""
+                  history_length: int | None = None, candidates: int | None = None) -> dict[str, np.ndarray]:
+    """Random but valid input blocks (ids within cardinality, some padding) for export checks.
+
+    ``candidates``: item blocks get the shape ``[batch, candidates, *]`` (DLRM serving form).
+    """
     rng = np.random.default_rng(seed)
+    if candidates is not None:
+        out = random_inputs(layout, [n for n in names if not n.startswith("item")], batch, seed, history_length)
+        items = random_inputs(layout, [n for n in names if n.startswith("item")], batch * candidates, seed + 1)
+        out.update({n: v.reshape(batch, candidates, -1) for n, v in items.items()})
+        return out
     out: dict[str, np.ndarray] = {}
     for name in names:
         side = layout.user if name.startswith("user") or name == "history" else layout.item
@@ -83,16 +91,21 @@ def random_inputs(layout: FeatureLayout, names: list[str], batch: int, seed: int
 
 
 def export_onnx(module: nn.Module, method: str, names: list[str], all_names: list[str],
-                layout: FeatureLayout, output_name: str, path: Path) -> float:
-    """Export ``module.method`` over the input blocks ``names`` to ``path``; return the max abs diff vs PyTorch."""
+                layout: FeatureLayout, output_name: str, path: Path, candidates: bool = False) -> float:
+    """Export ``module.method`` over the input blocks ``names`` to ``path``; return the max abs diff vs PyTorch.
+
+    ``candidates``: item blocks carry a second dynamic dimension, K candidates per user.
+    """
     import onnxruntime as ort
 
     module = copy.deepcopy(module).cpu().eval()
     wrapper = _Positional(module, method, names, all_names).eval()
-    example = random_inputs(layout, names, batch=3, seed=1)
+    example = random_inputs(layout, names, batch=3, seed=1, candidates=4 if candidates else None)
     batch = torch.export.Dim("batch", min=1, max=1 << 20)
     hist_len = torch.export.Dim("history_length", min=1, max=4096)
-    dynamic = tuple({0: batch, 1: hist_len} if n == "history" else {0: batch} for n in names)
+    k = torch.export.Dim("candidates", min=1, max=1 << 16)
+    dynamic = tuple({0: batch, 1: hist_len} if n == "history" else {0: batch, 1: k} if candidates and
+                    n.startswith("item") else {0: batch} for n in names)
     args = tuple(torch.from_numpy(example[n]) for n in names)
     logging.getLogger("torch.onnx").setLevel(logging.ERROR)
     with warnings.catch_warnings():
@@ -103,7 +116,7 @@ def export_onnx(module: nn.Module, method: str, names: list[str], all_names: lis
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     diff = 0.0
     for seed, size, length in ((7, 5, None), (8, 17, max(1, layout.history_length // 2 + 1))):
-        feeds = random_inputs(layout, names, batch=size, seed=seed, history_length=length)
+        feeds = random_inputs(layout, names, batch=size, seed=seed, history_length=length, candidates=size % 7 + 2 if candidates else None)
         got = session.run([output_name], feeds)[0]
         with torch.no_grad():
             want = wrapper(*[torch.from_numpy(feeds[n]) for n in names]).numpy()
@@ -155,7 +168,8 @@ def save_dlrm(model: DLRM, target: Path, metrics: dict[str, Any], training: dict
         onnx_info: dict[str, Any] = {}
         if onnx:
             names = layout.user_blocks() + layout.item_blocks()
-            diff = export_onnx(model, "score", names, DLRM_ARGS, layout, "score", tmp / "dlrm.onnx")
+            diff = export_onnx(model, "score_candidates", names, DLRM_ARGS, layout, "score", tmp / "dlrm.onnx",
+                               candidates=True)
             onnx_info = {"dlrm.onnx": {"inputs": names, "outputs": ["score"], "max_abs_diff": diff}}
         write_json(tmp / "config.json", {
             "model": "dlrm", "hyperparameters": model.cfg.to_dict(), "layout": layout.to_dict(),

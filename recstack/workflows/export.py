@@ -132,7 +132,9 @@ def fit_and_export(data_dir: str | Path, workflow_dir: str | Path, features_dir:
         steps.update()
 
         steps.set_postfix_str("popularity")
-        counts = train["item_id"].value_counts(sort=False)
+        # The window the served histories end in (train + valid), which is also what
+        # `recstack evaluate` ranks its popularity baseline by on the test split.
+        counts = history_src["item_id"].value_counts(sort=False)
         pop = pd.DataFrame({"item_key": counts.index.to_numpy(dtype=np.int64),
                             "count": counts.to_numpy(dtype=np.int64)})
         pop = pop.sort_values(["count", "item_key"], ascending=[False, True], kind="mergesort")
