@@ -28,6 +28,18 @@ if ! ldconfig -p 2>/dev/null | grep -q 'libpython3\.11\.so\.1\.0'; then
   fail "system library libpython3.11.so.1.0 is missing (needed by tritonserver's python backend): apt-get install libpython3.11"
 fi
 
+# redis-server (Debian package): the Redis online store and the Redis Streams event log; the
+# end-to-end tests start their own on a free loopback port.
+if ! command -v redis-server >/dev/null; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+    echo "setup: installing redis-server (Debian package)"
+    { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server; } >/dev/null \
+      || fail "apt-get install redis-server failed"
+  else
+    fail "redis-server is missing: install the Debian/Ubuntu package redis-server (apt-get install redis-server)"
+  fi
+fi
+
 want=$(cat pyproject.toml scripts/setup.sh | sha256sum | cut -c1-16)
 if [ -f "$STAMP" ] && [ "$(cat "$STAMP")" = "$want" ] && [ -x "$VENV/bin/recstack" ]; then
   exit 0
