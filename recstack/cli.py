@@ -8,7 +8,9 @@ Bad input raises :class:`recstack.errors.InputError`: printed as one line, exit 
 from __future__ import annotations
 
 import argparse
+import atexit
 import importlib
+import os
 import sys
 
 from recstack.errors import InputError
@@ -58,5 +60,20 @@ def main(argv: list[str] | None = None) -> int:
         return 130
 
 
+def entry() -> None:
+    """The console-script entry point: :func:`main`, then exit without native teardown.
+
+    Python's own exit work (atexit handlers: servers stopped, logs flushed, temporary folders
+    removed) runs as usual; only the C++ static destructors that follow are skipped. One of
+    them, in pyarrow's threads, aborted about one process in 30 at exit ("terminate called
+    without an active exception", SIGABRT) after the command had finished and printed.
+    """
+    code = main()
+    atexit._run_exitfuncs()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
+
+
 if __name__ == "__main__":
-    raise SystemExit(main())
+    entry()

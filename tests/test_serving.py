@@ -64,8 +64,6 @@ def _build_repo(repo: Path) -> None:
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
-    if _SKIP:
-        pytest.skip(_SKIP)
     repo = tmp_path_factory.mktemp("triton") / "repo"
     _build_repo(repo)
     with TritonServer(repo, startup_timeout_s=120) as srv:
