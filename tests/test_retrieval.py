@@ -127,7 +127,7 @@ def test_bad_input(tmp_path):
     with pytest.raises(InputError, match="exclude"):
         index.search(q, 5, exclude=[np.array([2])])
     with pytest.raises(InputError, match="kind"):
-        build_index(emb, ids, kind="ivf", out_dir=tmp_path / "other")
+        build_index(emb, ids, kind="bogus", out_dir=tmp_path / "other")
     with pytest.raises(InputError, match="duplicate"):
         build_index(emb[:2], np.array([3, 3]), out_dir=tmp_path / "other")
     with pytest.raises(InputError, match="not found|no items.faiss"):
