@@ -78,8 +78,8 @@ def infer_kind(values: np.ndarray) -> str:
 def merge_kinds(kinds: list[str]) -> str:
     """The kind of a column whose partitions were fitted separately: str > float > int."""
     present = [k for k in kinds if k]
-    if not present:
-        return "int"
+    if not present:  # only nulls in fit: an empty vocabulary, where any value is unknown
+        return "str"
     return max(present, key=KINDS.index)
 
 

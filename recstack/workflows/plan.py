@@ -2,9 +2,9 @@
 one request (a dict) flows through them.
 
 Columns that are absent are skipped, not invented: a per-column op outputs the columns whose
-inputs are present; a multi-column op outputs nothing when none of its inputs are present and
-raises :class:`InputError` naming the op and the column when only some are (or when a
-dependency such as the group key is missing). Errors from an op are prefixed with its name.
+inputs are present; a multi-column op (or one whose group key is absent) outputs nothing
+unless all its inputs are present. ``Workflow.check_request`` turns an absent column into an
+:class:`InputError` naming the op and the column. Errors from an op are prefixed with its name.
 """
 
 from __future__ import annotations
@@ -96,25 +96,25 @@ class Plan:
 
     def consumer_of(self, column: str) -> str:
         for node in self.op_nodes():
-            if column in self.static_columns(node.parent) or column in node.op.dependencies():  # type: ignore[union-attr]
+            op = node.op
+            assert op is not None and node.parent is not None
+            if column in self.static_columns(node.parent) or column in op.dependencies() + op.transform_dependencies():
                 return node.op.name  # type: ignore[union-attr]
         return "workflow"
 
     # ------------------------------------------------------------------ evaluation
     def _inputs_for(self, node: Node, present: list[str], raw_has: Callable[[str], bool]) -> list[str] | None:
-        """The op's input columns to use, None to skip; raises for partial multi-column input."""
+        """The op's input columns to use, or None to skip the op: a per-column op skips absent
+        columns; a multi-column op, or one whose dependency (a group key) is absent, is skipped
+        (``Workflow.check_request`` / ``transform_request(complete=True)`` raise instead)."""
         op = node.op
         assert op is not None and node.parent is not None
         expected = self.columns.get(self.pos(node.parent), present)
         cols = [c for c in expected if c in present]
-        if not cols:
+        if not cols or (not op.per_column and len(cols) < len(expected)):
             return None
-        if not op.per_column and len(cols) < len(expected):
-            missing = next(c for c in expected if c not in present)
-            raise InputError(f"{op.name}: input column {missing!r} is missing")
-        for dep in op.transform_dependencies():
-            if not raw_has(dep):
-                raise InputError(f"{op.name}: column {dep!r} is missing")
+        if not all(raw_has(dep) for dep in op.transform_dependencies()):
+            return None
         return cols
 
     def frame(self, node: Node | Group, raw: pd.DataFrame, ctx: Context, memo: dict[int, pd.DataFrame]) -> pd.DataFrame:

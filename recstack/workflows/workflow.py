@@ -196,10 +196,11 @@ class Workflow:
         return out
 
     # ------------------------------------------------------------------ serving
-    def transform_request(self, row: dict[str, Any], strict: bool = False) -> dict[str, Any] | None:
+    def transform_request(self, row: dict[str, Any], strict: bool = False,
+                          complete: bool = False) -> dict[str, Any] | None:
         """One raw request -> encoded values (Python ints / floats / lists), equal to ``transform``
         on a one-row frame; None when a Filter drops it. ``strict``: unknown keys raise
-        :class:`InputError`, and so do missing input columns (naming the op and the column)."""
+        :class:`InputError`; ``complete``: so does a missing input column (naming the op)."""
         self.output_schema  # noqa: B018
         if not isinstance(row, dict):
             raise InputError(f"request: expected an object of column -> value, got {type(row).__name__}")
@@ -208,6 +209,8 @@ class Workflow:
             unknown = [k for k in row if k not in known]
             if unknown:
                 raise InputError(f"request: unknown column(s) {unknown}; known: {self.input_columns}")
+        if complete:
+            self.check_request(row)
         return self.plan.row(self.output_node, row, Context(raw=row), {})
 
     def check_request(self, row: dict[str, Any]) -> None:

@@ -34,6 +34,13 @@ def slice_bounds(lengths: np.ndarray, start: int, end: int | None) -> tuple[np.n
     return begin, np.maximum(stop, begin)
 
 
+def _py(value: Any) -> Any:
+    """A cell -> plain Python (lists of Python scalars)."""
+    if isinstance(value, (list, tuple, np.ndarray)):
+        return [_py(v) for v in value]
+    return value.item() if isinstance(value, np.generic) else value
+
+
 @register_op
 class ListSlice(Operator):
     """Slice every list like ``lst[start:end]`` (``ListSlice(-20)``: the last 20 items).
@@ -150,7 +157,7 @@ class Groupby(Operator):
         out = self.transform(frame, Context(raw=frame))
         if len(out) != 1:
             raise InputError(f"a Groupby request is one group: {self.groupby_col!r} has {len(out)} values")
-        return {c: (out[c].iloc[0].tolist() if c.endswith("_list") else out[c].iloc[0].item()) for c in out.columns}
+        return {c: _py(out[c].iloc[0]) for c in out.columns}
 
     def compute_output_schema(self, schema: Schema) -> Schema:
         cols = [schema[self.groupby_col]]
