@@ -51,6 +51,11 @@ class Plan:
                 if id(parent) not in self.index:
                     stack.append((parent, False))
 
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        """After a copy to a Dask worker the nodes are new objects: re-key them."""
+        self.__dict__.update(state)
+        self.index = {id(n): i for i, n in enumerate(self.nodes)}
+
     @staticmethod
     def parents(node: Node | Group) -> list[Node | Group]:
         if isinstance(node, Group):

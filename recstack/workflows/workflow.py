@@ -80,6 +80,11 @@ class Workflow:
         return list(dict.fromkeys(op.group_key for op in self.ops if op.group_key))
 
     @property
+    def groups_rows(self) -> bool:
+        """True when the output has one row per group key (a Groupby), not one per input row."""
+        return any(op.groups_rows for op in self.ops)
+
+    @property
     def uses_row_ids(self) -> bool:
         return any(getattr(op, "uses_row_ids", False) for op in self.ops) or bool(self.group_keys)
 
@@ -87,6 +92,10 @@ class Workflow:
     def fit(self, data: Any, progress: bool = True, partition_rows: int | None = None) -> "Workflow":
         """Fit every op on ``data`` (the training split: pandas or Dask DataFrame)."""
         engine = make_engine(data, partition_rows)
+        if len(self.group_keys) > 1:
+            raise InputError(f"workflow fit: ops group rows by different keys {self.group_keys}; split the workflow")
+        if self.group_keys:
+            engine = engine.by_key(self.group_keys[0])
         present = set(engine.columns())
         for col in self.input_columns:
             if col not in present:
@@ -103,6 +112,7 @@ class Workflow:
             source = engine if key is None else engine.unique_by(key)
 
             def partial(part: pd.DataFrame, rows: np.ndarray, nodes: list[Node] = nodes) -> list[Any]:
+                part = part.reset_index(drop=True)  # unique positions (shuffled partitions repeat labels)
                 ctx = Context(raw=part, row_ids=rows, training=True)
                 memo: dict[int, pd.DataFrame] = {}
                 out = []
@@ -114,7 +124,7 @@ class Workflow:
                         raise InputError(f"{node.op.name}: {exc}") from None  # type: ignore[union-attr]
                 return out
 
-            results = source.map(partial)
+            results = source.map(partial, rows=any(getattr(n.op, "uses_row_ids", False) for n in nodes))
             for op in {id(n.op): n.op for n in nodes}.values():
                 parts = [r[i] for r in results for i, n in enumerate(nodes) if n.op is op]
                 op.finalize(op.merge_partials(parts))  # type: ignore[union-attr]
@@ -186,13 +196,19 @@ class Workflow:
         absent = [c for c in keep if c not in df.columns]
         if absent:
             raise InputError(f"transform keep: columns {absent} are not in the frame")
+        labels = df.index
+        df = df.reset_index(drop=True)  # unique positions (shuffled partitions repeat labels)
         ctx = Context(raw=df, row_ids=row_ids, training=training)
         out = self.plan.frame(self.output_node, df, ctx, {})
         clash = [c for c in keep if c in out.columns]
         if clash:
             raise InputError(f"transform keep: column {clash[0]!r} is also a workflow output")
+        if keep and self.groups_rows:
+            raise InputError("transform keep: a Groupby workflow has one row per key; keep is not possible")
         if keep:
             out = pd.concat([df.loc[out.index, keep], out], axis=1)
+        if not self.groups_rows:
+            out.index = labels[out.index.to_numpy()]
         return out
 
     # ------------------------------------------------------------------ serving
