@@ -82,6 +82,12 @@ class Node(_Composable):
                 stack.append(node.parent)
         return self
 
+    def __getitem__(self, columns: str | Sequence[str]) -> "Node":
+        """Some output columns of this node by name: ``grouped[["item_id_list"]]``."""
+        from recstack.workflows.ops.tags import SelectColumns
+
+        return Node(parent=self, op=SelectColumns([columns] if isinstance(columns, str) else list(columns)))
+
     def select_by_tag(self, *tags: Any) -> "Node":
         """The output columns of this node that carry all ``tags`` (resolved in fit)."""
         from recstack.workflows.ops.tags import SelectByTag

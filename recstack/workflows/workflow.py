@@ -20,7 +20,7 @@ from tqdm.auto import tqdm
 
 import recstack.workflows.ops  # noqa: F401  (registers the built-in ops that load() reads by name)
 from recstack.errors import InputError
-from recstack.workflows.engines import make_engine
+from recstack.workflows.engines import PandasEngine, make_engine
 from recstack.workflows.graph import Group, Node
 from recstack.workflows.operator import Context, Operator
 from recstack.workflows.plan import Plan
@@ -49,6 +49,7 @@ class Workflow:
             raise ValueError(f"workflow outputs these columns more than once: {dupes}")
         self.input_schema: Schema | None = None
         self._output_schema: Schema | None = None
+        self._fit_memo: tuple[Any, dict[int, pd.DataFrame]] | None = None
 
     # ------------------------------------------------------------------ properties
     @property
@@ -107,6 +108,9 @@ class Workflow:
         fitted: set[int] = {id(op) for op in self.ops if not op.needs_fit}
         self._update_schemas(fitted)
         passes = self._passes()
+        # one in-memory partition: keep each node's frame across passes instead of recomputing it
+        single = isinstance(engine, PandasEngine) and len(engine.partitions()) == 1
+        shared: dict[str, dict[int, pd.DataFrame]] = {}
         bar = tqdm(total=len(passes), desc="fit workflow", unit="pass", disable=not progress)
         for key, nodes in passes:
             source = engine if key is None else engine.unique_by(key)
@@ -114,7 +118,7 @@ class Workflow:
             def partial(part: pd.DataFrame, rows: np.ndarray, nodes: list[Node] = nodes) -> list[Any]:
                 part = part.reset_index(drop=True)  # unique positions (shuffled partitions repeat labels)
                 ctx = Context(raw=part, row_ids=rows, training=True)
-                memo: dict[int, pd.DataFrame] = {}
+                memo: dict[int, pd.DataFrame] = shared.setdefault(key or "", {}) if single else {}
                 out = []
                 for node in nodes:
                     frame = self.plan.frame(node.parent, part, ctx, memo)  # type: ignore[arg-type]
@@ -133,6 +137,7 @@ class Workflow:
             bar.update()
         bar.close()
         self._output_schema = self.plan.schemas[self.plan.pos(self.output_node)]
+        self._fit_memo = (data, shared.get("", {})) if single else None
         return self
 
     def _passes(self) -> list[tuple[str | None, list[Node]]]:
@@ -172,8 +177,14 @@ class Workflow:
             plan.columns[pos] = schema.names
 
     def fit_transform(self, data: Any, keep: Sequence[str] = (), progress: bool = True) -> Any:
-        """Fit, then transform the same rows in training mode (TargetEncoding out of fold)."""
-        return self.fit(data, progress=progress).transform(data, keep=keep, training=True)
+        """Fit, then transform the same rows in training mode (TargetEncoding out of fold);
+        an in-memory frame reuses the columns fit already computed."""
+        self.fit(data, progress=progress)
+        cached, self._fit_memo = self._fit_memo, None
+        if cached is not None and cached[0] is data:
+            rows = np.arange(len(data), dtype=np.int64)
+            return self.transform_partition(data, rows, keep=keep, training=True, memo=cached[1])
+        return self.transform(data, keep=keep, training=True)
 
     # ------------------------------------------------------------------ batch
     def transform(self, data: Any, keep: Sequence[str] = (), training: bool = False,
@@ -190,7 +201,7 @@ class Workflow:
         return self.transform_partition(data, rows, keep=keep, training=training)
 
     def transform_partition(self, df: pd.DataFrame, row_ids: np.ndarray, keep: Sequence[str] = (),
-                            training: bool = False) -> pd.DataFrame:
+                            training: bool = False, memo: dict[int, pd.DataFrame] | None = None) -> pd.DataFrame:
         """One partition whose rows have global numbers ``row_ids``."""
         keep = list(keep)
         absent = [c for c in keep if c not in df.columns]
@@ -199,7 +210,7 @@ class Workflow:
         labels = df.index
         df = df.reset_index(drop=True)  # unique positions (shuffled partitions repeat labels)
         ctx = Context(raw=df, row_ids=row_ids, training=training)
-        out = self.plan.frame(self.output_node, df, ctx, {})
+        out = self.plan.frame(self.output_node, df, ctx, {} if memo is None else memo)
         clash = [c for c in keep if c in out.columns]
         if clash:
             raise InputError(f"transform keep: column {clash[0]!r} is also a workflow output")

@@ -19,10 +19,10 @@ from recstack.workflows.ops.frame import Filter, LambdaOp, Rename, register_func
 from recstack.workflows.ops.hashing import HashBucket, HashedCross
 from recstack.workflows.ops.joins import JoinExternal, JoinGroupby
 from recstack.workflows.ops.lists import Groupby, ListSlice
-from recstack.workflows.ops.tags import AddTags, SelectByTag
+from recstack.workflows.ops.tags import AddTags, SelectByTag, SelectColumns
 from recstack.workflows.ops.target import TargetEncoding
 
 __all__ = ["AddTags", "Bucketize", "Categorify", "Clip", "DateTimeParts", "DifferenceLag", "FillMissing",
            "Filter", "Groupby", "HashBucket", "HashedCross", "JoinExternal", "JoinGroupby", "LambdaOp",
-           "ListSlice", "LogOp", "Normalize", "NormalizeMinMax", "Rename", "SelectByTag", "TargetEncoding",
+           "ListSlice", "LogOp", "Normalize", "NormalizeMinMax", "Rename", "SelectByTag", "SelectColumns", "TargetEncoding",
            "TimeSince", "register_function"]

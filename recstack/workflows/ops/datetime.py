@@ -21,6 +21,7 @@ from recstack.workflows.keys import KeyIndex, as_key_array, canonical, infer_kin
 from recstack.workflows.keys import narrow_objects, nonnull_mask, raw_values
 from recstack.workflows.operator import Context, Operator, register_op
 from recstack.workflows.schema import ColumnSchema, Tags
+from recstack.workflows.values import group_time_order
 
 UNITS = {"s": 1.0, "ms": 1e-3, "us": 1e-6, "ns": 1e-9}
 PARTS = ("year", "month", "day", "hour", "weekday", "dayofyear")
@@ -243,7 +244,7 @@ class DifferenceLag(Operator):
         pos = index.positions(keys_raw, self.partition_col)
         fitted_last = np.where(pos >= 0, st["last"][np.maximum(pos, 0)] if len(st["last"]) else np.nan, np.nan)
         group = pd.factorize(pd.Series(keys_raw), use_na_sentinel=True)[0]
-        order = np.lexsort((rows, np.nan_to_num(ts, nan=np.inf), group))
+        order = group_time_order(group, ts, rows)
         g, t = group[order], ts[order]
         same = np.r_[False, (g[1:] == g[:-1]) & (g[1:] >= 0)]
         prev = np.r_[np.nan, t[:-1]]

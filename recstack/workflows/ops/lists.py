@@ -18,6 +18,7 @@ from recstack.errors import InputError
 from recstack.workflows.lists import flatten, rebuild, row_list
 from recstack.workflows.operator import Context, Operator, register_op
 from recstack.workflows.schema import ColumnSchema, Schema, Tags
+from recstack.workflows.values import group_time_order
 
 AGGS = ("list", "count", "first", "last", "sum", "mean", "min", "max")
 
@@ -121,8 +122,10 @@ class Groupby(Operator):
             raise InputError(f"column {missing[0]!r} is not an input of this Groupby")
         keys = df[self.groupby_col].to_numpy()
         rows = ctx.rows(len(df))
-        sort_keys = [rows] + [df[c].to_numpy() for c in reversed(self.sort_cols)] + [keys]
-        order = np.lexsort(sort_keys)
+        if len(self.sort_cols) == 1 and keys.dtype.kind in "iu" and df[self.sort_cols[0]].dtype.kind in "iuf":
+            order = group_time_order(keys, df[self.sort_cols[0]].to_numpy(), rows)
+        else:
+            order = np.lexsort([rows] + [df[c].to_numpy() for c in reversed(self.sort_cols)] + [keys])
         k = keys[order]
         starts = np.flatnonzero(np.r_[True, k[1:] != k[:-1]]) if len(k) else np.zeros(0, np.int64)
         offsets = np.r_[starts, len(k)].astype(np.int64)

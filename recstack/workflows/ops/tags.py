@@ -64,3 +64,36 @@ class SelectByTag(Operator):
     def transform_row(self, values: dict[str, Any], ctx: Context) -> dict[str, Any]:
         keep = set(self.output_column_names(list(values)))
         return {c: v for c, v in values.items() if c in keep}
+
+
+@register_op
+class SelectColumns(Operator):
+    """Keep the named input columns (what ``node[["a", "b"]]`` builds).
+
+    Example: grouped[["item_id_list"]] >> ListSlice(-20).
+    """
+
+    def __init__(self, columns: Sequence[str] = ()) -> None:
+        super().__init__()
+        self.columns = list(columns)
+
+    def get_config(self) -> dict[str, Any]:
+        return {"columns": self.columns}
+
+    def output_column_names(self, columns: Sequence[str]) -> list[str]:
+        return [c for c in self.columns if c in columns]
+
+    def column_dependencies(self, columns: Sequence[str]) -> dict[str, list[str]]:
+        return {c: [c] for c in self.output_column_names(columns)}
+
+    def compute_output_schema(self, schema: Schema) -> Schema:
+        missing = [c for c in self.columns if c not in schema]
+        if missing:
+            raise ValueError(f"SelectColumns: no column {missing[0]!r} among {schema.names}")
+        return schema.select_by_name(*self.columns)
+
+    def transform(self, df: pd.DataFrame, ctx: Context) -> pd.DataFrame:
+        return df[self.output_column_names(list(df.columns))]
+
+    def transform_row(self, values: dict[str, Any], ctx: Context) -> dict[str, Any]:
+        return {c: values[c] for c in self.columns if c in values}
