@@ -178,7 +178,7 @@ def test_bounded_load_against_the_real_server(e2e_paths, e2e_server, tmp_path, p
     assert len(report.steps) >= 2 and report.input_dims == {"user_id": [1], "top_n": [1]}
     for lv in report.levels:
         assert lv.errors == 0, lv.first_error
-        assert lv.requests > 0 and lv.throughput_rps > 0
+        assert lv.requests > 0 and lv.throughput_rps > 0 and lv.client_cpu_ms > 0
         lat = lv.latency_ms
         assert 0 < lat["p50"] <= lat["p90"] <= lat["p95"] <= lat["p99"] <= lat["max"]
         for model in [cfg.model, *report.steps]:       # time per step for every model of the ensemble
@@ -192,7 +192,7 @@ def test_bounded_load_against_the_real_server(e2e_paths, e2e_server, tmp_path, p
     assert [lv["level"] for lv in body["levels"]] == [1, 4] and body["config"]["protocol"] == protocol
     assert all(f"-b {batch_size}" in c and files["input_data"] in c for c in body["perf_analyzer_commands"])
     table = bench.format_table(report)
-    assert "p95 ms" in table and all(m in table for m in report.steps)
+    assert "p95 ms" in table and "server ms" in table and all(m in table for m in report.steps)
 
     # the input data holds the run's users, in order, whole requests only; replayed as perf_analyzer
     # groups them (-b B: B consecutive entries per request) the server answers each of them

@@ -173,7 +173,7 @@ async def _run(cfg: BenchConfig, progress: bool) -> BenchReport:
         report = BenchReport(cfg, steps, dims)
         target.build(cfg.users)
         for mode, level in levels:
-            snapshot = target.statistics
+            snapshot, cpu0 = target.statistics, time.process_time()
             if mode == "concurrency":
                 records, ws, we, snaps = await run_closed_loop(
                     target.send, int(level), cfg.warmup_s, cfg.measurement_interval_s,
@@ -183,6 +183,7 @@ async def _run(cfg: BenchConfig, progress: bool) -> BenchReport:
                     target.send, float(level), cfg.warmup_s, cfg.measurement_interval_s,
                     timeout_s=cfg.timeout_s, max_in_flight=cfg.max_in_flight, snapshot=snapshot)
             result = summarize(records, ws, we, mode=mode, level=level)
+            result.client_cpu_ms = (time.process_time() - cpu0) * 1e3 / max(result.sent, 1)
             delta = stats_delta(snaps[0], snaps[1])
             result.steps = {m: delta[m] for m in [cfg.model, *steps] if m in delta}
             report.levels.append(result)
@@ -230,32 +231,31 @@ def _nan_to_none(obj: Any) -> Any:
 
 
 def format_table(report: BenchReport) -> str:
-    """One row per level: rate, latency percentiles (ms), errors, then per step
-    ``queue+compute`` ms per request (Triton statistics over the window)."""
+    """One row per level: achieved req/s, latency percentiles (ms), errors, the load generator's CPU
+    ms per request, the server's time in the ensemble per request (ms) and, per step, queue+compute
+    ms per request (Triton statistics, deltas over the window)."""
     cfg = report.config
-    models = [cfg.model, *report.steps]
     head = ["concurrency" if cfg.concurrency else "req/s sched", "req/s"] + \
-           (["users/s"] if cfg.batch_size > 1 else []) + ["p50 ms", "p90 ms", "p95 ms", "p99 ms", "errors", "server ms"] + report.steps
+           (["users/s"] if cfg.batch_size > 1 else []) + \
+           ["p50 ms", "p90 ms", "p95 ms", "p99 ms", "errors", "client cpu ms", "server ms", *report.steps]
     rows = []
     for lv in report.levels:
         cells = [f"{lv.level:g}", f"{lv.throughput_rps:.1f}"]
         cells += [f"{lv.throughput_rps * cfg.batch_size:.1f}"] if cfg.batch_size > 1 else []
-        cells += [f"{lv.latency_ms[p]:.1f}" for p in ("p50", "p90", "p95", "p99")] + [str(lv.errors)]
-        for m in models:
+        cells += [f"{lv.latency_ms[p]:.1f}" for p in ("p50", "p90", "p95", "p99")]
+        cells += [str(lv.errors), f"{lv.client_cpu_ms:.2f}"]
+        for m in [cfg.model, *report.steps]:
             s = lv.steps.get(m)
             cells.append("-" if s is None or not s["requests"] else f"{s['total_ms']:.2f}" if m == cfg.model
                          else f"{s['queue_ms']:.2f}+{s['compute_ms']:.2f}")
         rows.append(cells)
-    widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(head)] if rows else [len(h) for h in head]
+    widths = [max(len(h), *(len(r[i]) for r in rows)) if rows else len(h) for i, h in enumerate(head)]
     lines = ["  ".join(c.rjust(w) for c, w in zip(r, widths)) for r in [head, *rows]]
     lines.insert(1, "  ".join("-" * w for w in widths))
-    lines.append(f"{cfg.protocol} {cfg.url}, batch {cfg.batch_size}, top {cfg.k}, "
-                 f"{cfg.measurement_interval_s:g} s per level after {cfg.warmup_s:g} s warm-up; from Triton statistics over "
-                 f"the window: server ms = time in `{cfg.model}` per request, step columns = queue+compute ms "
-                 "per request")
-    for lv in report.levels:
-        if lv.first_error:
-            lines.append(f"first error at {lv.mode} {lv.level:g}: {lv.first_error}")
+    lines.append(f"{cfg.protocol} {cfg.url}, batch {cfg.batch_size}, top {cfg.k}, {cfg.measurement_interval_s:g} s "
+                 f"per level after {cfg.warmup_s:g} s warm-up. server ms: time in `{cfg.model}` per request; step "
+                 "columns: queue+compute ms per request (Triton statistics over the window)")
+    lines += [f"first error at {lv.mode} {lv.level:g}: {lv.first_error}" for lv in report.levels if lv.first_error]
     return "\n".join(lines)
 
 

@@ -58,6 +58,7 @@ class LevelResult:
     errors: int = 0                 # failed requests over the whole level (warm-up and tail included)
     first_error: str | None = None
     sent: int = 0                   # every request the level issued
+    client_cpu_ms: float = math.nan  # load generator's own CPU time per sent request (it shares the machine)
     steps: dict[str, dict[str, float]] = field(default_factory=dict)  # model -> stats_delta row
 
 
