@@ -31,7 +31,7 @@ def retrain(paths: RunPaths, args: argparse.Namespace) -> dict[str, Any]:
     ``args`` carries the `recstack run` stage options (device, epochs, history_length, index_kind,
     top_k, progress) plus ``event_log`` (URL or None) and ``force`` (retrain with no new events).
     """
-    from recstack.events import OfflineWriter, events_dir, fold_events, open_event_log
+    from recstack.events import OfflineWriter, events_dir, fold_events, open_event_log, rewind_consumer
     from recstack.pipeline import STAGES
 
     if not (paths.data / "dataset.json").is_file():
@@ -54,9 +54,7 @@ def retrain(paths: RunPaths, args: argparse.Namespace) -> dict[str, Any]:
             detail = stage(paths, args)
             times[name] = round(time.perf_counter() - start, 2)
             print(f"[{number}/{len(stages)}] {name}: {detail} ({times[name]:.1f}s)", flush=True)
-        committed = event_log.committed(ONLINE_CONSUMER)
-        if committed > fold["folded_through"]:
-            event_log.commit(ONLINE_CONSUMER, fold["folded_through"], force=True)
+        rewind_consumer(event_log, ONLINE_CONSUMER, fold["folded_through"], events_dir(paths))
     summary = {"dataset": paths.root.name, "fold": fold, "wall_s": times}
     write_json(paths.root / "retrain.json", summary)
     width = max(len(n) for n in times)

@@ -4,9 +4,7 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -23,56 +21,10 @@ from recstack.events import (EventService, OfflineWriter, OnlineUpdater, RedisEv
                              events_to_interactions, fold_events, read_offline_events, write_partitions)
 from recstack.events.synthetic import build_synthetic_run
 from recstack.features import OnlineFeatures
+from redis_fixture import REDIS_SERVER, RedisServer, redis_server  # noqa: F401 (fixture)
 
-REDIS_SERVER = shutil.which("redis-server") or "/usr/bin/redis-server"
 DAY = 86400.0
 T0 = 1_700_000_000.0  # 2023-11-14 22:13:20 UTC
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-class RedisServer:
-    """A real redis-server on a free loopback port, AOF with ``appendfsync always``."""
-
-    def __init__(self, folder: Path):
-        self.folder, self.port = folder, _free_port()
-        self.url = f"redis://127.0.0.1:{self.port}/0"
-        self.proc: subprocess.Popen | None = None
-
-    def start(self) -> "RedisServer":
-        import redis
-
-        self.proc = subprocess.Popen([REDIS_SERVER, "--bind", "127.0.0.1", "--port", str(self.port), "--save", "",
-                                      "--appendonly", "yes", "--appendfsync", "always", "--dir", str(self.folder)],
-                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        deadline = time.monotonic() + 10
-        while True:
-            try:
-                redis.Redis.from_url(self.url).ping()
-                return self
-            except redis.ConnectionError:
-                if time.monotonic() > deadline or self.proc.poll() is not None:
-                    raise RuntimeError("redis-server did not start")
-                time.sleep(0.02)
-
-    def kill(self) -> None:
-        if self.proc is not None:
-            self.proc.send_signal(signal.SIGKILL)
-            self.proc.wait(10)
-            self.proc = None
-
-
-@pytest.fixture(scope="module")
-def redis_server(tmp_path_factory):
-    if not Path(REDIS_SERVER).exists():
-        pytest.skip("redis-server is not installed")
-    server = RedisServer(tmp_path_factory.mktemp("redis")).start()
-    yield server
-    server.kill()
 
 
 @pytest.fixture(params=["sqlite", "redis"])
@@ -157,9 +109,11 @@ def test_bad_events_reject_the_whole_batch(event_log, bad, message):
 
 def test_wait_wakes_on_append(event_log):
     assert not event_log.wait(0, 0.05)
-    threading.Timer(0.1, lambda: event_log.append(events(1))).start()
+    timer = threading.Timer(0.1, lambda: event_log.append(events(1)))
+    timer.start()
     start = time.monotonic()
     assert event_log.wait(0, 5.0) and time.monotonic() - start < 2.0
+    timer.join()
 
 
 APPENDER = """
@@ -310,6 +264,24 @@ def test_online_updater_on_redis(run, redis_server, tmp_path):
     assert (r.accepted, r.duplicates) == (3, 2) and service.stats()["applied"] == 3
     assert _history(run, user)[0] == _encoded(run, [1001, 1002, 1003])
     assert service.run_once()["lag"] == 0 and log.committed("online-store") == 3
+
+
+def test_updater_follows_a_rebuilt_repo_after_a_rewind(run, tmp_path):
+    from recstack.events import rewind_consumer
+    from recstack.features import build_feature_repo
+
+    log = SqliteEventLog(tmp_path / "log.db")
+    updater = OnlineUpdater.for_run(log, run, lock_dir=tmp_path)
+    user = 5006
+    log.append(events(2, user=user, prefix="rb"))
+    assert updater.poll() == 2 and _history(run, user)[2]
+    build_feature_repo(run.features, run.feature_repo)  # what `recstack retrain` does: a new folder
+    assert not _history(run, user)[2]  # the rebuilt store has only the training data
+    assert rewind_consumer(log, "online-store", 5, tmp_path) == 2  # never forward
+    assert rewind_consumer(log, "online-store", 0, tmp_path) == 0
+    log.append(events(1, start=2, user=user, prefix="rb"))
+    assert updater.poll() == 3 and updater.counters["reopened"] == 1
+    assert _history(run, user)[0] == _encoded(run, [1001, 1002, 1003])  # in the new store, each once
 
 
 # ---------------------------------------------------------------------------- offline + retrain folding

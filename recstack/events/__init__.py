@@ -25,7 +25,7 @@ _EXPORTS = {
     "EVENT_TYPES": "schema", "AppendResult": "schema", "EventBatch": "schema", "validate_events": "schema",
     "EventLog": "log", "SqliteEventLog": "log", "events_dir": "log", "open_event_log": "log",
     "RedisEventLog": "redis_log",
-    "Consumer": "consumer", "OnlineUpdater": "consumer", "WorkflowItemEncoder": "consumer",
+    "Consumer": "consumer", "consumer_lock": "consumer", "rewind_consumer": "consumer", "OnlineUpdater": "consumer", "WorkflowItemEncoder": "consumer",
     "OfflineWriter": "offline", "read_offline_events": "offline", "write_partitions": "offline",
     "EventService": "runner",
     "blank_rows": "fold", "events_to_interactions": "fold", "fold_events": "fold",

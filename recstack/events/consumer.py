@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import os
 import threading
 from abc import ABC, abstractmethod
 from collections.abc import Iterable, Iterator, Mapping
@@ -26,6 +27,32 @@ from recstack.io import read_json
 from recstack.paths import RunPaths
 
 
+@contextlib.contextmanager
+def consumer_lock(lock_dir: Path | str | None, name: str) -> Iterator[None]:
+    """An flock on ``<lock_dir>/<name>.lock`` (nothing when ``lock_dir`` is None), held while a
+    consumer reads, applies and commits, so two processes (a `consume` daemon, `events push`, the
+    gateway, `retrain`) never work on one consumer's events at once: two concurrent
+    read-modify-writes of one user's history could lose an update."""
+    if lock_dir is None:
+        yield
+        return
+    path = Path(lock_dir) / f"{name}.lock"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def rewind_consumer(log: EventLog, name: str, offset: int, lock_dir: Path | str | None = None) -> int:
+    """Move consumer ``name``'s committed offset back to ``offset`` (never forward) under its lock,
+    so a poll in flight cannot commit over it; the events after it are delivered again."""
+    with consumer_lock(lock_dir, name):
+        return log.commit(name, min(int(offset), log.committed(name)), force=True)
+
+
 class Consumer(ABC):
     """One named reader of the log with its own committed offset and counters."""
 
@@ -36,24 +63,12 @@ class Consumer(ABC):
         self.name = name
         self.counters: dict[str, int] = {"events": 0}
         self._lock = threading.Lock()  # one poll at a time per consumer object
-        self._lock_path = Path(lock_dir) / f"{name}.lock" if lock_dir is not None else None
+        self._lock_dir = lock_dir
 
     @contextlib.contextmanager
     def _exclusive(self) -> Iterator[None]:
-        """This consumer's poll lock: a thread lock, plus an flock on ``<lock_dir>/<name>.lock`` so
-        two processes (a `consume` daemon and `events push`) never apply the same consumer's
-        events concurrently (their read-modify-write of one user's history could lose an update)."""
-        with self._lock:
-            if self._lock_path is None:
-                yield
-                return
-            self._lock_path.parent.mkdir(parents=True, exist_ok=True)
-            with open(self._lock_path, "a") as handle:
-                fcntl.flock(handle, fcntl.LOCK_EX)
-                try:
-                    yield
-                finally:
-                    fcntl.flock(handle, fcntl.LOCK_UN)
+        with self._lock, consumer_lock(self._lock_dir, self.name):
+            yield
 
     def ready(self, batch: EventBatch, force: bool) -> bool:
         """Whether to process ``batch`` now (a writer may wait for a bigger batch)."""
@@ -91,6 +106,11 @@ class Consumer(ABC):
                 break
             total += n
         return total
+
+    def rewind(self, offset: int) -> int:
+        """:func:`rewind_consumer` for this consumer."""
+        with self._lock:
+            return rewind_consumer(self.log, self.name, offset, self._lock_dir)
 
     def lag(self) -> int:
         """Events appended but not yet committed by this consumer (last offset - committed)."""
@@ -144,6 +164,7 @@ class OnlineUpdater(Consumer):
         from recstack.features import OnlineFeatures
 
         self.online = online if isinstance(online, OnlineFeatures) else OnlineFeatures(online)
+        self._repo_id = self._repo_identity()
         self.encoder = encoder
         self.history_length = int(history_length)
         self.types = frozenset(types) if types is not None else frozenset(EVENT_TYPES)
@@ -161,7 +182,26 @@ class OnlineUpdater(Consumer):
         kwargs.setdefault("lock_dir", events_dir(paths))
         return cls(log, paths.feature_repo, WorkflowItemEncoder.load(paths.workflow), history_length, **kwargs)
 
+    def _repo_identity(self) -> tuple[int, int] | None:
+        try:
+            st = os.stat(self.online.repo_dir)
+        except OSError:
+            return None
+        return st.st_dev, st.st_ino
+
+    def _reopen_if_rebuilt(self) -> None:
+        """A rebuilt Feast repo (`recstack retrain` / `features build` swap the folder) is a new
+        folder: reopen it, or the pushes would go to the old, deleted SQLite file."""
+        from recstack.features import OnlineFeatures
+
+        now = self._repo_identity()
+        if now is not None and now != self._repo_id:
+            self.online = OnlineFeatures(self.online.repo_dir)
+            self._repo_id = now
+            self.counters["reopened"] = self.counters.get("reopened", 0) + 1
+
     def process(self, batch: EventBatch) -> None:
+        self._reopen_if_rebuilt()
         self.apply(batch)
 
     def apply(self, batch: EventBatch) -> dict[str, int]:
