@@ -76,10 +76,13 @@ class IndexConfig:
     @classmethod
     def from_params(cls, kind: str, **params: Any) -> "IndexConfig":
         """A config from keyword parameters; an unknown name is an InputError naming it."""
-        names = {f.name for f in fields(cls)} - {"kind"}
-        unknown = sorted(set(params) - names)
+        if kind not in KINDS:
+            raise InputError(f"kind: {kind!r} is not one of {', '.join(KINDS)}")
+        names = set(BUILD_PARAMS[kind]) | set(SEARCH_PARAMS[kind])
+        unknown = sorted(k for k, v in params.items() if k not in names and v is not None)
         if unknown:
-            raise InputError(f"{unknown[0]}: not an index parameter (known: {', '.join(sorted(names))})")
+            raise InputError(f"{unknown[0]}: not a parameter of a {kind} index "
+                             f"(it has: {', '.join(sorted(names)) or 'none'})")
         return cls(kind=kind, **{k: _as_int(k, v) for k, v in params.items() if v is not None})
 
     @classmethod
@@ -119,12 +122,20 @@ class IndexConfig:
         elif self.kind == "ivf_flat":
             base = f"IVF{self.nlist},Flat"
         else:
-            base = f"IVF{self.nlist},PQ{self.pq_m}x{self.pq_nbits}" + (",RFlat" if self.refine_factor else "")
+            # "np": no polysemous training (minutes of simulated annealing for a feature we do not use)
+            base = f"IVF{self.nlist},PQ{self.pq_m}x{self.pq_nbits}np" + (",RFlat" if self.refine_factor else "")
         return f"IDMap2,{base}"
 
-    def describe(self) -> str:
-        """Short label of the parameters, e.g. ``nlist=4096 nprobe=32`` (tables, plots)."""
-        return " ".join(f"{k}={v}" for k, v in self.to_meta().items() if k != "train_size")
+    def describe_build(self) -> str:
+        """Short label of the build parameters, e.g. ``nlist=4096 PQ32x8 refine=2`` (tables, plots)."""
+        if self.kind == "hnsw":
+            return f"M={self.hnsw_m} efC={self.ef_construction}"
+        if self.kind == "ivf_flat":
+            return f"nlist={self.nlist}"
+        if self.kind == "ivf_pq":
+            return f"nlist={self.nlist} PQ{self.pq_m}x{self.pq_nbits}" + \
+                (f" refine={self.refine_factor}" if self.refine_factor else "")
+        return "-"
 
 
 def _as_int(name: str, value: Any) -> int:
