@@ -122,6 +122,69 @@ def _ort():
         f"skip: providers {providers} (install onnxruntime-gpu)"
 
 
+
+# ---- workflows: the array path on GPU arrays equals the pandas (CPU) path on the same data
+def _workflow_case():
+    import numpy as np
+    import pandas as pd
+
+    from recstack.workflows import (Bucketize, Categorify, Clip, FillMissing, JoinGroupby, LogOp, Normalize,
+                                    NormalizeMinMax, Rename, Workflow)
+    rng = np.random.default_rng(0)
+    n = 2_000_000
+
+    def frame(seed):
+        r = np.random.default_rng(seed)
+        age = r.normal(35, 12, n).astype(np.float32)
+        age[r.random(n) < 0.1] = np.nan
+        return pd.DataFrame({"user_id": r.integers(0, 100_000, n), "item_id": r.zipf(1.3, n) % 50_000,
+                             "age": age, "price": r.exponential(20, n)})
+
+    wf = Workflow((["user_id", "item_id"] >> Categorify(freq_threshold=2)) + (["age"] >> FillMissing() >> Normalize())
+                  + (["price"] >> Clip(0, 60) >> LogOp() >> NormalizeMinMax())
+                  + (["price"] >> Bucketize([5, 20, 50]) >> Rename(postfix="_b"))
+                  + (["item_id"] >> JoinGroupby(["price"], ["count", "mean"]))).fit(frame(1), progress=False)
+    del rng
+    return wf, frame(2)
+
+
+def _workflow_compare(to_device, to_host, label):
+    from recstack.workflows.arrays import transform_arrays
+    import numpy as np
+    wf, test = _workflow_case()
+    start = time.perf_counter()
+    expected = wf.transform(test)
+    cpu_s = time.perf_counter() - start
+    cols = {c: to_device(test[c].to_numpy()) for c in wf.input_columns}
+    transform_arrays(wf, cols)  # warm-up (kernels, copies of the statistics)
+    start = time.perf_counter()
+    got = transform_arrays(wf, cols)
+    got = {k: to_host(v) for k, v in got.items()}
+    gpu_s = time.perf_counter() - start
+    for name in expected.columns:
+        want = expected[name].to_numpy()
+        if want.dtype.kind == "f":
+            np.testing.assert_allclose(got[name], want, rtol=1e-6, err_msg=name)
+        else:
+            np.testing.assert_array_equal(got[name], want, err_msg=name)
+    return (f"{len(expected.columns)} columns x {len(test):,} rows equal to CPU; pandas {cpu_s:.2f}s, "
+            f"{label} {gpu_s:.3f}s")
+
+
+@check("workflows torch cuda")
+def _workflows_torch():
+    import torch
+    return _workflow_compare(lambda a: torch.as_tensor(a, device="cuda"), lambda t: t.cpu().numpy(), "torch cuda")
+
+
+@check("workflows cupy")
+def _workflows_cupy():
+    try:
+        import cupy
+    except ImportError:
+        return "skip: cupy not installed (pip install cupy-cuda12x)"
+    return _workflow_compare(cupy.asarray, cupy.asnumpy, "cupy")
+
 width = max(len(r[0]) for r in rows)
 print(f"\n{'check':<{width}}  status  detail")
 for name, status, detail in rows:

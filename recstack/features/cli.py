@@ -29,10 +29,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     get.add_argument("--user", type=int, required=True, help="raw user id (user_key)")
     get.set_defaults(handler=_get)
 
-    from recstack.features.events import register_events
-
-    register_events(subparsers)
-
 
 def _build(args: argparse.Namespace) -> int:
     from recstack.features.repo import build_feature_repo

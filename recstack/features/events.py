@@ -1,15 +1,16 @@
-"""Real-time interactions: `recstack events push` encodes a raw (user, item) event with the saved
-Workflow and appends it to the user's history in the online store. The next request for that user
-sees the new history (the user tower re-embeds it, the item is filtered as seen) with no restart and
-no re-export."""
+"""Real-time interactions straight into the online store: encode a raw (user, item) event with the
+saved Workflow and append it to the user's history. The next request for that user sees the new
+history (the user tower re-embeds it, the item is filtered as seen) with no restart and no re-export.
+
+This bypasses the event log (no durability, no idempotency): tests and tools use it to set up
+histories. Apps go through :mod:`recstack.events` (`recstack events push`, the gateway), which logs
+the event first and applies it with the online updater."""
 
 from __future__ import annotations
 
-import argparse
 import time
 from typing import Any
 
-from recstack.cliutil import add_dataset_argument
 from recstack.errors import InputError
 from recstack.ids import FIRST_CODE
 from recstack.io import read_json
@@ -47,23 +48,3 @@ def push_event(paths: RunPaths, user_id: int, item_id: int, timestamp: float | N
     recent, seen = result[int(user_id)]
     return {"user_id": int(user_id), "item_id": int(item_id), "encoded_item_id": encoded,
             "recent_items": list(map(int, recent)), "seen_count": len(seen)}
-
-
-def register_events(subparsers: argparse._SubParsersAction) -> None:
-    parser = subparsers.add_parser("events", help="push real-time interactions to the online store")
-    sub = parser.add_subparsers(dest="events_command", metavar="ACTION")
-    sub.required = True
-    push = sub.add_parser("push", help="append one (user, item) interaction to the user's online history",
-                          description=__doc__)
-    add_dataset_argument(push)
-    push.add_argument("--user", type=int, required=True, help="raw user id (a new id creates a new user)")
-    push.add_argument("--item", type=int, required=True, help="raw item id (must be in the catalogue)")
-    push.add_argument("--timestamp", type=float, default=None, help="unix seconds (default: now)")
-    push.set_defaults(handler=_push)
-
-
-def _push(args: argparse.Namespace) -> int:
-    out = push_event(RunPaths.for_dataset(args.dataset), args.user, args.item, args.timestamp)
-    print(f"pushed: user {out['user_id']} item {out['item_id']} (encoded {out['encoded_item_id']}); "
-          f"history now {len(out['recent_items'])} recent / {out['seen_count']} seen items")
-    return 0

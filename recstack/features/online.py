@@ -8,21 +8,16 @@ which is exactly the zero / empty value reported for unknown keys.
 from __future__ import annotations
 
 import warnings
-from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-import pandas as pd
 
 from recstack.errors import InputError
-from recstack.features.repo import PUSH_SOURCE
 
 # FieldStatus.PRESENT in feast.protos.feast.serving.ServingService_pb2
 _PRESENT = 1
-_ONE_TICK = timedelta(microseconds=1)
 
 
 @dataclass(frozen=True)
@@ -167,125 +162,6 @@ class OnlineFeatures:
 
 
 # ---------------------------------------------------------------------------------------
-# real-time history updates
+# real-time history updates live in recstack.features.history (re-exported here for callers)
 
-
-def _online(target: Any) -> OnlineFeatures:
-    if isinstance(target, OnlineFeatures):
-        return target
-    if isinstance(target, (str, Path)):
-        return OnlineFeatures(target)
-    return OnlineFeatures(store=target)  # a feast.FeatureStore
-
-
-def _to_datetime(timestamp: Any, field: str = "timestamp") -> datetime:
-    if timestamp is None:
-        return datetime.now(timezone.utc)
-    if isinstance(timestamp, (int, float, np.integer, np.floating)) and not isinstance(timestamp, bool):
-        if not np.isfinite(timestamp):
-            raise InputError(f"{field}: {timestamp!r} is not a finite unix time")
-        return datetime.fromtimestamp(float(timestamp), tz=timezone.utc)
-    try:
-        ts = pd.Timestamp(timestamp)
-    except (TypeError, ValueError) as exc:
-        raise InputError(f"{field}: {timestamp!r} is not a unix time or a datetime") from exc
-    if ts is pd.NaT:
-        raise InputError(f"{field}: missing")
-    if ts.tzinfo is None:
-        ts = ts.tz_localize("UTC")
-    return ts.to_pydatetime()
-
-
-def _updated(recent: np.ndarray, seen: np.ndarray, item: int, history_length: int) -> tuple[list[int], list[int]]:
-    """Append ``item``: recent keeps the last ``history_length`` (a repeat moves to the end), seen has no duplicates."""
-    r = [int(x) for x in recent if int(x) != item]
-    r.append(item)
-    s = [int(x) for x in seen]
-    if item not in s:
-        s.append(item)
-    return r[-history_length:], s
-
-
-def push_interactions(
-    target: Any,
-    user_keys: Sequence[int] | np.ndarray,
-    item_ids: Sequence[int] | np.ndarray,
-    timestamps: Sequence[Any] | np.ndarray | None,
-    history_length: int,
-) -> dict[int, tuple[list[int], list[int]]]:
-    """Append a batch of interactions (applied in order) to the users' online histories.
-
-    ``target`` is a repo folder, a ``feast.FeatureStore`` or an :class:`OnlineFeatures`;
-    ``item_ids`` are *encoded* item ids; ``timestamps`` unix seconds / datetimes (None:
-    now). One read and one ``push`` for the whole batch. Users the store has never seen
-    get a new history. Returns ``{user_key: (recent_items, seen_items)}`` as written.
-    """
-    if isinstance(history_length, bool) or not isinstance(history_length, (int, np.integer)) or history_length < 1:
-        raise InputError(f"history_length: {history_length!r} is not a positive integer")
-    users = _as_keys(user_keys, "user_key")
-    items = _as_keys(item_ids, "item_id")
-    if len(users) != len(items):
-        raise InputError(f"item_id: {len(items)} values for {len(users)} user keys")
-    bad = [i for i in items if i < 1]
-    if bad:
-        raise InputError(f"item_id: {bad[0]} is not an encoded item id (0 is padding)")
-    if timestamps is None:
-        times = [_to_datetime(None)] * len(users)
-    else:
-        ts_list = list(timestamps) if not np.isscalar(timestamps) else [timestamps]
-        if len(ts_list) != len(users):
-            raise InputError(f"timestamp: {len(ts_list)} values for {len(users)} user keys")
-        times = [_to_datetime(t) for t in ts_list]
-    if not users:
-        return {}
-
-    online = _online(target)
-    distinct = list(dict.fromkeys(users))
-    recent, seen, known, stored_ts = online._histories_with_ts(distinct)
-    state: dict[int, list[Any]] = {}
-    for i, u in enumerate(distinct):
-        prev = None
-        if known[i]:
-            t = stored_ts[i]
-            prev = datetime.fromtimestamp(t.seconds, tz=timezone.utc) + timedelta(microseconds=t.nanos // 1000)
-        state[u] = [recent[i], seen[i], prev]
-    for u, item, when in zip(users, items, times):
-        r, s, prev = state[u]
-        r, s = _updated(np.asarray(r), np.asarray(s), item, int(history_length))
-        # Online stores keep the newest write by event time (Redis drops a write that is
-        # not newer than the stored one): keep each user's timestamps strictly increasing.
-        if prev is not None and when <= prev:
-            when = prev + _ONE_TICK
-        state[u] = [r, s, when]
-
-    df = pd.DataFrame(
-        {
-            "user_key": np.asarray(distinct, dtype=np.int64),
-            "event_timestamp": pd.to_datetime([state[u][2] for u in distinct], utc=True),
-            "recent_items": [np.asarray(state[u][0], dtype=np.int64) for u in distinct],
-            "seen_items": [np.asarray(state[u][1], dtype=np.int64) for u in distinct],
-        }
-    )
-    from feast.data_source import PushMode
-
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        online.store.push(PUSH_SOURCE, df, to=PushMode.ONLINE)
-    return {u: (list(state[u][0]), list(state[u][1])) for u in distinct}
-
-
-def push_interaction(
-    target: Any,
-    user_key: int,
-    item_id: int,
-    timestamp: Any,
-    history_length: int,
-) -> None:
-    """Append one interaction (encoded ``item_id``) to ``user_key``'s online history.
-
-    ``recent_items`` keeps the last ``history_length`` items (oldest -> newest; a
-    repeated item moves to the end), ``seen_items`` gains the item unless already there.
-    Works for users the store has never seen. Readers (this process or another one on
-    the same SQLite file) see the new history at their next lookup.
-    """
-    push_interactions(target, [user_key], [item_id], [timestamp], history_length)
+from recstack.features.history import push_interaction, push_interactions  # noqa: E402

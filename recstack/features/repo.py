@@ -34,6 +34,9 @@ ONLINE_DB = "online_store.db"
 REGISTRY_DB = "registry.db"
 BUILD_INFO = "build.json"
 PUSH_SOURCE = "user_history_push"
+APPLIED_OFFSET = "applied_offset"
+"""int64 feature of ``user_history``: the event-log offset of the last event applied to the user's
+online history (0 = none), so an event log consumer that restarts applies nothing twice."""
 EVENT_TIMESTAMP = "event_timestamp"
 # The features are static snapshots (ML-100K events are from 1998): a TTL long enough
 # that nothing built from a historical dataset is ever considered stale.
@@ -244,6 +247,8 @@ def build_feature_repo(
             raise InputError(f"{src}: not a readable parquet file ({exc})") from exc
         schema = pfile.schema_arrow
         view_fields[spec.name] = _view_fields(schema, spec, str(src))
+        if spec.name == "user_history" and APPLIED_OFFSET not in schema.names:
+            view_fields[spec.name].append((APPLIED_OFFSET, "Int64"))
         rows[spec.name] = pfile.metadata.num_rows
         ts = pq.read_table(src, columns=[EVENT_TIMESTAMP]).column(0)
         if len(ts) and ts.null_count:
@@ -262,7 +267,10 @@ def build_feature_repo(
     with atomic_dir(repo_dir) as tmp:
         (tmp / DATA_DIR).mkdir()
         for spec in VIEWS:
-            shutil.copy2(features_dir / spec.file, tmp / DATA_DIR / spec.file)
+            if spec.name == "user_history":
+                _copy_with_applied_offset(features_dir / spec.file, tmp / DATA_DIR / spec.file)
+            else:
+                shutil.copy2(features_dir / spec.file, tmp / DATA_DIR / spec.file)
         (tmp / "feature_store.yaml").write_text(feature_store_yaml(online_store, redis_url))
         (tmp / DEFINITIONS_FILE).write_text(definitions_source(view_fields))
         (tmp / ".feastignore").write_text(f"{DATA_DIR}/\n")
@@ -292,6 +300,14 @@ def build_feature_repo(
         write_json(tmp / BUILD_INFO, info)
     info["repo_dir"] = str(repo_dir)
     return info
+
+
+def _copy_with_applied_offset(src: Path, dst: Path) -> None:
+    """Copy the user_history table, adding ``applied_offset`` = 0 (no logged event applied yet)."""
+    table = pq.read_table(src)
+    if APPLIED_OFFSET not in table.column_names:
+        table = table.append_column(APPLIED_OFFSET, pa.array([0] * table.num_rows, pa.int64()))
+    pq.write_table(table, dst)
 
 
 def _close_store(store: Any) -> None:

@@ -23,6 +23,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     add_progress_argument(fit)
     fit.add_argument("--history-length", type=int, default=HISTORY_LENGTH,
                      help="items kept in each user's recent history (default: %(default)s)")
+    fit.add_argument("--scheduler", metavar="ADDRESS",
+                     help="fit on this dask.distributed cluster (tcp://host:port) instead of in-process")
+    fit.add_argument("--workers", type=int, metavar="N",
+                     help="fit on a Dask LocalCluster of N worker processes (ignored with --scheduler)")
     fit.set_defaults(handler=_fit)
 
     tr = sub.add_parser("transform", help="encode one raw request with the saved workflow; prints JSON")
@@ -40,8 +44,10 @@ def _fit(args: argparse.Namespace) -> int:
     paths = RunPaths.for_dataset(args.dataset)
     if not paths.data.is_dir():
         raise InputError(f"--dataset {args.dataset}: no data folder {paths.data} (run `recstack data prepare` first)")
+    if args.workers is not None and args.workers < 1:
+        raise InputError(f"--workers: must be >= 1, got {args.workers}")
     fit_and_export(paths.data, paths.workflow, paths.features, history_length=args.history_length,
-                   progress=args.progress)
+                   progress=args.progress, scheduler=args.scheduler, workers=args.workers)
     return 0
 
 

@@ -74,12 +74,13 @@ def _side_nodes(table: pd.DataFrame, id_column: str, side: Tags, id_tag: Tags,
         else:
             log.info("default workflow: skipping %s column %r of dtype %s", side.value, col, s.dtype)
     nodes: list[Node] = [ids]
+    # side statistics per entity (one row per user / item), not weighted by interaction count
     if cats:
-        nodes.append(cats >> Categorify() >> AddTags(side, Tags.CATEGORICAL))
+        nodes.append((cats >> Categorify() >> AddTags(side, Tags.CATEGORICAL)).fit_per(id_column))
     if lists:
-        nodes.append(lists >> Categorify() >> AddTags(side, Tags.CATEGORICAL, Tags.LIST))
+        nodes.append((lists >> Categorify() >> AddTags(side, Tags.CATEGORICAL, Tags.LIST)).fit_per(id_column))
     if conts:
-        nodes.append(conts >> FillMissing() >> Normalize() >> AddTags(side, Tags.CONTINUOUS))
+        nodes.append((conts >> FillMissing() >> Normalize() >> AddTags(side, Tags.CONTINUOUS)).fit_per(id_column))
     return nodes
 
 
@@ -93,6 +94,10 @@ def default_workflow(users: pd.DataFrame, items: pd.DataFrame) -> Workflow:
     * numeric columns: FillMissing (median) >> Normalize, + CONTINUOUS;
     * list columns: Categorify element-wise, + LIST + CATEGORICAL;
     * ``rating``: passed through, tagged TARGET.
+
+    Ids are fitted on the training interactions (vocabulary by training frequency); side
+    columns are fitted per entity (``fit_per``: one row per user / item that appears in train),
+    so a very active user does not weigh more in the gender vocabulary or the age mean.
 
     Output order per side: id, categoricals, lists, continuous. For MovieLens:
     user_id, gender, occupation, age, item_id, genres, year, rating.

@@ -9,7 +9,14 @@ Composition::
 ``x >> op`` is resolved by :meth:`Operator.__rrshift__ <recstack.workflows.operator.Operator>`
 for every left-hand side (a column name, a list of names, a :class:`Node` or a
 :class:`Group`), so this module does not depend on the operators. A group followed by an
-op (``(a + b) >> Op()``) applies the op to every member's columns.
+op (``(a + b) >> Op()``) gives the op the members' outputs side by side (so a multi-column
+op such as ``HashedCross`` or ``Groupby`` sees all of them).
+
+Tag selectors: ``node.select_by_tag(Tags.CONTINUOUS) >> Normalize()`` keeps the node's output
+columns that carry the tags (resolved in fit from the computed schema).
+
+Per-entity statistics: ``(["age"] >> FillMissing() >> Normalize()).fit_per("user_id")`` fits
+those ops on one row per user (the first), so side statistics are not weighted by activity.
 """
 
 from __future__ import annotations
@@ -61,6 +68,32 @@ class Node(_Composable):
             return Group([Node.of(v) for v in value])
         raise TypeError(f"cannot select columns from {value!r}")
 
+    def fit_per(self, key: str) -> "Node":
+        """Fit every op of this node and its ancestors on one row per ``key`` value."""
+        node: Node | Group | None = self
+        stack: list[Node | Group] = [self]
+        while stack:
+            node = stack.pop()
+            if isinstance(node, Group):
+                stack.extend(node.members)
+            elif node.op is not None:
+                node.op.fit_per = key
+                assert node.parent is not None
+                stack.append(node.parent)
+        return self
+
+    def __getitem__(self, columns: str | Sequence[str]) -> "Node":
+        """Some output columns of this node by name: ``grouped[["item_id_list"]]``."""
+        from recstack.workflows.ops.tags import SelectColumns
+
+        return Node(parent=self, op=SelectColumns([columns] if isinstance(columns, str) else list(columns)))
+
+    def select_by_tag(self, *tags: Any) -> "Node":
+        """The output columns of this node that carry all ``tags`` (resolved in fit)."""
+        from recstack.workflows.ops.tags import SelectByTag
+
+        return Node(parent=self, op=SelectByTag(*tags))
+
     def chains(self) -> list[Chain]:
         """Flatten to (input columns, ops in order) chains."""
         if self.columns is not None:
@@ -84,6 +117,16 @@ class Group(_Composable):
 
     def chains(self) -> list[Chain]:
         return [chain for m in self.members for chain in m.chains()]
+
+    def fit_per(self, key: str) -> "Group":
+        for m in self.members:
+            m.fit_per(key)
+        return self
+
+    def select_by_tag(self, *tags: Any) -> "Node":
+        from recstack.workflows.ops.tags import SelectByTag
+
+        return Node(parent=self, op=SelectByTag(*tags))
 
     def __repr__(self) -> str:
         return " + ".join(f"({m!r})" for m in self.members)

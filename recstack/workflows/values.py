@@ -135,3 +135,25 @@ def round_float(value: float, dtype: str) -> float:
 def value_dtype_of(series: pd.Series) -> str:
     """float32 columns keep float32 rounding; everything else computes in float64."""
     return "float32" if series.dtype == np.float32 else "float64"
+
+
+def group_time_order(groups: np.ndarray, times: np.ndarray, rows: np.ndarray) -> np.ndarray:
+    """Permutation sorting rows by (group, time, row number), as ``np.lexsort`` would.
+
+    When rows are already in increasing order and (group, time) pack into one int64 (integral
+    times, small enough ranges), one stable argsort of the packed key replaces the three-key
+    lexsort (several times faster on tens of millions of rows)."""
+    n = len(groups)
+    if n == 0:
+        return np.zeros(0, dtype=np.int64)
+    g = groups.astype(np.int64, copy=False)
+    in_order = bool(np.all(rows[1:] > rows[:-1]))
+    finite = np.isfinite(times) if times.dtype.kind == "f" else None
+    if in_order and (finite is None or (finite.all() and np.all(times == np.floor(times)))):
+        t = times.astype(np.int64, copy=False)
+        g_lo, g_span = int(g.min()), int(g.max()) - int(g.min()) + 1
+        t_lo, t_span = int(t.min()), int(t.max()) - int(t.min()) + 1
+        if g_span * t_span < 2**62:
+            return np.argsort((g - g_lo) * t_span + (t - t_lo), kind="stable")
+    t = np.nan_to_num(times.astype(np.float64), nan=np.inf) if times.dtype.kind == "f" else times
+    return np.lexsort((rows, t, g))

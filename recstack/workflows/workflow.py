@@ -1,10 +1,16 @@
 """The Workflow: a graph of ops fitted on training data, saved without pickle, applied to
-batches (``transform``) and to single serving requests (``transform_request``)."""
+batches (``transform``, pandas or Dask partitions) and to single serving requests
+(``transform_request``) with identical values.
+
+Fitting takes as few passes over the data as the graph allows: an op's statistics need its
+inputs transformed by the fitted ops above it, so pass ``d`` fits every op whose deepest
+fitted ancestor was fitted in pass ``d - 1`` (ops fitted per entity get their own pass over
+one row per key). Each pass maps ``fit_partial`` over partitions and combines the results.
+"""
 
 from __future__ import annotations
 
-import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -14,61 +20,50 @@ from tqdm.auto import tqdm
 
 import recstack.workflows.ops  # noqa: F401  (registers the built-in ops that load() reads by name)
 from recstack.errors import InputError
-from recstack.io import atomic_dir, read_json, write_json
-from recstack.workflows.graph import Chain, Group, Node
-from recstack.workflows.operator import Operator
+from recstack.workflows.engines import PandasEngine, make_engine
+from recstack.workflows.graph import Group, Node
+from recstack.workflows.operator import Context, Operator
+from recstack.workflows.plan import Plan
 from recstack.workflows.schema import Schema
+from recstack.workflows.serialize import FORMAT, FORMAT_VERSION, dump, load_doc, undump
 from recstack.workflows.values import infer_column_schema
 
-FORMAT = "recstack.workflow"
-FORMAT_VERSION = 1
+__all__ = ["FORMAT", "FORMAT_VERSION", "Workflow"]
 
 
 class Workflow:
     """Ops composed with ``>>`` / ``+`` (see :mod:`recstack.workflows.graph`).
 
-    ``fit(train_df)`` collects statistics; ``transform(df)`` returns every output column
-    whose input columns are present in ``df`` (in output-schema order); ``transform_request``
-    does the same for one raw request dict with identical values.
+    ``fit(train)`` collects statistics; ``transform(df)`` returns every output column whose
+    input columns are present in ``df`` (in output-schema order); ``transform_request`` does
+    the same for one raw request dict with identical values. ``train`` may be a pandas or a
+    Dask DataFrame (``transform`` of a Dask DataFrame is a lazy Dask DataFrame).
     """
 
     def __init__(self, output: Node | Group | Sequence[Any]) -> None:
         self.output_node = Node.of(output)
-        self.chains: list[Chain] = []
-        for cols, ops in self.output_node.chains():
-            if all(op.per_column for op in ops):
-                self.chains.extend(((c,), ops) for c in cols)
-            else:
-                self.chains.append((cols, ops))
-        self.ops: list[Operator] = []
-        seen: set[int] = set()
-        for _, ops in self.chains:
-            for op in ops:
-                if id(op) not in seen:
-                    seen.add(id(op))
-                    self.ops.append(op)
-        names: list[str] = []
-        for cols, ops in self.chains:
-            out = list(cols)
-            for op in ops:
-                out = op.output_column_names(out)
-            names.extend(out)
+        self.plan = Plan(self.output_node)
+        names = self.plan.static_columns(self.output_node)
         dupes = sorted({n for n in names if names.count(n) > 1})
         if dupes:
             raise ValueError(f"workflow outputs these columns more than once: {dupes}")
-        self._output_names = names
         self.input_schema: Schema | None = None
         self._output_schema: Schema | None = None
+        self._fit_memo: tuple[Any, dict[int, pd.DataFrame]] | None = None
 
     # ------------------------------------------------------------------ properties
     @property
+    def ops(self) -> list[Operator]:
+        return self.plan.ops
+
+    @property
     def input_columns(self) -> list[str]:
-        """Raw columns the workflow reads, in first-use order."""
-        return list(dict.fromkeys(c for cols, _ in self.chains for c in cols))
+        """Raw columns the workflow reads (selections, then dependencies)."""
+        return self.plan.input_columns()
 
     @property
     def output_columns(self) -> list[str]:
-        return list(self._output_names)
+        return self.output_schema.names if self.fitted else self.plan.static_columns(self.output_node)
 
     @property
     def fitted(self) -> bool:
@@ -80,61 +75,159 @@ class Workflow:
             raise RuntimeError("workflow is not fitted: call fit() or Workflow.load()")
         return self._output_schema
 
+    @property
+    def group_keys(self) -> list[str]:
+        """Columns whose rows an op needs in one partition (DifferenceLag, Groupby)."""
+        return list(dict.fromkeys(op.group_key for op in self.ops if op.group_key))
+
+    @property
+    def groups_rows(self) -> bool:
+        """True when the output has one row per group key (a Groupby), not one per input row."""
+        return any(op.groups_rows for op in self.ops)
+
+    @property
+    def uses_row_ids(self) -> bool:
+        return any(getattr(op, "uses_row_ids", False) for op in self.ops) or bool(self.group_keys)
+
     # ------------------------------------------------------------------ fit
-    def fit(self, df: pd.DataFrame, progress: bool = True) -> "Workflow":
-        """Fit every op chain on ``df`` (the training split), one pass per chain."""
-        missing = [c for c in self.input_columns if c not in df.columns]
-        if missing:
-            raise InputError(f"workflow fit: input columns {missing} are missing from the training frame")
-        self.input_schema = Schema(infer_column_schema(c, df[c]) for c in self.input_columns)
-        for cols, ops in tqdm(self.chains, desc="fit workflow", unit="chain", disable=not progress):
-            frame = df[list(cols)]
-            for i, op in enumerate(ops):
-                op.fit(frame)
-                if i + 1 < len(ops):
-                    frame = op.transform(frame)
-        self._output_schema = self._compute_output_schema()
+    def fit(self, data: Any, progress: bool = True, partition_rows: int | None = None) -> "Workflow":
+        """Fit every op on ``data`` (the training split: pandas or Dask DataFrame)."""
+        engine = make_engine(data, partition_rows)
+        if len(self.group_keys) > 1:
+            raise InputError(f"workflow fit: ops group rows by different keys {self.group_keys}; split the workflow")
+        if self.group_keys:
+            engine = engine.by_key(self.group_keys[0])
+        present = set(engine.columns())
+        for col in self.input_columns:
+            if col not in present:
+                raise InputError(f"workflow fit: {self.plan.consumer_of(col)}: column {col!r} is not in the data")
+        sample = engine.sample()
+        self.input_schema = Schema(infer_column_schema(c, sample[c]) for c in self.input_columns)
+        self.plan.columns.clear()
+        self.plan.schemas.clear()
+        fitted: set[int] = {id(op) for op in self.ops if not op.needs_fit}
+        self._update_schemas(fitted)
+        passes = self._passes()
+        # one in-memory partition: keep each node's frame across passes instead of recomputing it
+        single = isinstance(engine, PandasEngine) and len(engine.partitions()) == 1
+        shared: dict[str, dict[int, pd.DataFrame]] = {}
+        bar = tqdm(total=len(passes), desc="fit workflow", unit="pass", disable=not progress)
+        for key, nodes in passes:
+            source = engine if key is None else engine.unique_by(key)
+
+            def partial(part: pd.DataFrame, rows: np.ndarray, nodes: list[Node] = nodes) -> list[Any]:
+                part = part.reset_index(drop=True)  # unique positions (shuffled partitions repeat labels)
+                ctx = Context(raw=part, row_ids=rows, training=True)
+                memo: dict[int, pd.DataFrame] = shared.setdefault(key or "", {}) if single else {}
+                out = []
+                for node in nodes:
+                    frame = self.plan.frame(node.parent, part, ctx, memo)  # type: ignore[arg-type]
+                    try:
+                        out.append(node.op.fit_partial(frame, ctx))  # type: ignore[union-attr]
+                    except InputError as exc:
+                        raise InputError(f"{node.op.name}: {exc}") from None  # type: ignore[union-attr]
+                return out
+
+            results = source.map(partial, rows=any(getattr(n.op, "uses_row_ids", False) for n in nodes))
+            for op in {id(n.op): n.op for n in nodes}.values():
+                parts = [r[i] for r in results for i, n in enumerate(nodes) if n.op is op]
+                op.finalize(op.merge_partials(parts))  # type: ignore[union-attr]
+                fitted.add(id(op))
+            self._update_schemas(fitted)
+            bar.update()
+        bar.close()
+        self._output_schema = self.plan.schemas[self.plan.pos(self.output_node)]
+        self._fit_memo = (data, shared.get("", {})) if single else None
         return self
 
-    def fit_transform(self, df: pd.DataFrame, keep: Sequence[str] = ()) -> pd.DataFrame:
-        return self.fit(df).transform(df, keep=keep)
+    def _passes(self) -> list[tuple[str | None, list[Node]]]:
+        """(fit source key, op nodes) per pass, in dependency order."""
+        depth: dict[int, int] = {}
+        for node in self.plan.nodes:
+            parents = [depth[id(p)] for p in self.plan.parents(node)]
+            d = max(parents, default=0)
+            if isinstance(node, Node) and node.op is not None and node.op.needs_fit:
+                d += 1
+            depth[id(node)] = d
+        by_pass: dict[tuple[int, str], list[Node]] = {}
+        for node in self.plan.op_nodes():
+            if node.op.needs_fit:  # type: ignore[union-attr]
+                by_pass.setdefault((depth[id(node)], node.op.fit_per or ""), []).append(node)  # type: ignore[union-attr]
+        return [(key or None, nodes) for (_, key), nodes in sorted(by_pass.items(), key=lambda kv: kv[0])]
 
-    def _compute_output_schema(self) -> Schema:
+    def _update_schemas(self, fitted: set[int]) -> None:
+        plan = self.plan
         assert self.input_schema is not None
-        columns = []
-        for cols, ops in self.chains:
-            schemas = [self.input_schema[c] for c in cols]
-            for op in ops:
-                schemas = [op.compute_column_schema(s) for s in schemas]
-            columns.extend(schemas)
-        return Schema(columns)
+        for node in plan.nodes:
+            pos = plan.pos(node)
+            if pos in plan.schemas:
+                continue
+            if isinstance(node, Node) and node.columns is not None:
+                schema = self.input_schema.select_by_name(*node.columns)
+            elif isinstance(node, Group):
+                if any(plan.pos(m) not in plan.schemas for m in node.members):
+                    continue
+                schema = Schema([c for m in node.members for c in plan.schemas[plan.pos(m)]])
+            else:
+                parent_pos = plan.pos(node.parent)  # type: ignore[arg-type]
+                if parent_pos not in plan.schemas or id(node.op) not in fitted:
+                    continue
+                schema = node.op.compute_output_schema(plan.schemas[parent_pos])  # type: ignore[union-attr]
+            plan.schemas[pos] = schema
+            plan.columns[pos] = schema.names
+
+    def fit_transform(self, data: Any, keep: Sequence[str] = (), progress: bool = True) -> Any:
+        """Fit, then transform the same rows in training mode (TargetEncoding out of fold);
+        an in-memory frame reuses the columns fit already computed."""
+        self.fit(data, progress=progress)
+        cached, self._fit_memo = self._fit_memo, None
+        if cached is not None and cached[0] is data:
+            rows = np.arange(len(data), dtype=np.int64)
+            return self.transform_partition(data, rows, keep=keep, training=True, memo=cached[1])
+        return self.transform(data, keep=keep, training=True)
 
     # ------------------------------------------------------------------ batch
-    def transform(self, df: pd.DataFrame, keep: Sequence[str] = ()) -> pd.DataFrame:
+    def transform(self, data: Any, keep: Sequence[str] = (), training: bool = False,
+                  row_offset: int = 0) -> Any:
         """Encoded frame: ``keep`` columns (raw, first), then every output column whose inputs are
-        present in ``df``, in output-schema order. Other input columns are dropped."""
+        present, in output-schema order. ``training``: encode each row as fit saw it (out of
+        fold). A Dask DataFrame gives a lazy Dask DataFrame (see ``dask_exec.transform_dask``)."""
         self.output_schema  # noqa: B018 - raises when not fitted
+        if not isinstance(data, pd.DataFrame):
+            from recstack.workflows.dask_exec import transform_dask
+
+            return transform_dask(self, data, keep=keep, training=training)
+        rows = np.arange(row_offset, row_offset + len(data), dtype=np.int64)
+        return self.transform_partition(data, rows, keep=keep, training=training)
+
+    def transform_partition(self, df: pd.DataFrame, row_ids: np.ndarray, keep: Sequence[str] = (),
+                            training: bool = False, memo: dict[int, pd.DataFrame] | None = None) -> pd.DataFrame:
+        """One partition whose rows have global numbers ``row_ids``."""
         keep = list(keep)
         absent = [c for c in keep if c not in df.columns]
         if absent:
             raise InputError(f"transform keep: columns {absent} are not in the frame")
-        parts: dict[str, pd.Series] = {c: df[c] for c in keep}
-        for cols, ops in self.chains:
-            if not all(c in df.columns for c in cols):
-                continue
-            frame = df[list(cols)]
-            for op in ops:
-                frame = op.transform(frame)
-            for name in frame.columns:
-                if name in parts:
-                    raise InputError(f"transform keep: column {name!r} is also a workflow output")
-                parts[name] = frame[name]
-        return pd.DataFrame(parts, index=df.index)
+        labels = df.index
+        df = df.reset_index(drop=True)  # unique positions (shuffled partitions repeat labels)
+        ctx = Context(raw=df, row_ids=row_ids, training=training)
+        out = self.plan.frame(self.output_node, df, ctx, {} if memo is None else memo)
+        clash = [c for c in keep if c in out.columns]
+        if clash:
+            raise InputError(f"transform keep: column {clash[0]!r} is also a workflow output")
+        if keep and self.groups_rows:
+            raise InputError("transform keep: a Groupby workflow has one row per key; keep is not possible")
+        if keep:
+            out = pd.concat([df.loc[out.index, keep], out], axis=1)
+        if not self.groups_rows:
+            out.index = labels[out.index.to_numpy()]
+        return out
 
     # ------------------------------------------------------------------ serving
-    def transform_request(self, row: dict[str, Any], strict: bool = False) -> dict[str, Any]:
-        """One raw request -> encoded values (Python ints / floats / lists of ints), equal to
-        ``transform`` on a one-row frame. ``strict``: unknown keys raise :class:`InputError`."""
+    def transform_request(self, row: dict[str, Any], strict: bool = False,
+                          complete: bool = False) -> dict[str, Any] | None:
+        """One raw request -> encoded values (Python ints / floats / lists), equal to ``transform``
+        on a one-row frame; None when a Filter drops it. ``strict``: unknown keys raise
+        :class:`InputError`; ``complete``: so does a missing input column (naming the op)."""
         self.output_schema  # noqa: B018
         if not isinstance(row, dict):
             raise InputError(f"request: expected an object of column -> value, got {type(row).__name__}")
@@ -143,107 +236,42 @@ class Workflow:
             unknown = [k for k in row if k not in known]
             if unknown:
                 raise InputError(f"request: unknown column(s) {unknown}; known: {self.input_columns}")
-        out: dict[str, Any] = {}
-        for cols, ops in self.chains:
-            if not all(c in row for c in cols):
-                continue
-            values = {c: row[c] for c in cols}
-            for op in ops:
-                values = op.transform_row(values)
-            out.update(values)
-        return out
+        if complete:
+            self.check_request(row)
+        return self.plan.row(self.output_node, row, Context(raw=row), {})
+
+    def check_request(self, row: dict[str, Any]) -> None:
+        """Raise :class:`InputError` naming the op and column when ``row`` lacks an input column."""
+        for col in self.input_columns:
+            if col not in row:
+                raise InputError(f"request: {self.plan.consumer_of(col)}: column {col!r} is missing")
 
     # ------------------------------------------------------------------ saving
-    def to_dict(self) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
-        """(workflow.json content, {file name: numeric array}) for :meth:`save`."""
-        arrays: dict[str, np.ndarray] = {}
-        op_index = {id(op): i for i, op in enumerate(self.ops)}
-        ops_json = [_encode(op.to_dict(), arrays, f"op{i}") for i, op in enumerate(self.ops)]
-        doc = {
-            "format": FORMAT,
-            "version": FORMAT_VERSION,
-            "chains": [{"columns": list(cols), "ops": [op_index[id(op)] for op in ops]}
-                       for cols, ops in self.chains],
-            "ops": ops_json,
-            "input_schema": self.input_schema.to_dict() if self.input_schema else None,
-            "output_schema": self.output_schema.to_dict(),
-        }
-        return doc, arrays
-
     def save(self, path: str | Path) -> Path:
         """Write ``workflow.json`` + ``*.npy`` into ``path`` (replaced atomically)."""
-        doc, arrays = self.to_dict()
-        path = Path(path)
-        with atomic_dir(path) as tmp:
-            for name, arr in arrays.items():
-                np.save(tmp / name, arr, allow_pickle=False)
-            write_json(tmp / "workflow.json", doc)
-        return path
+        return dump(self, Path(path))
 
     @classmethod
     def load(cls, path: str | Path) -> "Workflow":
-        path = Path(path)
-        file = path / "workflow.json"
-        if not file.is_file():
-            raise InputError(f"{file}: no saved workflow here (run `recstack workflow fit` first)")
-        try:
-            doc = read_json(file)
-        except ValueError as exc:
-            raise InputError(f"{file}: not valid JSON ({exc})") from None
-        if doc.get("format") != FORMAT or doc.get("version") != FORMAT_VERSION:
-            raise InputError(f"{file}: not a recstack workflow (format/version {doc.get('format')!r}/"
-                             f"{doc.get('version')!r})")
-        ops = [Operator.from_dict(_decode(o, path)) for o in doc["ops"]]
-        nodes = []
-        for chain in doc["chains"]:
-            node = Node(chain["columns"])
-            for i in chain["ops"]:
-                node = node >> ops[i]
-            nodes.append(node)
-        wf = cls(Group(nodes))
-        wf.input_schema = Schema.from_dict(doc["input_schema"]) if doc.get("input_schema") else None
+        """Read a saved workflow; another format version is an :class:`InputError`."""
+        doc, folder = load_doc(Path(path))
+        ops = [Operator.from_dict(o) for o in undump(doc["ops"], folder)]
+        built: list[Node | Group] = []
+        for spec in doc["nodes"]:
+            if "columns" in spec:
+                built.append(Node(spec["columns"]))
+            elif "members" in spec:
+                built.append(Group([built[i] for i in spec["members"]]))
+            else:
+                built.append(Node(parent=built[spec["parent"]], op=ops[spec["op"]]))
+        wf = cls(built[doc["output"]])
+        wf.input_schema = Schema.from_dict(doc["input_schema"])
+        for node, spec in zip(built, doc["nodes"]):
+            pos = wf.plan.pos(node)
+            wf.plan.schemas[pos] = Schema.from_dict(spec["schema"])
+            wf.plan.columns[pos] = wf.plan.schemas[pos].names
         wf._output_schema = Schema.from_dict(doc["output_schema"])
         return wf
 
     def __repr__(self) -> str:
         return f"Workflow({self.output_node!r})"
-
-
-def _safe(text: str) -> str:
-    return re.sub(r"[^A-Za-z0-9_-]+", "_", text)[:60]
-
-
-def _encode(obj: Any, arrays: dict[str, np.ndarray], path: str) -> Any:
-    """JSON-able copy of ``obj``: numeric arrays go to ``arrays`` (-> .npy), text arrays to lists."""
-    if isinstance(obj, dict):
-        return {str(k): _encode(v, arrays, f"{path}-{_safe(str(k))}") for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_encode(v, arrays, f"{path}-{i}") for i, v in enumerate(obj)]
-    if isinstance(obj, np.ndarray):
-        if obj.dtype == object or obj.dtype.kind in "US":
-            return [None if v is None else str(v) for v in obj.tolist()]
-        name = f"{path}.npy"
-        n = 1
-        while name in arrays:
-            n += 1
-            name = f"{path}-{n}.npy"
-        arrays[name] = obj
-        return {"__npy__": name}
-    if isinstance(obj, np.generic):
-        return obj.item()
-    if isinstance(obj, Iterable) and not isinstance(obj, (str, bytes)):
-        return [_encode(v, arrays, f"{path}-{i}") for i, v in enumerate(obj)]
-    return obj
-
-
-def _decode(obj: Any, folder: Path) -> Any:
-    if isinstance(obj, dict):
-        if set(obj) == {"__npy__"}:
-            file = folder / obj["__npy__"]
-            if not file.is_file() or file.parent.resolve() != folder.resolve():
-                raise InputError(f"{folder / 'workflow.json'}: missing array file {obj['__npy__']!r}")
-            return np.load(file, allow_pickle=False)
-        return {k: _decode(v, folder) for k, v in obj.items()}
-    if isinstance(obj, list):
-        return [_decode(v, folder) for v in obj]
-    return obj

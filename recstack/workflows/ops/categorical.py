@@ -1,30 +1,62 @@
 """Categorical operators: values -> contiguous int64 codes (:data:`recstack.ids.PAD` for
-null, :data:`recstack.ids.OOV` for unseen values, vocabulary from
-:data:`recstack.ids.FIRST_CODE`)."""
+null, :data:`recstack.ids.OOV` for unseen values, vocabulary from :data:`recstack.ids.FIRST_CODE`).
+
+Fit is partial per partition (value counts of canonical keys, see :mod:`recstack.workflows.keys`)
+and combined by summing counts, so any partitioning gives the same vocabulary.
+"""
 
 from __future__ import annotations
 
-import math
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
 
-from recstack.errors import InputError
 from recstack.ids import FIRST_CODE, OOV, PAD
-from recstack.workflows.operator import Operator, register_op
-from recstack.workflows.schema import ColumnSchema, Tags
-from recstack.workflows.values import (
-    LIST_TYPES,
-    coerce_float,
-    flatten_lists,
-    is_list_series,
-    is_null,
-    reject_list,
-    split_lists,
+from recstack.workflows.keys import (
+    KeyIndex,
+    as_key_array,
+    canonical,
+    convert_keys,
+    infer_kind,
+    merge_kinds,
+    narrow_objects,
+    nonnull_mask,
+    raw_values,
 )
+from recstack.workflows.lists import flatten, is_list_column, rebuild, row_list
+from recstack.workflows.operator import Context, Operator, register_op
+from recstack.workflows.schema import ColumnSchema, Schema, Tags
+from recstack.workflows.values import is_null
 
-_UNMATCHABLE = object()  # a key that cannot be in the vocabulary (e.g. 1.5 for integer ids)
+SEP = "\x1f"  # joins the parts of a combined ("combo") key
+
+
+def combo_tokens(series: pd.Series) -> tuple[np.ndarray, np.ndarray]:
+    """One column's part of a combined key: text tokens ``[n]`` (ints without ".0") + null mask."""
+    values = raw_values(series)
+    mask = nonnull_mask(values)
+    out = np.empty(len(values), dtype=object)
+    if values.dtype.kind in "iub":
+        out[:] = values.astype(np.int64).astype(str)
+    else:
+        out[:] = [combo_token(v) for v in values.tolist()]
+    return out, mask
+
+
+def combo_token(value: Any) -> str:
+    if isinstance(value, (float, np.floating)) and float(value).is_integer():
+        return str(int(value))
+    if isinstance(value, (bool, np.bool_)):
+        return str(int(value))
+    return str(value)
+
+
+def _count(kind: str, keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    vc = pd.Series(keys, dtype=object if kind == "str" else None).value_counts(sort=False)
+    return vc.index.to_numpy(), vc.to_numpy(dtype=np.int64)
 
 
 @register_op
@@ -35,123 +67,90 @@ class Categorify(Operator):
     ``freq_threshold`` / ``max_size``), ``FIRST_CODE`` (2) on = vocabulary ordered by training
     frequency (descending, ties by value). Cardinality = vocabulary size + ``FIRST_CODE``.
 
-    List columns (detected in fit: values are lists / arrays) are encoded element-wise;
-    null / empty lists become ``[]``; ``max_length`` records the longest list seen in fit
-    (transform does not truncate).
+    List columns (object lists or Arrow ``list<>``) are encoded element-wise; null / empty
+    lists become ``[]``; ``max_length`` is the longest list seen in fit.
 
-    Values are matched by the kind seen in fit: integer vocabularies accept ints,
-    integral floats and numeric strings ("7"); text vocabularies compare ``str(value)``.
+    encode_type: ``"single"`` (each column its own vocabulary), ``"joint"`` (all input columns
+    share one vocabulary: e.g. item ids and history items), ``"combo"`` (the columns together
+    are one category, output column ``"a_b"``; null in any part -> PAD).
 
-    freq_threshold: int or {column: int}; values seen fewer times map to ``OOV``.
-    max_size: int or {column: int}; keep at most this many vocabulary values (excluding PAD/OOV).
+    Example::
+
+        >>> wf = Workflow(["c"] >> Categorify()).fit(pd.DataFrame({"c": ["b", "a", "b"]}))
+        >>> wf.transform(pd.DataFrame({"c": ["b", "a", "z", None]}))["c"].tolist()
+        [2, 3, 1, 0]
     """
 
-    def __init__(self, freq_threshold: int | dict[str, int] = 0,
-                 max_size: int | dict[str, int] | None = None) -> None:
+    needs_fit = True
+
+    def __init__(self, freq_threshold: int | dict[str, int] = 0, max_size: int | dict[str, int] | None = None,
+                 encode_type: str = "single") -> None:
         super().__init__()
+        if encode_type not in ("single", "joint", "combo"):
+            raise ValueError(f"Categorify: encode_type must be single, joint or combo, got {encode_type!r}")
         self.freq_threshold = freq_threshold
         self.max_size = max_size
-        self._index: dict[str, pd.Index] = {}
-        self._lookup: dict[str, dict[Any, int]] = {}
+        self.encode_type = encode_type
+        self._index: dict[str, KeyIndex] = {}
+
+    @property
+    def per_column(self) -> bool:  # type: ignore[override]
+        return self.encode_type == "single"
 
     def get_config(self) -> dict[str, Any]:
-        return {"freq_threshold": self.freq_threshold, "max_size": self.max_size}
+        return {"freq_threshold": self.freq_threshold, "max_size": self.max_size, "encode_type": self.encode_type}
 
     def _param(self, value: Any, column: str, default: Any) -> Any:
         if isinstance(value, dict):
             return value.get(column, default)
         return default if value is None else value
 
-    # ---- canonical values
-    @staticmethod
-    def _infer_kind(values: np.ndarray) -> str:
-        dtype = values.dtype
-        if dtype.kind in "iub":
-            return "int"
-        if dtype.kind == "f":
-            finite = values[np.isfinite(values)]
-            return "int" if np.all(finite == np.floor(finite)) else "float"
-        inferred = pd.api.types.infer_dtype(values, skipna=True)
-        if inferred in ("integer", "boolean"):
-            return "int"
-        if inferred in ("floating", "mixed-integer-float"):
-            vals = np.asarray(values, dtype=np.float64)
-            return "int" if np.all(vals == np.floor(vals)) else "float"
-        return "str"
-
-    @staticmethod
-    def _coerce(kind: str, value: Any, column: str) -> Any:
-        """One non-null raw value -> the vocabulary's key type, or _UNMATCHABLE."""
-        reject_list(value, column)
-        if kind == "str":
-            return value if isinstance(value, str) else str(value)
-        if kind == "int":
-            if isinstance(value, (bool, np.bool_, int, np.integer)):
-                return int(value)
-            if isinstance(value, str):
-                text = value.strip()
-                try:
-                    return int(text)
-                except ValueError:
-                    try:
-                        value = float(text)
-                    except ValueError:
-                        raise InputError(f"column {column!r}: expected an integer, got {value!r}") from None
-            if isinstance(value, (float, np.floating)):
-                return int(value) if math.isfinite(value) and float(value).is_integer() else _UNMATCHABLE
-            raise InputError(f"column {column!r}: expected an integer, got {value!r}")
-        # float vocabulary
-        return coerce_float(value, column)
-
-    def _canonical(self, kind: str, values: np.ndarray, column: str) -> tuple[np.ndarray, np.ndarray]:
-        """Non-null raw values -> (keys array in the vocabulary's dtype, out-of-vocabulary mask)."""
-        n = len(values)
-        oov = np.zeros(n, dtype=bool)
-        dk = values.dtype.kind
-        if kind == "int" and dk in "iub":
-            return values.astype(np.int64), oov
-        if kind == "int" and dk == "f":
-            integral = np.isfinite(values) & (values == np.floor(values))
-            return np.where(integral, values, 0).astype(np.int64), ~integral
-        if kind == "float" and dk in "iubf":
-            return values.astype(np.float64), oov
-        if kind == "str" and dk == "O" and pd.api.types.infer_dtype(values, skipna=False) == "string":
-            return values, oov
-        keys = [self._coerce(kind, v, column) for v in values]
-        oov = np.fromiter((k is _UNMATCHABLE for k in keys), dtype=bool, count=n)
-        if kind == "str":
-            out = np.empty(n, dtype=object)
-            out[:] = keys
-            return out, oov
-        dtype = np.int64 if kind == "int" else np.float64
-        return np.array([0 if k is _UNMATCHABLE else k for k in keys], dtype=dtype), oov
-
-    @staticmethod
-    def _nonnull_mask(values: np.ndarray) -> np.ndarray:
-        return ~pd.isna(values)
+    def output_column_names(self, columns: Sequence[str]) -> list[str]:
+        return ["_".join(columns)] if self.encode_type == "combo" else list(columns)
 
     # ---- fit
-    def fit_column(self, column: str, series: pd.Series) -> dict[str, Any]:
-        is_list = is_list_series(series)
-        raw = series.to_numpy(dtype=object) if (is_list or series.dtype == object
-                                                 or isinstance(series.dtype, pd.api.extensions.ExtensionDtype)) \
-            else series.to_numpy()
+    def fit_partial(self, df: pd.DataFrame, ctx: Context) -> Any:
+        if self.encode_type == "combo":
+            keys = self._combo_keys(df)
+            return {self.output_column_names(list(df.columns))[0]: dict(
+                zip(("keys", "counts"), _count("str", keys[keys != None])),  # noqa: E711
+                kind="str", is_list=False, max_length=None)}
+        return {c: self._partial_column(df[c]) for c in df.columns}
+
+    def _partial_column(self, series: pd.Series) -> dict[str, Any]:
+        is_list = is_list_column(series)
         max_length = None
         if is_list:
-            raw, offsets = flatten_lists(raw)
+            raw, offsets = flatten(series)
             max_length = int(np.diff(offsets).max()) if len(offsets) > 1 else 0
-        values = raw[self._nonnull_mask(raw)]
-        if values.dtype == object and len(values):
-            inferred = pd.api.types.infer_dtype(values, skipna=True)
-            if inferred in ("integer", "boolean"):
-                values = values.astype(np.int64)
-            elif inferred in ("floating", "mixed-integer-float"):
-                values = values.astype(np.float64)
-        kind = self._infer_kind(values)
-        keys, oov = self._canonical(kind, values, column)
-        keys = keys[~oov]
-        vc = pd.Series(keys, dtype=object if kind == "str" else None).value_counts(sort=False)
-        table = pd.DataFrame({"value": vc.index.to_numpy(), "count": vc.to_numpy(dtype=np.int64)})
+        else:
+            raw = raw_values(series)
+        values = narrow_objects(raw[nonnull_mask(raw)])
+        kind = infer_kind(values) if len(values) else ""
+        keys, unmatched = canonical(kind or "int", values, series.name)
+        keys, counts = _count(kind or "int", keys[~unmatched])
+        return {"kind": kind, "keys": keys, "counts": counts, "is_list": is_list, "max_length": max_length}
+
+    def merge_partials(self, partials: list[Any]) -> Any:
+        merged = super().merge_partials(partials)
+        if self.encode_type == "joint":
+            shared = self.merge_column("", list(merged.values()))
+            return {c: shared for c in merged}
+        return merged
+
+    def merge_column(self, column: str, partials: list[Any]) -> Any:
+        kind = merge_kinds([p["kind"] for p in partials])
+        keys = [convert_keys(np.asarray(p["keys"]), p["kind"] or kind, kind) for p in partials]
+        counts = pd.Series(np.concatenate([p["counts"] for p in partials]),
+                           index=pd.Index(np.concatenate(keys) if keys else [], dtype=object if kind == "str" else None))
+        counts = counts.groupby(level=0, sort=False).sum()
+        lengths = [p["max_length"] for p in partials if p["max_length"] is not None]
+        return {"kind": kind, "keys": counts.index.to_numpy(), "counts": counts.to_numpy(dtype=np.int64),
+                "is_list": any(p["is_list"] for p in partials), "max_length": max(lengths) if lengths else None}
+
+    def finalize_column(self, column: str, merged: Any) -> dict[str, Any]:
+        kind = merged["kind"]
+        table = pd.DataFrame({"value": merged["keys"], "count": merged["counts"]})
         table = table.sort_values(["count", "value"], ascending=[False, True], kind="mergesort")
         threshold = int(self._param(self.freq_threshold, column, 0) or 0)
         if threshold > 0:
@@ -159,31 +158,16 @@ class Categorify(Operator):
         max_size = self._param(self.max_size, column, None)
         if max_size is not None:
             table = table.head(int(max_size))
-        if kind == "str":
-            vocab: Any = np.array(table["value"].tolist(), dtype=object)
-        else:
-            vocab = table["value"].to_numpy(dtype=np.int64 if kind == "int" else np.float64)
         self._index.pop(column, None)
-        self._lookup.pop(column, None)
-        return {
-            "kind": kind,
-            "vocab": vocab,
-            "counts": table["count"].to_numpy(dtype=np.int64),
-            "is_list": is_list,
-            "max_length": max_length,
-        }
+        return {"kind": kind, "vocab": as_key_array(kind, table["value"].tolist() if kind == "str" else table["value"]),
+                "counts": table["count"].to_numpy(dtype=np.int64), "is_list": bool(merged["is_list"]),
+                "max_length": merged["max_length"]}
 
     def _after_load(self) -> None:
         for st in self.stats.values():
-            if st["kind"] == "str":
-                vocab = np.empty(len(st["vocab"]), dtype=object)
-                vocab[:] = list(st["vocab"])
-                st["vocab"] = vocab
-            else:
-                st["vocab"] = np.asarray(st["vocab"], dtype=np.int64 if st["kind"] == "int" else np.float64)
+            st["vocab"] = as_key_array(st["kind"], st["vocab"])
             st["counts"] = np.asarray(st["counts"], dtype=np.int64)
         self._index = {}
-        self._lookup = {}
 
     def vocabulary(self, column: str) -> np.ndarray:
         """Vocabulary values in code order (code = position + ``FIRST_CODE``)."""
@@ -194,61 +178,72 @@ class Categorify(Operator):
         return len(self._stats(column)["vocab"]) + FIRST_CODE
 
     # ---- encode
-    def _get_index(self, column: str) -> pd.Index:
+    def key_index(self, column: str) -> KeyIndex:
         idx = self._index.get(column)
         if idx is None:
-            vocab = self._stats(column)["vocab"]
-            idx = self._index[column] = pd.Index(vocab, dtype=vocab.dtype)
+            st = self._stats(column)
+            idx = self._index[column] = KeyIndex(st["kind"], st["vocab"])
         return idx
 
-    def _get_lookup(self, column: str) -> dict[Any, int]:
-        lookup = self._lookup.get(column)
-        if lookup is None:
-            vocab = self._stats(column)["vocab"].tolist()
-            lookup = self._lookup[column] = dict(zip(vocab, range(FIRST_CODE, len(vocab) + FIRST_CODE)))
-        return lookup
-
     def encode_array(self, column: str, values: np.ndarray) -> np.ndarray:
-        """Raw scalar values (any dtype, nulls allowed) -> int64 codes."""
-        st = self._stats(column)
-        codes = np.full(len(values), PAD, dtype=np.int64)
-        nonnull = self._nonnull_mask(values) if values.dtype.kind in "OfmMUS" else np.ones(len(values), bool)
-        if not nonnull.any():
-            return codes
-        keys, oov = self._canonical(st["kind"], values[nonnull], column)
-        pos = self._get_index(column).get_indexer(keys)
-        enc = np.where(pos < 0, OOV, pos + FIRST_CODE).astype(np.int64)
-        enc[oov] = OOV
-        codes[nonnull] = enc
+        """Raw scalar values ``[n]`` (any dtype, nulls allowed) -> int64 codes ``[n]``."""
+        mask = nonnull_mask(values)
+        pos = self.key_index(column).positions(values, column)
+        codes = np.where(pos < 0, OOV, pos + FIRST_CODE)
+        codes[~mask] = PAD
         return codes
 
     def encode_value(self, column: str, value: Any) -> int:
         """One raw scalar value -> its code (same rules as :meth:`encode_array`)."""
         if is_null(value):
             return PAD
-        key = self._coerce(self._stats(column)["kind"], value, column)
-        if key is _UNMATCHABLE:
-            return OOV
-        return self._get_lookup(column).get(key, OOV)
+        pos = self.key_index(column).position(value, column)
+        return OOV if pos < 0 else pos + FIRST_CODE
+
+    def _combo_keys(self, df: pd.DataFrame) -> np.ndarray:
+        tokens = [combo_tokens(df[c]) for c in df.columns]
+        valid = np.logical_and.reduce([m for _, m in tokens])
+        keys = np.empty(len(df), dtype=object)
+        if valid.any():
+            joined = tokens[0][0][valid]
+            for t, _ in tokens[1:]:
+                joined = joined + SEP + t[valid]
+            keys[valid] = joined
+        return keys
+
+    def transform(self, df: pd.DataFrame, ctx: Context) -> pd.DataFrame:
+        if self.encode_type == "combo":
+            name = self.output_column_names(list(df.columns))[0]
+            keys = self._combo_keys(df)
+            return pd.DataFrame({name: self.encode_array(name, keys)}, index=df.index)
+        return pd.DataFrame({c: self.transform_column(c, df[c]) for c in df.columns}, index=df.index)
 
     def transform_column(self, column: str, series: pd.Series) -> pd.Series:
-        st = self._stats(column)
-        raw = series.to_numpy(dtype=object) if (st["is_list"] or series.dtype == object or isinstance(
-            series.dtype, pd.api.extensions.ExtensionDtype)) else series.to_numpy()
-        if st["is_list"]:
-            flat, offsets = flatten_lists(raw)
-            codes = self.encode_array(column, flat)
-            return pd.Series(split_lists(codes, offsets), index=series.index, dtype=object)
-        return pd.Series(self.encode_array(column, raw), index=series.index, dtype=np.int64)
+        if self._stats(column)["is_list"]:
+            flat, offsets = flatten(series)
+            return rebuild(series, self.encode_array(column, flat), offsets, pa.int64())
+        return pd.Series(self.encode_array(column, raw_values(series)), index=series.index, dtype=np.int64)
+
+    def transform_row(self, values: dict[str, Any], ctx: Context) -> dict[str, Any]:
+        if self.encode_type == "combo":
+            name = self.output_column_names(list(values))[0]
+            parts = list(values.values())
+            if any(is_null(v) for v in parts):
+                return {name: PAD}
+            return {name: self.encode_value(name, SEP.join(combo_token(v) for v in parts))}
+        return {c: self.transform_value(c, v) for c, v in values.items()}
 
     def transform_value(self, column: str, value: Any) -> Any:
         if self._stats(column)["is_list"]:
-            if isinstance(value, LIST_TYPES):
-                return [self.encode_value(column, v) for v in value]
-            if is_null(value):
-                return []
-            return [self.encode_value(column, value)]
+            return [self.encode_value(column, v) for v in row_list(value)]
         return self.encode_value(column, value)
+
+    def compute_output_schema(self, schema: Schema) -> Schema:
+        if self.encode_type == "combo":
+            name = self.output_column_names(schema.names)[0]
+            tags = frozenset().union(*(c.tags for c in schema)) | {Tags.CATEGORICAL}
+            return Schema([ColumnSchema(name, "int64", tags, cardinality=self.cardinality(name))])
+        return super().compute_output_schema(schema)
 
     def compute_column_schema(self, column: ColumnSchema) -> ColumnSchema:
         st = self._stats(column.name)
