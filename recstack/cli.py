@@ -20,13 +20,16 @@ STAGE_CLIS = (
     "recstack.data.cli",
     "recstack.workflows.cli",
     "recstack.features.cli",
+    "recstack.events.cli",
     "recstack.models.cli",
     "recstack.retrieval.cli",
     "recstack.evaluation.cli",
     "recstack.ensembles.cli",
     "recstack.serving.cli",
     "recstack.serving.recommend",
+    "recstack.serving.bench",
     "recstack.pipeline",
+    "recstack.retrain",
 )
 
 
