@@ -303,13 +303,14 @@ def test_served_ranking_equals_offline_evaluation_ranking(client, e2e_paths):
     cands = top_k(first, 100)
     with torch.no_grad():
         logits = dlrm_scores(dlrm, data, view.users[rows], view.history[rows], cands)
-    final = rerank(first, cands, fuse_scores(logits, np.take_along_axis(first, cands, axis=1), dlrm_config["fusion"]))
+    fused = fuse_scores(logits, np.take_along_axis(first, cands, axis=1), dlrm_config["fusion"])
+    final = rerank(first, cands, fused)  # the candidates in fused order, ahead of every other item
 
     served = recommend(client, raw_users, k=10)
     swaps = 0
-    for user, rec, row in zip(raw_users, served, final):
+    for user, rec, row, cand_row, fused_row in zip(raw_users, served, final, cands, fused):
         want = [raw_of[i] for i in np.argsort(-row, kind="stable")[:10]]
-        score_of = {raw_of[i]: float(row[i]) for i in np.flatnonzero(np.isfinite(row)) if i in raw_of}
+        score_of = {raw_of[int(c)]: float(f) for c, f in zip(cand_row, fused_row) if int(c) in raw_of}
         assert len(rec.item_ids) == 10, (user, rec.item_ids)
         for got_item, want_item in zip(rec.item_ids, want):
             if got_item != want_item:

@@ -1,0 +1,35 @@
+"""`recstack gateway`: serve the REST gateway (FastAPI + uvicorn) for one run, loopback by default."""
+
+from __future__ import annotations
+
+import argparse
+
+from recstack.cliutil import add_dataset_argument
+from recstack.paths import RunPaths
+from recstack.serving.server import DEFAULT_GRPC_PORT
+
+DEFAULT_PORT = 8080
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "gateway", help="REST gateway for apps: recommendations, events, new users, similar items, metrics",
+        description="Serve the gateway (OpenAPI at /docs) in front of a running tritonserver (`recstack serve`). "
+                    "Write endpoints need the X-API-Key header when $RECSTACK_API_KEY is set.")
+    add_dataset_argument(parser)
+    parser.add_argument("--triton-url", default=f"127.0.0.1:{DEFAULT_GRPC_PORT}", help="Triton gRPC host:port")
+    parser.add_argument("--host", default="127.0.0.1", help="address to bind (default: loopback only)")
+    parser.add_argument("--port", type=int, default=DEFAULT_PORT, help=f"port (default {DEFAULT_PORT})")
+    parser.add_argument("--event-log", default=None,
+                        help="event log URL (default: $RECSTACK_EVENT_LOG, else runs/<dataset>/events/log.db)")
+    parser.set_defaults(handler=run_gateway)
+
+
+def run_gateway(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    from recstack.serving.gateway import GatewayConfig, create_app
+
+    config = GatewayConfig(RunPaths.for_dataset(args.dataset), args.triton_url, event_log=args.event_log)
+    uvicorn.run(create_app(config), host=args.host, port=args.port, log_level="warning")
+    return 0

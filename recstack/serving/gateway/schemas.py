@@ -1,0 +1,75 @@
+"""Request and response bodies of the gateway (pydantic): every input is validated here, so a
+bad request is a 422 naming the field, never a 500."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from recstack.serving.gateway.config import MAX_EVENTS_PER_REQUEST
+
+INT64 = dict(ge=-(2**63), le=2**63 - 1)
+EventType = Literal["view", "click", "add_to_cart", "purchase", "rating", "like", "dislike", "share"]
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class Event(Strict):
+    """One interaction. ``event_id`` is the client's idempotency key: a repeat is stored once."""
+
+    event_id: str = Field(min_length=1, max_length=128, pattern=r"^[\x21-\x7e]+$")
+    user: int = Field(**INT64, description="raw user id")
+    item: int = Field(**INT64, description="raw item id")
+    type: EventType
+    value: float | None = Field(default=None, allow_inf_nan=False, description="e.g. the rating (required for type rating)")
+    timestamp: float | None = Field(default=None, ge=0, le=1e11, allow_inf_nan=False,
+                                    description="unix seconds (default: when received)")
+
+
+class EventsIn(Strict):
+    events: list[Event] = Field(min_length=1, max_length=MAX_EVENTS_PER_REQUEST)
+
+
+class EventsOut(BaseModel):
+    accepted: int = Field(description="events newly stored (durable before this response)")
+    duplicates: int = Field(description="events whose event_id was already stored (not stored again)")
+    offsets: list[int]
+
+
+class NewUser(Strict):
+    """A user who arrives with interests: liked items and/or genres (both optional)."""
+
+    user_id: int = Field(**INT64)
+    items: list[int] = Field(default_factory=list, max_length=100)
+    genres: list[str] = Field(default_factory=list, max_length=20)
+
+
+class NewUserOut(BaseModel):
+    user_id: int
+    onboarding_items: list[int] = Field(description="items logged as the user's first likes")
+
+
+class RecommendedItem(BaseModel):
+    item_id: int
+    title: str
+    score: float
+
+
+class Recommendations(BaseModel):
+    user_id: int
+    items: list[RecommendedItem]
+    cold_start: bool = Field(description="true when the user had no history: popular items were served")
+    model_version: int = Field(description="version of the served model that ranked the list")
+
+
+class SimilarItems(BaseModel):
+    item_id: int
+    items: list[RecommendedItem]
+
+
+class Health(BaseModel):
+    status: str
+    checks: dict[str, str] = Field(default_factory=dict)
