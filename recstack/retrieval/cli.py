@@ -71,6 +71,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     sweep.add_argument("--refine", type=_int_list, default=[0, 2],
                        help="IVF-PQ builds: 0 = PQ scores only, r > 0 = keep exact vectors and re-score r*k "
                             "PQ candidates (default 0,2)")
+    sweep.add_argument("--threads", type=int, help="FAISS threads for batch searches (default: all cores)")
     sweep.add_argument("--min-recall", type=float, default=0.95, help="recall target for the chosen setting")
     sweep.add_argument("--seed", type=int, default=0)
     sweep.add_argument("--out", type=Path, help="PNG path (default runs/<ds>/reports/index_sweep*.png); "
@@ -100,8 +101,8 @@ def _sweep(args: argparse.Namespace) -> int:
     from recstack.retrieval import sweep as sw
     from recstack.retrieval.index import load_item_embeddings
 
-    for name in ("k", "queries", "single", "batch", "batch_repeats", "dim"):
-        if getattr(args, name) < 1:
+    for name in ("k", "queries", "single", "batch", "batch_repeats", "dim", "threads"):
+        if getattr(args, name) is not None and getattr(args, name) < 1:
             raise InputError(f"--{name.replace('_', '-')}: must be >= 1, got {getattr(args, name)}")
     paths = RunPaths.for_dataset(args.dataset)
     if args.synthetic is not None:
@@ -116,9 +117,10 @@ def _sweep(args: argparse.Namespace) -> int:
     grid = sw.build_grid(args.kinds, vectors.shape[1], hnsw_m=args.hnsw_m, ef_construction=args.ef_construction,
                          nlist=args.nlist, pq_m=args.pq_m, refine=args.refine)
     rows = sw.sweep(vectors, ids, queries, k=args.k, grid=grid, single=args.single, batch=args.batch,
-                    batch_repeats=args.batch_repeats, progress=args.progress)
+                    batch_repeats=args.batch_repeats, threads=args.threads, progress=args.progress)
     png = args.out or paths.reports / f"{stem}.png"
-    title = f"{source}: {len(queries)} queries, recall@{args.k} vs exact"
+    title = (f"{source}: {len(queries)} queries, recall@{args.k} vs exact; batch {args.batch} on "
+             f"{args.threads or 'all'} thread(s)")
     sw.plot(rows, png, args.k, title)
     best = sw.choose(rows, args.min_recall)
     write_json(Path(png).with_suffix(".json"), {"source": source, "k": args.k, "queries": len(queries),

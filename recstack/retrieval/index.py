@@ -74,6 +74,7 @@ class ItemIndex:
         self._ids = faiss.vector_to_array(index.id_map).astype(np.int64) if index.ntotal else np.zeros(0, np.int64)
         self._sorted_ids = np.sort(self._ids)
         self._exact: ExactSearch | None = None
+        self.threads: int | None = None  # FAISS threads for batches >= SERIAL_BELOW (None = all cores)
 
     # -- construction -------------------------------------------------------------------
     @classmethod
@@ -123,9 +124,11 @@ class ItemIndex:
         self.meta["trained_on"] = int(x.shape[0])
 
     @classmethod
-    def load(cls, directory: Path | str, device: str = "cpu", **search_params: int | None) -> "ItemIndex":
+    def load(cls, directory: Path | str, device: str = "cpu", threads: int | None = None,
+             **search_params: int | None) -> "ItemIndex":
         """Read ``items.faiss`` + ``index.json``; ``search_params`` (``nprobe``, ``ef_search``,
-        ``refine_factor``) override the saved defaults; ``device`` as in :meth:`use_device`."""
+        ``refine_factor``) override the saved defaults; ``device`` as in :meth:`use_device`;
+        ``threads``: FAISS threads for batches of >= ``SERIAL_BELOW`` queries (default: all cores)."""
         directory = Path(directory)
         meta_path, index_path = directory / META_FILE, directory / INDEX_FILE
         if not meta_path.is_file() or not index_path.is_file():
@@ -140,6 +143,9 @@ class ItemIndex:
                 f"{meta['dimension']}/{meta['count']}"
             )
         out = cls(index, meta)
+        if threads is not None and (isinstance(threads, bool) or not isinstance(threads, int) or threads < 1):
+            raise InputError(f"threads: expected an integer >= 1, got {threads!r}")
+        out.threads = threads
         out.set_search_params(**search_params)
         out.use_device(device)
         return out
@@ -275,7 +281,7 @@ class ItemIndex:
             scores, ids = self._exact.search(q, fetch)
         else:
             params, _keep_alive = search_parameters(config, fetch)
-            with _omp_threads(1 if b < SERIAL_BELOW else None):
+            with _omp_threads(1 if b < SERIAL_BELOW else self.threads):
                 scores, ids = self.index.search(q, fetch, params=params)
         return select_top(ids, scores, k, excl)
 

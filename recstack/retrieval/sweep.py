@@ -147,10 +147,11 @@ def measure(index: ItemIndex, queries: np.ndarray, exact: np.ndarray, k: int, pa
 
 def sweep(vectors: np.ndarray, ids: np.ndarray, queries: np.ndarray, k: int = 100,
           grid: list[tuple[str, dict[str, Any]]] | None = None, single: int = 200, batch: int = 64,
-          batch_repeats: int = 10, progress: bool = True) -> list[dict[str, Any]]:
+          batch_repeats: int = 10, threads: int | None = None, progress: bool = True) -> list[dict[str, Any]]:
     """Rows (one per kind x build x search setting) of recall@k and latency; flat first (the baseline).
 
-    ``vectors`` [N, d] float32, ``ids`` [N] int64, ``queries`` [B, d] float32.
+    ``vectors`` [N, d] float32, ``ids`` [N] int64, ``queries`` [B, d] float32; ``threads``: FAISS
+    threads for the batch searches (``ItemIndex.threads``; one query always runs on one thread).
     """
     grid = grid if grid is not None else build_grid(KINDS, vectors.shape[1])
     if k < 1 or k > len(ids):
@@ -165,6 +166,7 @@ def sweep(vectors: np.ndarray, ids: np.ndarray, queries: np.ndarray, k: int = 10
         index = flat_index if kind == "flat" else ItemIndex.build(vectors, ids, kind, progress=progress,
                                                                    **build_params)
         size_mb = index.size_bytes() / 2**20
+        index.threads = threads
         for params in search_grid(index, k):
             bar.set_postfix_str(f"{kind} {build_params} {params}")
             row = {"kind": kind, "build": index.config.describe_build(), "search": _label(params),
