@@ -28,6 +28,7 @@ STAGE_CLIS = (
     "recstack.serving.cli",
     "recstack.serving.recommend",
     "recstack.serving.bench",
+    "recstack.serving.gateway.cli",
     "recstack.pipeline",
     "recstack.retrain",
 )

@@ -14,7 +14,7 @@ import pytest
 
 from recstack.ensembles import recommendation_graph, run_in_process
 from recstack.ensembles.chain import ChainStep
-from recstack.ensembles.python_model import concat_requests, split_rows
+from recstack.ensembles.python_model import VERSION_OUTPUT, concat_requests, split_rows
 from recstack.errors import InputError
 
 pytestmark = pytest.mark.e2e
@@ -36,7 +36,7 @@ def user_ids(e2e_paths) -> np.ndarray:
 def _requests(graph, user_ids: np.ndarray) -> dict[str, list[dict[str, np.ndarray]]]:
     """Every step's real inputs for each user, as one-request dicts (top_n differs per user)."""
     per_op: dict[str, list[dict[str, np.ndarray]]] = {op.name: [] for op in graph.ops}
-    steps = {op.name: ChainStep([_op_dict(op)], [s.name for s in op.outputs], **_prefixed(op)) for op in graph.ops}
+    steps = {op.name: ChainStep([_op_dict(op)], _outputs(op), **_prefixed(op)) for op in graph.ops}
     for i, user in enumerate(user_ids):
         tensors = {"user_id": np.array([[user]], np.int64), "top_n": np.array([[1 + i % 10]], np.int32)}
         for op in graph.ops:
@@ -44,6 +44,11 @@ def _requests(graph, user_ids: np.ndarray) -> dict[str, list[dict[str, np.ndarra
             per_op[op.name].append(inputs)
             tensors.update(steps[op.name].execute(inputs))
     return per_op
+
+
+def _outputs(op) -> list[str]:
+    """What the step itself returns (the python model adds ``model_version``)."""
+    return [s.name for s in op.outputs if s.name != VERSION_OUTPUT]
 
 
 def _op_dict(op) -> dict:
@@ -67,7 +72,7 @@ def _assert_same(got: np.ndarray, want: np.ndarray, what: str) -> None:
 def test_every_step_gives_the_same_rows_batched_and_alone(graph, user_ids):
     requests = _requests(graph, user_ids)
     for op in graph.ops:
-        step = ChainStep([_op_dict(op)], [s.name for s in op.outputs], **_prefixed(op))
+        step = ChainStep([_op_dict(op)], _outputs(op), **_prefixed(op))
         alone = [step.execute(r) for r in requests[op.name]]
         merged, sizes = concat_requests(requests[op.name])
         batched = split_rows(step.execute(merged), sizes)
@@ -88,7 +93,7 @@ def test_fused_chain_equals_the_graph_step_by_step(graph, user_ids):
     fused = run_in_process(graph, inputs)
     tensors = dict(inputs)
     for op in graph.ops:
-        step = ChainStep([_op_dict(op)], [s.name for s in op.outputs], **_prefixed(op))
+        step = ChainStep([_op_dict(op)], _outputs(op), **_prefixed(op))
         tensors.update(step.execute({s.name: tensors[s.name] for s in op.inputs}))
     for name, got in fused.items():
         _assert_same(got, tensors[name], name)

@@ -29,11 +29,12 @@ from recstack.io import read_json
 from recstack.models.layout import FeatureLayout
 from recstack.paths import RunPaths
 from recstack.ensembles.model_repo import Artifact, TensorSpec, write_ensemble_model, write_python_model
+from recstack.ensembles.python_model import VERSION_OUTPUT
 
 ENSEMBLE_NAME = "recommend"
 ENSEMBLE_INPUTS = [TensorSpec("user_id", np.int64, (1,)), TensorSpec("top_n", np.int32, (1,))]
 ENSEMBLE_OUTPUTS = [TensorSpec("item_ids", np.int64, (-1,)), TensorSpec("scores", np.float32, (-1,)),
-                    TensorSpec("cold_start", np.int32, (1,))]
+                    TensorSpec("cold_start", np.int32, (1,)), TensorSpec(VERSION_OUTPUT, np.int64, (1,))]
 MAX_BATCH_SIZE = 64
 STEPS = "recstack.ensembles.steps"
 CHAIN_STEP = "recstack.ensembles.chain:ChainStep"
@@ -90,8 +91,8 @@ class ServingGraph:
         chain = [{"name": op.name, "step_class": op.step_class, "params": op.params,
                   "inputs": [s.name for s in op.inputs], "outputs": [s.name for s in op.outputs]} for op in self.ops]
         return ServingOp(
-            name, CHAIN_STEP, {"ops": chain, "outputs": [s.name for s in outputs]}, list(inputs.values()),
-            list(outputs),
+            name, CHAIN_STEP, {"ops": chain, "outputs": [s.name for s in outputs if s.name != VERSION_OUTPUT]},
+            list(inputs.values()), list(outputs),
             artifacts={f"{op.name}.{k}": a for op in self.ops for k, a in op.artifacts.items()},
             settings={f"{op.name}.{k}": v for op in self.ops for k, v in op.settings.items()})
 

@@ -35,6 +35,8 @@ import site
 import sys
 
 PYTHON_ENV_VAR = "RECSTACK_PYTHON_ENV"
+VERSION_OUTPUT = "model_version"
+"""An output the model declares but its step does not return: filled with the served version [B, 1]."""
 
 if os.environ.get(PYTHON_ENV_VAR):  # before numpy / recstack: they may live only in that environment
     site.addsitedir(os.path.join(os.environ[PYTHON_ENV_VAR], "lib", f"python{sys.version_info[0]}.{sys.version_info[1]}",
@@ -145,6 +147,7 @@ class TritonPythonModel:
         }
         self.output_names = [o["name"] for o in config.get("output", [])]
         self.batched = int(config.get("max_batch_size", 0)) > 0
+        self.version = int(args["model_version"])
         self.step = import_step_class(step_class)(**kwargs)
 
     def execute(self, requests: list) -> list:
@@ -180,6 +183,9 @@ class TritonPythonModel:
     def _check_outputs(self, outputs: dict) -> dict:
         if not isinstance(outputs, dict):
             raise TypeError(f"step of model {self.model_name} returned {type(outputs).__name__}, expected dict")
+        if VERSION_OUTPUT in self.output_names and VERSION_OUTPUT not in outputs and outputs:
+            rows = len(next(iter(outputs.values())))
+            outputs = {**outputs, VERSION_OUTPUT: np.full((rows, 1), self.version, np.int64)}
         missing = [n for n in self.output_names if n not in outputs]
         if missing:
             raise RuntimeError(f"step of model {self.model_name} did not return output(s) {missing}")
