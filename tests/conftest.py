@@ -7,6 +7,7 @@ import argparse
 import os
 import shutil
 import subprocess
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -119,6 +120,28 @@ def store(request, e2e_paths) -> Store:
     if request.param == "sqlite":
         return Store("sqlite", e2e_paths.feature_repo, request.getfixturevalue("e2e_server"))
     return request.getfixturevalue("redis_store")
+
+
+@pytest.fixture(scope="session")
+def gateway_url(e2e_paths, e2e_server):
+    """`recstack gateway`'s app under uvicorn on a free loopback port, in a thread of this process."""
+    import uvicorn
+
+    from recstack.serving.gateway import GatewayConfig, create_app
+    from recstack.serving.tritonserver import free_port
+
+    port = free_port()
+    app = create_app(GatewayConfig(e2e_paths, e2e_server.grpc_url, api_key=None))
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.time() + 60
+    while not server.started:
+        assert time.time() < deadline and thread.is_alive(), "gateway did not start"
+        time.sleep(0.05)
+    yield f"http://127.0.0.1:{port}"
+    server.should_exit = True
+    thread.join(timeout=30)
 
 
 @pytest.fixture()

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import threading
 import time
 
 import httpx
@@ -15,26 +14,9 @@ pytestmark = pytest.mark.e2e
 
 
 @pytest.fixture(scope="module")
-def gateway(e2e_paths, e2e_server):
-    """`recstack gateway`'s app under uvicorn on a free loopback port, in a thread of this process."""
-    import uvicorn
-
-    from recstack.serving.gateway import GatewayConfig, create_app
-    from recstack.serving.tritonserver import free_port
-
-    port = free_port()
-    app = create_app(GatewayConfig(e2e_paths, e2e_server.grpc_url, api_key=None))
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.time() + 60
-    while not server.started:
-        assert time.time() < deadline and thread.is_alive(), "gateway did not start"
-        time.sleep(0.05)
-    with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=30) as client:
+def gateway(gateway_url):
+    with httpx.Client(base_url=gateway_url, timeout=30) as client:
         yield client
-    server.should_exit = True
-    thread.join(timeout=30)
 
 
 @pytest.fixture(scope="module")

@@ -3,13 +3,14 @@ bad request is a 422 naming the field, never a 500."""
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
 from recstack.serving.gateway.config import MAX_EVENTS_PER_REQUEST
 
 INT64 = dict(ge=-(2**63), le=2**63 - 1)
+Int64 = Annotated[int, Field(**INT64)]
 EventType = Literal["view", "click", "add_to_cart", "purchase", "rating", "like", "dislike", "share"]
 
 
@@ -43,8 +44,8 @@ class NewUser(Strict):
     """A user who arrives with interests: liked items and/or genres (both optional)."""
 
     user_id: int = Field(**INT64)
-    items: list[int] = Field(default_factory=list, max_length=100)
-    genres: list[str] = Field(default_factory=list, max_length=20)
+    items: list[Int64] = Field(default_factory=list, max_length=100)
+    genres: list[Annotated[str, Field(min_length=1, max_length=100)]] = Field(default_factory=list, max_length=20)
 
 
 class NewUserOut(BaseModel):
