@@ -208,11 +208,14 @@ def test_training_lowers_loss_and_save_load_onnx(layout, tmp_path):
     with torch.no_grad():
         want = tt.user_embedding({k: torch.from_numpy(v) for k, v in feeds.items()}).numpy()
     assert np.abs(got - want).max() < 1e-4
-    feeds = random_inputs(layout, layout.user_blocks() + layout.item_blocks(), 13, seed=6)
+    # dlrm.onnx is the serving form: user blocks [B, *], K candidates' item blocks [B, K, *] -> [B, K]
+    feeds = random_inputs(layout, layout.user_blocks() + layout.item_blocks(), 13, seed=6, candidates=5)
     got = ort.InferenceSession(str(dl_dir / "dlrm.onnx")).run(None, feeds)[0]
+    flat = {k: torch.from_numpy(v.reshape(65, -1) if k.startswith("item") else np.repeat(v, 5, axis=0))
+            for k, v in feeds.items()}
     with torch.no_grad():
-        want = dl({k: torch.from_numpy(v) for k, v in feeds.items()}).numpy()
-    assert got.shape == (13,) and np.abs(got - want).max() < 1e-4
+        want = dl(flat).numpy().reshape(13, 5)
+    assert got.shape == (13, 5) and np.abs(got - want).max() < 1e-4
 
 
 def test_load_rejects_missing_or_wrong_folder(tmp_path):

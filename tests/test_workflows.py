@@ -414,7 +414,7 @@ def test_fit_and_export_synthetic(tmp_path, raw):
     assert list(hist["seen_items"].iloc[0]) == list(dict.fromkeys(codes))
 
     pop = pd.read_parquet(features / "popularity.parquet")
-    counts = train["item_id"].value_counts()
+    counts = both["item_id"].value_counts()  # train + valid: the window the served histories end in
     assert pop["count"].tolist() == sorted(counts.tolist(), reverse=True)
     assert pop["item_key"].iloc[0] == counts.idxmax() and pop["item_id"].iloc[0] == 2
     assert dict(zip(pop.item_key, pop["count"])) == counts.to_dict()
