@@ -279,6 +279,9 @@ def test_bad_input(tmp_path):
     with pytest.raises(InputError, match="ids: expected a 1-d array of 2"):
         index.add(emb[:2], np.array([900]))
     assert len(index) == 50 and 900 not in index  # nothing was added by the failed calls
+    index.require_dimension(D)
+    with pytest.raises(InputError, match="index: dimension 16 does not match the user tower's 32"):
+        index.require_dimension(32, "the user tower")
     with pytest.raises(InputError, match="exclude"):
         index.search(q, 5, exclude=[np.array([2])])
     with pytest.raises(InputError, match="nprobe: not a search parameter of a flat index"):

@@ -57,6 +57,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     sweep.add_argument("--synthetic", type=int, metavar="N",
                        help="sweep N generated clustered vectors instead of the run's item embeddings")
     sweep.add_argument("--dim", type=int, default=128, help="dimension of --synthetic vectors (default 128)")
+    sweep.add_argument("--spread", type=float, default=1.0,
+                       help="--synthetic noise around cluster centres (default 1.0: cosine ~0.7 to the centre; "
+                            "larger = harder)")
     sweep.add_argument("--kinds", type=_kind_list, default=list(KIND_CHOICES),
                        help="comma-separated kinds (default: all)")
     sweep.add_argument("--k", type=int, default=100, help="recall@K and results per query (default 100)")
@@ -108,8 +111,10 @@ def _sweep(args: argparse.Namespace) -> int:
     if args.synthetic is not None:
         if args.synthetic < 1:
             raise InputError(f"--synthetic: must be >= 1, got {args.synthetic}")
-        vectors, ids, queries = sw.synthetic_catalogue(args.synthetic, args.dim, args.queries, seed=args.seed)
-        source, stem = f"synthetic {args.synthetic} x {args.dim} (clustered)", f"index_sweep_synthetic-{args.synthetic}x{args.dim}"
+        vectors, ids, queries = sw.synthetic_catalogue(args.synthetic, args.dim, args.queries, seed=args.seed,
+                                                       spread=args.spread)
+        source = f"synthetic {args.synthetic} x {args.dim} (clustered, spread {args.spread:g})"
+        stem = f"index_sweep_synthetic-{args.synthetic}x{args.dim}"
     else:
         vectors, ids = load_item_embeddings(paths)
         queries = np.ascontiguousarray(sw.user_queries(paths, args.queries, seed=args.seed), dtype=np.float32)

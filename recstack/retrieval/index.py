@@ -238,6 +238,12 @@ class ItemIndex:
         """The ids in the index, in insertion order."""
         return self._ids.copy()
 
+    def require_dimension(self, dimension: int, source: str = "the model") -> None:
+        """InputError unless the index holds ``dimension``-d vectors (e.g. the user tower's output size)."""
+        if int(dimension) != self.dimension:
+            raise InputError(f"index: dimension {self.dimension} does not match {source}'s {int(dimension)} "
+                             f"(rebuild it: recstack index build)")
+
     def size_bytes(self) -> int:
         """Bytes of the serialised index (``items.faiss``; about its memory footprint)."""
         return int(faiss.serialize_index(self.index).nbytes)

@@ -57,10 +57,17 @@ def clustered_vectors(n: int, dim: int, clusters: int | None = None, spread: flo
     return out
 
 
-def synthetic_catalogue(n: int, dim: int, n_queries: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Clustered item vectors [n, dim], their ids [n] (``2..n+1``, like encoded ids) and queries [n_queries, dim]."""
-    vectors = clustered_vectors(n, dim, seed=seed)
-    queries = clustered_vectors(n_queries, dim, clusters=max(1, int(np.sqrt(n))), seed=seed + 1)
+def synthetic_catalogue(n: int, dim: int, n_queries: int, seed: int = 0,
+                        spread: float = 1.0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Clustered item vectors [n, dim], their ids [n] (``2..n+1``, like encoded ids) and queries [n_queries, dim].
+
+    ``spread``: noise around the cluster centres (:func:`clustered_vectors`); larger = clusters
+    overlap more = harder for IVF / HNSW.
+    """
+    if spread <= 0:
+        raise InputError(f"spread: must be > 0, got {spread}")
+    vectors = clustered_vectors(n, dim, spread=spread, seed=seed)
+    queries = clustered_vectors(n_queries, dim, clusters=max(1, int(np.sqrt(n))), spread=spread, seed=seed + 1)
     return vectors, np.arange(2, n + 2, dtype=np.int64), queries
 
 
@@ -99,13 +106,13 @@ def build_grid(kinds: Iterable[str], dim: int, hnsw_m: Iterable[int] = (32,), ef
     return grid
 
 
-def search_grid(index: ItemIndex, k: int) -> list[dict[str, int]]:
-    """Search settings for a built index: nprobe up to nlist, efSearch from k, refine factors."""
-    cfg = index.config
+def search_grid(index: ItemIndex, k: int) -> list[dict[str, Any]]:
+    """Search settings for a built index: nprobe up to nlist, efSearch from k (HNSW returns at most efSearch)."""
     if index.kind == "hnsw":
         return [{"ef_search": e} for e in sorted({max(e, k) for e in EF_SEARCHES})]
     if index.kind in ("ivf_flat", "ivf_pq"):
-        probes = sorted({min(p, cfg.nlist) for p in NPROBES})
+        nlist = int(index.config.nlist or 1)
+        probes = sorted({min(p, nlist) for p in NPROBES})
         return [{"nprobe": p} for p in probes]  # ivf_pq re-ranks with its built refine_factor
     return [{}]
 
@@ -132,7 +139,7 @@ def _timings_ms(fn: Callable[[int], Any], calls: int, warmup: int = 3) -> tuple[
     return float(np.median(wall)), float(np.percentile(wall, 95)), float(np.median(cpu))
 
 
-def measure(index: ItemIndex, queries: np.ndarray, exact: np.ndarray, k: int, params: dict[str, int],
+def measure(index: ItemIndex, queries: np.ndarray, exact: np.ndarray, k: int, params: dict[str, Any],
             single: int = 200, batch: int = 64, batch_repeats: int = 10) -> dict[str, Any]:
     """One sweep row: recall@k vs ``exact`` [B, k] ids and latencies of ``index.search`` with ``params``."""
     found, _ = index.search(queries, k, **params)
@@ -184,7 +191,7 @@ def sweep(vectors: np.ndarray, ids: np.ndarray, queries: np.ndarray, k: int = 10
     return rows
 
 
-def _label(params: dict[str, int]) -> str:
+def _label(params: dict[str, Any]) -> str:
     short = {"nprobe": "nprobe", "ef_search": "efSearch", "refine_factor": "refine"}
     return " ".join(f"{short[k]}={v}" for k, v in params.items()) or "-"
 
