@@ -29,6 +29,7 @@ STAGE_CLIS = (
     "recstack.serving.recommend",
     "recstack.serving.bench",
     "recstack.serving.gateway.cli",
+    "recstack.serving.versions",
     "recstack.pipeline",
     "recstack.retrain",
 )

@@ -77,9 +77,9 @@ def _evaluate(paths: RunPaths, args: argparse.Namespace) -> str:
 
 
 def _export(paths: RunPaths, args: argparse.Namespace) -> str:
-    from recstack.ensembles import export_ensemble, recommendation_graph
+    from recstack.ensembles.graph import export_ensemble, recommendation_graph, run_manifest
 
-    export_ensemble(recommendation_graph(paths, top_k=args.top_k), paths.triton_repo)
+    export_ensemble(recommendation_graph(paths, top_k=args.top_k), paths.triton_repo, manifest=run_manifest(paths))
     return f"Triton repository {paths.triton_repo}"
 
 

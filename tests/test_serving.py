@@ -157,13 +157,15 @@ def test_python_model_config(tmp_path):
     assert parsed.backend == "python" and parsed.max_batch_size == 64
     # nothing in the repository names a path of this machine: artifacts are copied and named relatively
     assert "EXECUTION_ENV_PATH" not in parsed.parameters and str(tmp_path) not in config
-    assert json.loads(parsed.parameters["recstack_artifacts"].string_value) == {
-        "model_dir": "model_dir", "table": "table/table.parquet"}
+    step = json.loads((folder / "1" / "recstack_step.json").read_text())
+    assert step["recstack_artifacts"] == {"model_dir": "model_dir", "table": "table/table.parquet"}
+    assert step["recstack_step_class"] == AFFINE_STEP_CLASS
+    assert parsed.version_policy.specific.versions == [1]
     assert sorted(p.name for p in (folder / "1" / "model_dir").iterdir()) == ["config.json"]
     assert (folder / "1" / "table" / "table.parquet").read_bytes() == b"table"
     assert json.loads(parsed.parameters["recstack_environment"].string_value) == {
         "feature_repo": "RECSTACK_FEATURE_REPO"}
-    assert json.loads(parsed.parameters["recstack_params"].string_value) == {"scale": 3.0, "note": 'a "quoted" \\ value'}
+    assert step["recstack_params"] == {"scale": 3.0, "note": 'a "quoted" \\ value'}
     assert [i.name for i in parsed.input] == ["floats", "ints"] and list(parsed.input[0].dims) == [-1]
     assert (folder / "1" / "model.py").read_text().startswith('"""The generic Triton python-backend model')
     with pytest.raises(InputError, match="step_class"):

@@ -25,18 +25,22 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--instances", type=int, default=1, help="CPU instances of each python model (default 1)")
     parser.add_argument("--max-queue-delay-us", type=int, default=MAX_QUEUE_DELAY_US,
                         help=f"dynamic batching window in microseconds (default {MAX_QUEUE_DELAY_US}; -1: off)")
+    parser.add_argument("--no-deploy", action="store_true",
+                        help="add the new version but keep serving the live one (`recstack models deploy` switches)")
     parser.set_defaults(handler=run_export)
 
 
 def run_export(args: argparse.Namespace) -> int:
-    from recstack.ensembles.graph import ENSEMBLE_NAME, FUSED_NAME, export_ensemble, recommendation_graph
+    from recstack.ensembles.graph import (
+        ENSEMBLE_NAME, FUSED_NAME, export_ensemble, recommendation_graph, run_manifest,
+    )
 
     paths = RunPaths.for_dataset(args.dataset)
     start = time.perf_counter()
     graph = recommendation_graph(paths, top_k=args.top_k)
     delay = None if args.max_queue_delay_us < 0 else args.max_queue_delay_us
     repo = export_ensemble(graph, paths.triton_repo, fuse=not args.per_step, instances=args.instances,
-                           max_queue_delay_us=delay)
+                           max_queue_delay_us=delay, manifest=run_manifest(paths), deploy=not args.no_deploy)
     names = " >> ".join(op.name for op in graph.ops)
     layout = "one model per step" if args.per_step else f"fused into `{FUSED_NAME}`"
     print(f"export: {repo} (ensemble `{ENSEMBLE_NAME}`: {names}; {layout}) in {time.perf_counter() - start:.1f}s")

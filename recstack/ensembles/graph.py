@@ -28,7 +28,9 @@ from recstack.errors import InputError
 from recstack.io import read_json
 from recstack.models.layout import FeatureLayout
 from recstack.paths import RunPaths
-from recstack.ensembles.model_repo import Artifact, TensorSpec, write_ensemble_model, write_python_model
+from recstack.ensembles.model_repo import (
+    Artifact, TensorSpec, live_version, model_versions, write_ensemble_model, write_python_model,
+)
 from recstack.ensembles.python_model import VERSION_OUTPUT
 
 ENSEMBLE_NAME = "recommend"
@@ -39,6 +41,8 @@ MAX_BATCH_SIZE = 64
 STEPS = "recstack.ensembles.steps"
 CHAIN_STEP = "recstack.ensembles.chain:ChainStep"
 FUSED_NAME = "recommend_steps"
+KEEP_VERSIONS = 5
+MANIFEST_FILE = "manifest.json"
 MAX_QUEUE_DELAY_US = 200
 """Default dynamic-batching window: requests arriving within it share one step execution."""
 FEATURE_REPO_ENV = "RECSTACK_FEATURE_REPO"
@@ -204,14 +208,20 @@ def recommendation_graph(paths: RunPaths, top_k: int = 100) -> ServingGraph:
 
 def export_ensemble(graph: ServingGraph, repo_dir: Path, name: str = ENSEMBLE_NAME,
                     max_batch_size: int = MAX_BATCH_SIZE, *, fuse: bool = True, instances: int = 1,
-                    max_queue_delay_us: int | None = MAX_QUEUE_DELAY_US) -> Path:
+                    max_queue_delay_us: int | None = MAX_QUEUE_DELAY_US, manifest: dict[str, Any] | None = None,
+                    deploy: bool = True, keep_versions: int = KEEP_VERSIONS) -> Path:
     """Write the graph as python models plus an ensemble model ``name`` wiring them into ``repo_dir``.
 
     ``fuse`` writes the whole chain as one python model (one hop per request; the default,
     measured faster on CPU), else one model per op. Every python model gets ``instances``
     CPU instances and dynamic batching with a ``max_queue_delay_us`` window (None: off).
-    The whole repository is rebuilt in a temporary folder and swapped in at the end, so a
-    running server's repository is never left half-written.
+
+    Fused exports are numbered versions: each export adds ``recommend_steps/<N>/`` (N = last
+    + 1) with a ``manifest.json`` (``manifest`` + version, creation time and the sha256 of
+    every file of the version), keeps the last ``keep_versions`` versions for rollback, and
+    makes the new one live unless ``deploy`` is False. The whole repository is rebuilt in a
+    temporary folder and swapped in at the end, so a running server's repository is never
+    left half-written.
     """
     repo_dir = Path(repo_dir)
     tmp = repo_dir.with_name(f".{repo_dir.name}.export")
@@ -219,11 +229,19 @@ def export_ensemble(graph: ServingGraph, repo_dir: Path, name: str = ENSEMBLE_NA
     tmp.mkdir(parents=True)
     try:
         steps = []
+        previous = repo_dir / FUSED_NAME if fuse and (repo_dir / FUSED_NAME).is_dir() else None
+        versions = model_versions(previous) if previous else []
+        version = max(versions, default=0) + 1
+        live = version if deploy or previous is None else live_version(previous)
         for op in [graph.fused()] if fuse else graph.ops:
             write_python_model(tmp, op.name, op.step_class, op.params, op.inputs, op.outputs,
                                max_batch_size=max_batch_size, instance_count=instances,
                                max_queue_delay_us=max_queue_delay_us, artifacts=op.artifacts,
-                               environment={k: SETTING_ENV[k.rsplit(".", 1)[-1]] for k in op.settings})
+                               environment={k: SETTING_ENV[k.rsplit(".", 1)[-1]] for k in op.settings},
+                               version=version, live_version=live, keep_versions_from=previous)
+        if fuse:
+            _prune_versions(tmp / FUSED_NAME, keep_versions, live)
+            _write_manifest(tmp / FUSED_NAME / str(version), version, manifest or {})
             steps.append((op.name, {s.name: s.name for s in op.inputs}, {s.name: s.name for s in op.outputs}))
         write_ensemble_model(tmp, name, ENSEMBLE_INPUTS, ENSEMBLE_OUTPUTS, steps, max_batch_size=max_batch_size)
     except BaseException:
@@ -236,6 +254,40 @@ def export_ensemble(graph: ServingGraph, repo_dir: Path, name: str = ENSEMBLE_NA
     tmp.rename(repo_dir)
     shutil.rmtree(old, ignore_errors=True)
     return repo_dir
+
+
+def _prune_versions(model_dir: Path, keep: int, live: int | None) -> None:
+    """Keep the newest ``keep`` versions (and the live one)."""
+    versions = model_versions(model_dir)
+    for version in versions[: max(0, len(versions) - keep)]:
+        if version != live:
+            shutil.rmtree(model_dir / str(version))
+
+
+def _write_manifest(version_dir: Path, version: int, extra: dict[str, Any]) -> None:
+    from datetime import datetime, timezone
+
+    from recstack.io import sha256_file, write_json
+
+    files = {str(p.relative_to(version_dir)): sha256_file(p) for p in sorted(version_dir.rglob("*")) if p.is_file()}
+    write_json(version_dir / MANIFEST_FILE, {"version": version, "created": datetime.now(timezone.utc).isoformat(),
+                                             **extra, "sha256": files})
+
+
+def run_manifest(paths: RunPaths) -> dict[str, Any]:
+    """What a version manifest records about the run it was exported from: the dataset, the data
+    window (first and last interaction time of train + valid) and the evaluate metrics."""
+    import pandas as pd
+
+    window = None
+    frames = [pd.read_parquet(paths.data / f"{s}.parquet", columns=["timestamp"]) for s in ("train", "valid")
+              if (paths.data / f"{s}.parquet").is_file()]
+    if frames:
+        ts = pd.concat(frames)["timestamp"]
+        window = [int(ts.min()), int(ts.max())]
+    report = paths.reports / "evaluation_test.json"
+    metrics = read_json(report)["models"] if report.is_file() else None
+    return {"dataset": paths.root.name, "data_window_unix_s": window, "metrics": metrics}
 
 
 def run_in_process(graph: ServingGraph, inputs: dict[str, np.ndarray],

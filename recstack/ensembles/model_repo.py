@@ -22,6 +22,8 @@ Keep tensors numeric: TYPE_STRING/BYTES do not survive the python backend under 
 from __future__ import annotations
 
 import json
+import os
+import re
 import shutil
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -31,7 +33,7 @@ from typing import Any
 import numpy as np
 
 from recstack.errors import InputError
-from recstack.io import atomic_dir, read_json, write_json
+from recstack.io import atomic_dir, atomic_write_bytes, read_json, write_json
 
 #: numpy dtype -> Triton config data_type
 NP_TO_TRITON = {
@@ -55,6 +57,8 @@ PARAMS_KEY = "recstack_params"
 ARTIFACTS_KEY = "recstack_artifacts"
 ENVIRONMENT_KEY = "recstack_environment"
 SIGNATURE_FILE = "recstack_model.json"
+STEP_FILE = "recstack_step.json"
+"""In each version folder: the step class, its params and its artifacts (relative paths)."""
 GENERIC_MODEL_SOURCE = Path(__file__).with_name("python_model.py")
 
 
@@ -180,6 +184,9 @@ def write_python_model(
     max_queue_delay_us: int | None = None,
     artifacts: Mapping[str, Artifact] | None = None,
     environment: Mapping[str, str] | None = None,
+    version: int = 1,
+    live_version: int | None = None,
+    keep_versions_from: Path | None = None,
 ) -> Path:
     """Write ``<repo>/<name>/{config.pbtxt, 1/model.py}`` for a step class served by the python backend.
 
@@ -190,6 +197,12 @@ def write_python_model(
     full shape). ``max_queue_delay_us`` turns on Triton's dynamic batching: requests that
     arrive within that many microseconds of each other reach one ``execute`` call (None:
     off). Returns the model folder. The folder is replaced atomically.
+
+    The step class, params and artifacts belong to ``version`` (``<version>/recstack_step.json``),
+    so versions with different settings live side by side. ``keep_versions_from``: an existing
+    folder of this model whose other versions are kept (hard links where possible);
+    ``live_version`` (default ``version``) is the version Triton serves
+    (``version_policy: specific``; ``recstack models deploy`` changes it).
     """
     _check_model_name(name)
     if not isinstance(step_class, str) or step_class.count(":") != 1 or not all(step_class.split(":")):
@@ -214,6 +227,8 @@ def write_python_model(
         raise InputError(f"model {name}: max_batch_size must be >= 0 and instance_count >= 1")
     if max_queue_delay_us is not None and int(max_queue_delay_us) < 0:
         raise InputError(f"model {name}: max_queue_delay_us must be >= 0, got {max_queue_delay_us}")
+    if int(version) < 1:
+        raise InputError(f"model {name}: version must be >= 1, got {version}")
 
     config = (
         f"name: {_pbtxt_str(name)}\n"
@@ -224,18 +239,65 @@ def write_python_model(
         + f"instance_group [\n  {{\n    count: {int(instance_count)}\n    kind: KIND_CPU\n  }}\n]\n"
         + (f"dynamic_batching {{\n  max_queue_delay_microseconds: {int(max_queue_delay_us)}\n}}\n"
            if max_queue_delay_us is not None and max_batch_size > 0 else "")
-        + _parameter(STEP_CLASS_KEY, step_class)
-        + _parameter(PARAMS_KEY, params_json)
         + _parameter(ENVIRONMENT_KEY, json.dumps(environment))
     )
     repo_dir = Path(repo_dir)
     with atomic_dir(repo_dir / name) as tmp:
-        (tmp / "1").mkdir()
-        relative = {param: artifact.copy_to(tmp / "1" / param) for param, artifact in artifacts.items()}
-        (tmp / "config.pbtxt").write_text(config + _parameter(ARTIFACTS_KEY, json.dumps(relative)))
-        shutil.copyfile(GENERIC_MODEL_SOURCE, tmp / "1" / "model.py")
+        kept = [int(v.name) for v in _version_dirs(keep_versions_from) if int(v.name) != int(version)]
+        for v in kept:
+            shutil.copytree(Path(keep_versions_from) / str(v), tmp / str(v), copy_function=_link_or_copy)
+        folder = tmp / str(int(version))
+        folder.mkdir()
+        relative = {param: artifact.copy_to(folder / param) for param, artifact in artifacts.items()}
+        write_json(folder / STEP_FILE, {STEP_CLASS_KEY: step_class, PARAMS_KEY: json.loads(params_json),
+                                        ARTIFACTS_KEY: relative})
+        shutil.copyfile(GENERIC_MODEL_SOURCE, folder / "model.py")
+        (tmp / "config.pbtxt").write_text(config + version_policy(live_version or version))
         _write_signature(tmp, "python", inputs, outputs, max_batch_size, optional_inputs)
     return repo_dir / name
+
+
+def version_policy(version: int) -> str:
+    """The config.pbtxt line that makes Triton serve exactly ``version`` of a model."""
+    return f"version_policy: {{ specific: {{ versions: [ {int(version)} ] }} }}\n"
+
+
+def _version_dirs(model_dir: Path | None) -> list[Path]:
+    if model_dir is None or not Path(model_dir).is_dir():
+        return []
+    return sorted((p for p in Path(model_dir).iterdir() if p.is_dir() and p.name.isdigit()), key=lambda p: int(p.name))
+
+
+def model_versions(model_dir: Path) -> list[int]:
+    """The numbered version folders of a model, ascending."""
+    return [int(p.name) for p in _version_dirs(model_dir)]
+
+
+def live_version(model_dir: Path) -> int | None:
+    """The version a model's config.pbtxt tells Triton to serve (None: no such model or policy)."""
+    config = Path(model_dir) / "config.pbtxt"
+    if not config.is_file():
+        return None
+    match = re.search(r"version_policy: \{ specific: \{ versions: \[ (\d+) \] \} \}", config.read_text())
+    return int(match.group(1)) if match else None
+
+
+def set_live_version(model_dir: Path, version: int) -> None:
+    """Rewrite the model's version policy to serve ``version`` (atomically); the folder must exist."""
+    model_dir = Path(model_dir)
+    if int(version) not in model_versions(model_dir):
+        raise InputError(f"--version: {version} is not a version of {model_dir.name} ({model_versions(model_dir)})")
+    config = (model_dir / "config.pbtxt").read_text()
+    config = re.sub(r"version_policy: .*\n", "", config) + version_policy(version)
+    atomic_write_bytes(model_dir / "config.pbtxt", config.encode())
+
+
+def _link_or_copy(src: str, dst: str) -> str:
+    try:
+        os.link(src, dst)
+    except OSError:
+        shutil.copy2(src, dst)
+    return dst
 
 
 def _parameter(key: str, value: str) -> str:

@@ -1,15 +1,13 @@
 """The generic Triton python-backend model: serves any recstack step class.
 
 :func:`recstack.ensembles.model_repo.write_python_model` copies this file to
-``<repo>/<model>/<version>/model.py``. The model's ``config.pbtxt`` names the step class
-(parameter ``recstack_step_class``, ``"package.module:ClassName"``) and its
-constructor arguments (parameter ``recstack_params``, a JSON object). Two more
-parameters keep the repository free of machine paths, so it serves wherever it is copied:
-
-* ``recstack_artifacts``: names of params that are paths relative to the model's version
-  folder (files exported with the model); they are made absolute here.
-* ``recstack_environment``: ``{param: ENV_VAR}`` for deployment settings (e.g. the feature
-  store's repository), read from the server's environment when the model loads.
+``<repo>/<model>/<version>/model.py``. Beside it, ``recstack_step.json`` names the step
+class (``"package.module:ClassName"``), its constructor arguments (a JSON object) and its
+artifacts: files exported with that version, named relative to the version folder and
+made absolute here, so the repository serves wherever it is copied. The model's
+``config.pbtxt`` parameter ``recstack_environment`` (``{param: ENV_VAR}``) names
+deployment settings (e.g. the feature store's repository), read from the server's
+environment when the model loads.
 
 The Python environment is chosen when serving starts, not at export: when
 ``RECSTACK_PYTHON_ENV`` names a virtual environment (``recstack serve`` sets it to its
@@ -50,7 +48,7 @@ import numpy as np  # noqa: E402
 
 from recstack.ensembles import triton_io  # noqa: E402
 from recstack.ensembles.model_repo import (  # noqa: E402
-    ARTIFACTS_KEY, ENVIRONMENT_KEY, PARAMS_KEY, STEP_CLASS_KEY, TRITON_TO_NP,
+    ARTIFACTS_KEY, ENVIRONMENT_KEY, PARAMS_KEY, STEP_CLASS_KEY, STEP_FILE, TRITON_TO_NP,
 )
 from recstack.errors import InputError  # noqa: E402
 
@@ -131,13 +129,15 @@ class TritonPythonModel:
         config = json.loads(args["model_config"])
         self.model_name = config.get("name") or args.get("model_name", "?")
         params = config.get("parameters", {})
-        try:
-            step_class = params[STEP_CLASS_KEY]["string_value"]
-        except KeyError:
-            raise InputError(f"model {self.model_name}: config.pbtxt has no {STEP_CLASS_KEY} parameter") from None
-        kwargs = json.loads(params.get(PARAMS_KEY, {}).get("string_value") or "{}")
         version_dir = os.path.join(args["model_repository"], str(args["model_version"]))
-        kwargs.update(resolve_artifacts(_json_param(params, ARTIFACTS_KEY, {}), version_dir))
+        step_file = os.path.join(version_dir, STEP_FILE)
+        if not os.path.isfile(step_file):
+            raise InputError(f"model {self.model_name}: {step_file} is missing (export the model again)")
+        with open(step_file) as handle:
+            step = json.load(handle)
+        step_class = step[STEP_CLASS_KEY]
+        kwargs = dict(step[PARAMS_KEY])
+        kwargs.update(resolve_artifacts(step[ARTIFACTS_KEY], version_dir))
         kwargs.update(read_environment(_json_param(params, ENVIRONMENT_KEY, {}), self.model_name))
         inputs = config.get("input", [])
         self.optional_inputs = [i["name"] for i in inputs if i.get("optional")]

@@ -55,8 +55,11 @@ def start_server(repo: Path, feature_repo: Path, http_port: int = 0, grpc_port: 
     repo = Path(repo)
     if not (repo / ENSEMBLE_NAME / "config.pbtxt").is_file():
         raise InputError(f"{repo}: no exported ensemble `{ENSEMBLE_NAME}` (run `recstack export` first)")
+    # explicit model control: every model is loaded at start, and `recstack models deploy`
+    # can reload one with another version through the repository API
     server = TritonServer(repo, http_port=http_port, grpc_port=grpc_port, metrics_port=metrics_port,
-                          log_path=log_path, startup_timeout_s=startup_timeout_s,
+                          log_path=log_path, startup_timeout_s=startup_timeout_s, model_control_mode="explicit",
+                          extra_args=("--load-model=*",),
                           env=serving_environment(feature_repo), python_env=python_env)
     server.start()
     return server
