@@ -45,7 +45,7 @@ def test_numpy_and_torch_arrays_equal_pandas():
     wf = numeric_workflow(frame())
     test = frame(seed=1)  # unseen ids, other NaNs
     check(wf, test, lambda a: a)
-    torch = pytest.importorskip("torch")
+    import torch
     check(wf, test, torch.as_tensor)
     floats = test.assign(user_id=test["user_id"].astype(float).where(test.index % 7 != 0, np.nan))
     floats.loc[3, "user_id"] = 2.5  # never an integer id: OOV
@@ -57,7 +57,7 @@ def test_unsupported_ops_name_themselves():
     wf = Workflow(["g"] >> Categorify()).fit(df, progress=False)
     with pytest.raises(InputError, match="Categorify: column 'g'"):
         transform_arrays(wf, {"g": np.array(["a", "b"], dtype=object)})
-    torch = pytest.importorskip("torch")
+    import torch
     hb = Workflow(["n"] >> HashBucket(10)).fit(df, progress=False)
     assert transform_arrays(hb, {"n": np.array([1, 2])})["n"].tolist() == hb.transform(df)["n"].tolist()
     with pytest.raises(InputError, match="HashBucket"):

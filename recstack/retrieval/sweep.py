@@ -24,6 +24,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from recstack.errors import InputError
+from recstack.ids import FIRST_CODE
 from recstack.paths import RunPaths
 from recstack.retrieval.index import ItemIndex
 from recstack.retrieval.kinds import KINDS
@@ -59,7 +60,7 @@ def clustered_vectors(n: int, dim: int, clusters: int | None = None, spread: flo
 
 def synthetic_catalogue(n: int, dim: int, n_queries: int, seed: int = 0,
                         spread: float = 1.0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Clustered item vectors [n, dim], their ids [n] (``2..n+1``, like encoded ids) and queries [n_queries, dim].
+    """Clustered item vectors [n, dim], their ids [n] (``FIRST_CODE..``, like encoded ids) and queries [n_queries, dim].
 
     ``spread``: noise around the cluster centres (:func:`clustered_vectors`); larger = clusters
     overlap more = harder for IVF / HNSW.
@@ -68,7 +69,7 @@ def synthetic_catalogue(n: int, dim: int, n_queries: int, seed: int = 0,
         raise InputError(f"spread: must be > 0, got {spread}")
     vectors = clustered_vectors(n, dim, spread=spread, seed=seed)
     queries = clustered_vectors(n_queries, dim, clusters=max(1, int(np.sqrt(n))), spread=spread, seed=seed + 1)
-    return vectors, np.arange(2, n + 2, dtype=np.int64), queries
+    return vectors, np.arange(FIRST_CODE, n + FIRST_CODE, dtype=np.int64), queries
 
 
 def user_queries(paths: RunPaths, n: int, seed: int = 0) -> np.ndarray:

@@ -45,7 +45,7 @@ def as_tag(tag: "Tags | str") -> Tags:
 @dataclass(frozen=True)
 class ColumnSchema:
     """One column: name, dtype ("int64", "float32", "str", ...; for lists the element dtype),
-    tags, cardinality (categoricals: vocabulary size + 2), list flag and longest list seen in fit."""
+    tags, cardinality (categoricals: vocabulary size + FIRST_CODE, the padding and OOV codes), list flag and longest list seen in fit."""
 
     name: str
     dtype: str
