@@ -346,12 +346,15 @@ def test_cli_index_sweep_synthetic(tmp_path, monkeypatch, capsys):
     out = tmp_path / "sweep.png"
     assert cli_main(["index", "sweep", "--synthetic", "2000", "--dim", "16", "--k", "10", "--queries", "30",
                      "--single", "5", "--batch", "8", "--batch-repeats", "2", "--kinds", "flat,ivf_flat,hnsw",
-                     "--hnsw-m", "8", "--nlist", "16", "--out", str(out), "--no-progress"]) == 0
+                     "--hnsw-m", "8", "--nlist", "16", "--nprobe", "1,4,16", "--ef-search", "10,40", "--out", str(out),
+                     "--no-progress"]) == 0
     text = capsys.readouterr().out
     assert "recall@10" in text and "ivf_flat" in text and "fastest one-query setting" in text
     assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     report = json.loads(out.with_suffix(".json").read_text())
     assert report["chosen"]["recall"] >= 0.95 and {r["kind"] for r in report["rows"]} == {"flat", "ivf_flat", "hnsw"}
+    assert [r["search"] for r in report["rows"] if r["kind"] != "flat"] == \
+        ["nprobe=1", "nprobe=4", "nprobe=16", "efSearch=10", "efSearch=40"]  # --kinds order
     assert cli_main(["index", "sweep", "--synthetic", "100", "--k", "0", "--no-progress"]) == 2
     with pytest.raises(SystemExit) as exit_info:  # argparse: one line, exit code 2
         cli_main(["index", "sweep", "--kinds", "flat,annoy"])

@@ -70,6 +70,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     sweep.add_argument("--hnsw-m", type=_int_list, default=[32], help="HNSW M values (default 32)")
     sweep.add_argument("--ef-construction", type=int, default=200, help="HNSW efConstruction (default 200)")
     sweep.add_argument("--nlist", type=_int_list, default=[None], help="IVF nlist values (default 4*sqrt(N))")
+    sweep.add_argument("--nprobe", type=_int_list, default=None,
+                       help="IVF nprobe values (default 1,2,4,...,256, capped at nlist)")
+    sweep.add_argument("--ef-search", type=_int_list, default=None,
+                       help="HNSW efSearch values (default 16,...,512, raised to k)")
     sweep.add_argument("--pq-m", type=_int_list, default=None, help="IVF-PQ m values (default d/4,d/2)")
     sweep.add_argument("--refine", type=_int_list, default=[0, 2],
                        help="IVF-PQ builds: 0 = PQ scores only, r > 0 = keep exact vectors and re-score r*k "
@@ -122,7 +126,8 @@ def _sweep(args: argparse.Namespace) -> int:
     grid = sw.build_grid(args.kinds, vectors.shape[1], hnsw_m=args.hnsw_m, ef_construction=args.ef_construction,
                          nlist=args.nlist, pq_m=args.pq_m, refine=args.refine)
     rows = sw.sweep(vectors, ids, queries, k=args.k, grid=grid, single=args.single, batch=args.batch,
-                    batch_repeats=args.batch_repeats, threads=args.threads, progress=args.progress)
+                    batch_repeats=args.batch_repeats, threads=args.threads, nprobes=args.nprobe or sw.NPROBES,
+                    ef_searches=args.ef_search or sw.EF_SEARCHES, progress=args.progress)
     png = args.out or paths.reports / f"{stem}.png"
     title = (f"{source}: {len(queries)} queries, recall@{args.k} vs exact; batch {args.batch} on "
              f"{args.threads or 'all'} thread(s)")

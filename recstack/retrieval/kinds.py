@@ -41,7 +41,8 @@ SEARCH_PARAMS = {"flat": (), "hnsw": ("ef_search",), "ivf_flat": ("nprobe",), "i
 
 @dataclass(frozen=True)
 class IndexConfig:
-    """One index kind and its parameters (the ones that do not apply to ``kind`` are ignored).
+    """One index kind and its parameters (fields that do not apply to ``kind`` keep their defaults;
+    :meth:`from_params` rejects them and :meth:`to_meta` leaves them out of ``index.json``).
 
     ``nlist`` / ``train_size`` ``None`` are resolved from the item count by :meth:`resolved`:
     ``nlist = clip(4 * sqrt(N), 1, N // 39)`` (FAISS wants >= 39 training points per list) and
@@ -101,7 +102,7 @@ class IndexConfig:
         if self.kind not in IVF_KINDS:
             return self
         nlist = self.nlist or max(1, min(int(4 * math.sqrt(max(n, 1))), n // 39))
-        train_size = self.train_size or min(n, 64 * nlist)
+        train_size = min(n, self.train_size or 64 * nlist)
         if n < nlist or train_size < nlist:
             raise InputError(f"nlist: {nlist} inverted lists need at least {nlist} training vectors, got "
                              f"{min(n, train_size)}")

@@ -107,13 +107,14 @@ def build_grid(kinds: Iterable[str], dim: int, hnsw_m: Iterable[int] = (32,), ef
     return grid
 
 
-def search_grid(index: ItemIndex, k: int) -> list[dict[str, Any]]:
+def search_grid(index: ItemIndex, k: int, nprobes: Iterable[int] = NPROBES,
+                ef_searches: Iterable[int] = EF_SEARCHES) -> list[dict[str, Any]]:
     """Search settings for a built index: nprobe up to nlist, efSearch from k (HNSW returns at most efSearch)."""
     if index.kind == "hnsw":
-        return [{"ef_search": e} for e in sorted({max(e, k) for e in EF_SEARCHES})]
+        return [{"ef_search": e} for e in sorted({max(e, k) for e in ef_searches})]
     if index.kind in ("ivf_flat", "ivf_pq"):
         nlist = int(index.config.nlist or 1)
-        probes = sorted({min(p, nlist) for p in NPROBES})
+        probes = sorted({min(p, nlist) for p in nprobes})
         return [{"nprobe": p} for p in probes]  # ivf_pq re-ranks with its built refine_factor
     return [{}]
 
@@ -155,11 +156,13 @@ def measure(index: ItemIndex, queries: np.ndarray, exact: np.ndarray, k: int, pa
 
 def sweep(vectors: np.ndarray, ids: np.ndarray, queries: np.ndarray, k: int = 100,
           grid: list[tuple[str, dict[str, Any]]] | None = None, single: int = 200, batch: int = 64,
-          batch_repeats: int = 10, threads: int | None = None, progress: bool = True) -> list[dict[str, Any]]:
+          batch_repeats: int = 10, threads: int | None = None, nprobes: Iterable[int] = NPROBES,
+          ef_searches: Iterable[int] = EF_SEARCHES, progress: bool = True) -> list[dict[str, Any]]:
     """Rows (one per kind x build x search setting) of recall@k and latency; flat first (the baseline).
 
     ``vectors`` [N, d] float32, ``ids`` [N] int64, ``queries`` [B, d] float32; ``threads``: FAISS
-    threads for the batch searches (``ItemIndex.threads``; one query always runs on one thread).
+    threads for the batch searches (``ItemIndex.threads``; one query always runs on one thread);
+    ``nprobes`` / ``ef_searches``: the search settings tried (:func:`search_grid`).
     """
     grid = grid if grid is not None else build_grid(KINDS, vectors.shape[1])
     if k < 1 or k > len(ids):
@@ -175,7 +178,7 @@ def sweep(vectors: np.ndarray, ids: np.ndarray, queries: np.ndarray, k: int = 10
                                                                    **build_params)
         size_mb = index.size_bytes() / 2**20
         index.threads = threads
-        for params in search_grid(index, k):
+        for params in search_grid(index, k, nprobes, ef_searches):
             bar.set_postfix_str(f"{kind} {build_params} {params}")
             row = {"kind": kind, "build": index.config.describe_build(), "search": _label(params),
                    "params": {**index.config.to_meta(), **params}, "build_s": index.meta.get("build_s", 0.0),
