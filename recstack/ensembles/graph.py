@@ -239,10 +239,10 @@ def export_ensemble(graph: ServingGraph, repo_dir: Path, name: str = ENSEMBLE_NA
                                max_queue_delay_us=max_queue_delay_us, artifacts=op.artifacts,
                                environment={k: SETTING_ENV[k.rsplit(".", 1)[-1]] for k in op.settings},
                                version=version, live_version=live, keep_versions_from=previous)
+            steps.append((op.name, {s.name: s.name for s in op.inputs}, {s.name: s.name for s in op.outputs}))
         if fuse:
             _prune_versions(tmp / FUSED_NAME, keep_versions, live)
             _write_manifest(tmp / FUSED_NAME / str(version), version, manifest or {})
-            steps.append((op.name, {s.name: s.name for s in op.inputs}, {s.name: s.name for s in op.outputs}))
         write_ensemble_model(tmp, name, ENSEMBLE_INPUTS, ENSEMBLE_OUTPUTS, steps, max_batch_size=max_batch_size)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
