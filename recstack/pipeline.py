@@ -152,7 +152,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--device", default="auto", help="training device: auto|cpu|cuda (default auto)")
     parser.add_argument("--epochs", type=int, default=None, help="override training epochs")
     parser.add_argument("--history-length", type=int, default=HISTORY_LENGTH, help="recent items per user")
-    parser.add_argument("--index-kind", choices=("flat", "hnsw"), default="flat", help="FAISS index kind")
+    parser.add_argument("--index-kind", choices=("flat", "hnsw", "ivf_flat", "ivf_pq"), default="flat",
+                        help="FAISS index kind")
     parser.add_argument("--top-k", type=int, default=100, help="candidates retrieved per request")
     parser.set_defaults(handler=run)
 

@@ -111,3 +111,10 @@ def test_requests_that_cannot_be_joined_are_not_concatenated():
 def test_chain_rejects_arguments_for_unknown_ops(graph):
     with pytest.raises(InputError, match=r"must be '<op>.<param>'"):
         ChainStep([_op_dict(graph.ops[-1])], ["item_ids"], **{"nope.model_dir": "x"})
+
+
+def test_an_index_that_does_not_fit_the_user_tower_is_refused_at_load(e2e_paths):
+    from recstack.ensembles.steps import QueryIndex
+
+    with pytest.raises(InputError, match=r"index: dimension 64 does not match the user tower's 32"):
+        QueryIndex(str(e2e_paths.index), str(e2e_paths.features / "popularity.parquet"), dimension=32)

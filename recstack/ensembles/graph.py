@@ -159,7 +159,7 @@ def QueryIndex(paths: RunPaths, top_k: int = 100) -> ServingOp:  # noqa: N802
     """FAISS top-K candidates, seen items excluded; popular items for cold-start users."""
     dim = int(read_json(paths.models / "two_tower" / "config.json")["embedding_dim"])
     return ServingOp(
-        "retrieve", f"{STEPS}:QueryIndex", {"top_k": int(top_k)},
+        "retrieve", f"{STEPS}:QueryIndex", {"top_k": int(top_k), "dimension": dim},
         [TensorSpec("user_embedding", np.float32, (dim,)), SEEN, KNOWN],
         [TensorSpec("candidate_ids", np.int64, (top_k,)), TensorSpec("retrieval_scores", np.float32, (top_k,))],
         artifacts={"index_dir": Artifact(paths.index),

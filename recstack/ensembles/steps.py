@@ -168,12 +168,16 @@ class QueryIndex:
     popularity share for cold users; -inf for padding).
     """
 
-    def __init__(self, index_dir: str, popularity_path: str, top_k: int = 100):
+    def __init__(self, index_dir: str, popularity_path: str, top_k: int = 100, dimension: int | None = None):
         from recstack.retrieval import ItemIndex
 
         if top_k <= 0:
             raise InputError(f"top_k: must be > 0, got {top_k}")
-        self.index = ItemIndex.load(index_dir)
+        # one FAISS thread per model instance: OpenMP threads fighting over the cores made a
+        # 64-query batch 10x slower on a 2-core machine; scale with instances instead
+        self.index = ItemIndex.load(index_dir, threads=1)
+        if dimension is not None:
+            self.index.require_dimension(dimension, "the user tower")
         self.top_k = int(top_k)
         popularity = pd.read_parquet(popularity_path)
         self.popular_ids = popularity["item_id"].to_numpy(np.int64)
