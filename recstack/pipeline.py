@@ -89,15 +89,17 @@ STAGES: list[tuple[str, Callable[[RunPaths, argparse.Namespace], str]]] = [
 ]
 
 
-def run_stages(paths: RunPaths, args: argparse.Namespace) -> dict[str, float]:
-    """Run every stage in order, printing a header and wall time for each; returns {stage: seconds}."""
+def run_stages(paths: RunPaths, args: argparse.Namespace,
+               stages: list[tuple[str, Callable[[RunPaths, argparse.Namespace], str]]] = STAGES) -> dict[str, float]:
+    """Run ``stages`` (default: every stage) in order, printing a header and wall time for each;
+    returns {stage: seconds}."""
     times: dict[str, float] = {}
-    for number, (name, stage) in enumerate(STAGES, start=1):
-        print(f"\n[{number}/{len(STAGES)}] {name}", flush=True)
+    for number, (name, stage) in enumerate(stages, start=1):
+        print(f"\n[{number}/{len(stages)}] {name}", flush=True)
         start = time.perf_counter()
         detail = stage(paths, args)
         times[name] = round(time.perf_counter() - start, 2)
-        print(f"[{number}/{len(STAGES)}] {name}: {detail} ({times[name]:.1f}s)", flush=True)
+        print(f"[{number}/{len(stages)}] {name}: {detail} ({times[name]:.1f}s)", flush=True)
     return times
 
 

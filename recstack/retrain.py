@@ -32,7 +32,7 @@ def retrain(paths: RunPaths, args: argparse.Namespace) -> dict[str, Any]:
     top_k, progress) plus ``event_log`` (URL or None) and ``force`` (retrain with no new events).
     """
     from recstack.events import OfflineWriter, events_dir, fold_events, open_event_log, rewind_consumer
-    from recstack.pipeline import STAGES
+    from recstack.pipeline import STAGES, run_stages
 
     if not (paths.data / "dataset.json").is_file():
         raise InputError(f"--dataset: {paths.data} does not exist (run `recstack run` first)")
@@ -47,13 +47,7 @@ def retrain(paths: RunPaths, args: argparse.Namespace) -> dict[str, Any]:
         if not fold["rows"] and not getattr(args, "force", False):
             print("[retrain] no new events since the last retrain: nothing to do (--force retrains anyway)")
             return {"fold": fold, "wall_s": times}
-        stages = [(name, stage) for name, stage in STAGES if name != "data"]
-        for number, (name, stage) in enumerate(stages, start=1):
-            print(f"\n[{number}/{len(stages)}] {name}", flush=True)
-            start = time.perf_counter()
-            detail = stage(paths, args)
-            times[name] = round(time.perf_counter() - start, 2)
-            print(f"[{number}/{len(stages)}] {name}: {detail} ({times[name]:.1f}s)", flush=True)
+        times.update(run_stages(paths, args, [(name, stage) for name, stage in STAGES if name != "data"]))
         rewind_consumer(event_log, ONLINE_CONSUMER, fold["folded_through"], events_dir(paths))
     summary = {"dataset": paths.root.name, "fold": fold, "wall_s": times}
     write_json(paths.root / "retrain.json", summary)

@@ -22,7 +22,6 @@ The report goes to ``runs/<ds>/reports/evaluation_<split>.json`` and ``.png`` (b
 
 from __future__ import annotations
 
-import os
 import time
 from pathlib import Path
 from typing import Any
@@ -32,7 +31,7 @@ import torch
 from tqdm.auto import tqdm
 
 from recstack.errors import InputError
-from recstack.io import write_json
+from recstack.io import save_figure, write_json
 from recstack.models.data import load_training_data
 from recstack.models.device import resolve_device
 from recstack.models.export import load_dlrm, load_two_tower
@@ -151,10 +150,7 @@ def _plot(report: dict[str, Any], path: Path) -> None:
     ax.set_title(f"{report['dataset']} {report['split']}: full-catalogue leave-one-out ({report['users']} users)")
     ax.legend()
     fig.tight_layout()
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}.png")
-    fig.savefig(tmp, dpi=100)
-    plt.close(fig)
-    os.replace(tmp, path)
+    save_figure(fig, path)
 
 
 def format_table(report: dict[str, Any]) -> str:

@@ -25,6 +25,7 @@ from tqdm.auto import tqdm
 
 from recstack.errors import InputError
 from recstack.ids import FIRST_CODE
+from recstack.io import save_figure
 from recstack.paths import RunPaths
 from recstack.retrieval.index import ItemIndex
 from recstack.retrieval.kinds import KINDS
@@ -244,8 +245,5 @@ def plot(rows: list[dict[str, Any]], path: Path, k: int, title: str) -> Path:
     axes[1].legend(fontsize=7, loc="lower right")
     fig.suptitle(title)
     fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    save_figure(fig, Path(path), dpi=120)
+    return Path(path)

@@ -30,7 +30,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import math
-import os
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -42,7 +41,7 @@ import pandas as pd
 from recstack.cliutil import add_dataset_argument
 from recstack.ensembles.graph import ENSEMBLE_NAME
 from recstack.errors import InputError
-from recstack.io import write_json
+from recstack.io import save_figure, write_json
 from recstack.paths import RunPaths
 from recstack.serving.loadgen import (
     LevelResult, check_target, parse_range, parse_statistics, run_closed_loop, run_open_loop, stats_delta, summarize,
@@ -297,10 +296,7 @@ def _plot(report: BenchReport, path: Path) -> None:
     ax.grid(alpha=0.3)
     ax.legend()
     fig.tight_layout()
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}.png")
-    fig.savefig(tmp, dpi=100)
-    plt.close(fig)
-    os.replace(tmp, path)
+    save_figure(fig, path)
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
