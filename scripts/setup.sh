@@ -24,7 +24,9 @@ import sys
 raise SystemExit(0 if sys.version_info[:2] == (3, 11) else 1)
 PY
 # tritonserver's python backend stub links the system libpython3.11.
-if ! ldconfig -p 2>/dev/null | grep -q 'libpython3\.11\.so\.1\.0'; then
+# (grep without -q reads all of ldconfig's output: with -q it exits at the first match, ldconfig
+# gets SIGPIPE, and `set -o pipefail` turns the found library into a failure now and then)
+if ! ldconfig -p 2>/dev/null | grep 'libpython3\.11\.so\.1\.0' >/dev/null; then
   fail "system library libpython3.11.so.1.0 is missing (needed by tritonserver's python backend): apt-get install libpython3.11"
 fi
 
