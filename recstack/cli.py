@@ -30,6 +30,7 @@ STAGE_CLIS = (
     "recstack.serving.bench",
     "recstack.serving.gateway.cli",
     "recstack.serving.versions",
+    "recstack.serving.items",
     "recstack.pipeline",
     "recstack.retrain",
 )

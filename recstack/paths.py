@@ -9,6 +9,8 @@ One pipeline run for one dataset lives under ``runs/<dataset>/``::
     models/        two_tower/ and dlrm/: state dict + config.json + ONNX exports          (recstack.models)
     index/         items.faiss + index.json                                              (recstack.retrieval)
     reports/       evaluation tables (JSON) and PNG plots                                (recstack.evaluation)
+    items/         live.db: items added after training (raw features)                    (recstack.features.live_items)
+    events/        log.db: the event log (SQLite backend) and consumer locks              (recstack.events)
 
 The Triton model repository goes to ``triton_repo/<dataset>/`` (recstack.ensembles).
 """

@@ -40,7 +40,10 @@ def retrain(paths: RunPaths, args: argparse.Namespace) -> dict[str, Any]:
     with open_event_log(paths, getattr(args, "event_log", None)) as event_log:
         start = time.perf_counter()
         OfflineWriter(event_log, events_dir(paths)).drain()
-        fold = fold_events(paths.data, events_dir(paths), progress=args.progress)
+        from recstack.features.live_items import live_items_path
+
+        fold = fold_events(paths.data, events_dir(paths), progress=args.progress,
+                           live_items=live_items_path(paths))
         times["fold events"] = round(time.perf_counter() - start, 2)
         print(f"[retrain] folded {fold['rows']} events (through log offset {fold['folded_through']}; "
               f"{fold['new_users']} new users, {fold['new_items']} new items) into {paths.data}", flush=True)

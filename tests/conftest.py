@@ -122,16 +122,15 @@ def store(request, e2e_paths) -> Store:
     return request.getfixturevalue("redis_store")
 
 
-@pytest.fixture(scope="session")
-def gateway_url(e2e_paths, e2e_server):
-    """`recstack gateway`'s app under uvicorn on a free loopback port, in a thread of this process."""
+def run_gateway(config):
+    """Serve a gateway app under uvicorn on a free loopback port in a thread; yields its URL."""
     import uvicorn
 
-    from recstack.serving.gateway import GatewayConfig, create_app
+    from recstack.serving.gateway import create_app
     from recstack.serving.tritonserver import free_port
 
     port = free_port()
-    app = create_app(GatewayConfig(e2e_paths, e2e_server.grpc_url, api_key=None))
+    app = create_app(config)
     server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
@@ -142,6 +141,19 @@ def gateway_url(e2e_paths, e2e_server):
     yield f"http://127.0.0.1:{port}"
     server.should_exit = True
     thread.join(timeout=30)
+
+
+@pytest.fixture(scope="session")
+def gateway_url(e2e_paths, e2e_server, tmp_path_factory):
+    """`recstack gateway`'s app in a thread of this process, in front of ``e2e_server``.
+
+    Items it is given (the fuzzer adds some) go to a registry of their own, which ``e2e_server``
+    does not read: the shared server's lists stay free of exploration slots.
+    """
+    from recstack.serving.gateway import GatewayConfig
+
+    registry = tmp_path_factory.mktemp("gateway_items") / "live.db"
+    yield from run_gateway(GatewayConfig(e2e_paths, e2e_server.grpc_url, api_key=None, live_items=registry))
 
 
 @pytest.fixture()

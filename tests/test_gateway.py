@@ -133,3 +133,17 @@ def test_write_endpoints_need_the_api_key_when_one_is_set(e2e_paths, e2e_server)
         assert client.post("/v1/events", json=event, headers={"X-API-Key": "wrong"}).status_code == 401
         assert client.post("/v1/events", json=event, headers={"X-API-Key": "s3cret"}).status_code == 200
         assert client.get("/v1/users/1/recommendations").status_code == 200  # reads stay open
+
+
+def test_dashboard_snapshot_under_load(gateway_url, e2e_server, cli_env, tmp_path, capsys):
+    from recstack.cli import main
+
+    assert main(["bench", "dashboard", "--dataset", "ml-100k", "--gateway-url", gateway_url,
+                 "--triton-metrics-url", e2e_server.metrics_url, "--seconds", "4", "--interval", "0.5",
+                 "--rate", "20", "--events-per-second", "50", "--out", str(tmp_path), "--no-progress"]) == 0
+    out = capsys.readouterr().out
+    stats = dict(kv.split("=") for kv in out.splitlines()[-2].split())
+    assert float(stats["recommendations_per_s"]) > 5 and float(stats["errors"]) == 0
+    assert float(stats["events_accepted"]) >= 150 and int(stats["sent_errors"]) == 0
+    assert 0 < float(stats["p50_ms"]) <= float(stats["p95_ms"])
+    assert (tmp_path / "bench_dashboard.png").stat().st_size > 20_000

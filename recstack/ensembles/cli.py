@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import time
 
-from recstack.ensembles.graph import MAX_QUEUE_DELAY_US
+from recstack.ensembles.graph import EXPLORATION_SHARE, EXPLORATION_WINDOW_S, MAX_QUEUE_DELAY_US
 from recstack.paths import RunPaths
 
 
@@ -25,6 +25,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--instances", type=int, default=1, help="CPU instances of each python model (default 1)")
     parser.add_argument("--max-queue-delay-us", type=int, default=MAX_QUEUE_DELAY_US,
                         help=f"dynamic batching window in microseconds (default {MAX_QUEUE_DELAY_US}; -1: off)")
+    parser.add_argument("--exploration-share", type=float, default=EXPLORATION_SHARE,
+                        help="share of each list given to items added after training, so they collect "
+                             f"feedback (0..1, default {EXPLORATION_SHARE}; 0: off)")
+    parser.add_argument("--exploration-window-hours", type=float, default=EXPLORATION_WINDOW_S / 3600,
+                        help="how long an added item stays in the exploration pool "
+                             f"(default {EXPLORATION_WINDOW_S / 3600:.0f})")
     parser.add_argument("--no-deploy", action="store_true",
                         help="add the new version but keep serving the live one (`recstack models deploy` switches)")
     parser.set_defaults(handler=run_export)
@@ -37,7 +43,8 @@ def run_export(args: argparse.Namespace) -> int:
 
     paths = RunPaths.for_dataset(args.dataset)
     start = time.perf_counter()
-    graph = recommendation_graph(paths, top_k=args.top_k)
+    graph = recommendation_graph(paths, top_k=args.top_k, exploration_share=args.exploration_share,
+                                 exploration_window_s=args.exploration_window_hours * 3600)
     delay = None if args.max_queue_delay_us < 0 else args.max_queue_delay_us
     repo = export_ensemble(graph, paths.triton_repo, fuse=not args.per_step, instances=args.instances,
                            max_queue_delay_us=delay, manifest=run_manifest(paths), deploy=not args.no_deploy)

@@ -1,7 +1,7 @@
 """Serving ops chained with ``>>`` (Merlin Systems style) and exported as a Triton ensemble.
 
     graph = (QueryUserFeatures(paths) >> EmbedUser(paths) >> QueryIndex(paths, top_k=100)
-             >> QueryItemFeatures(paths) >> Rank(paths) >> FilterTopN())
+             >> QueryItemFeatures(paths) >> Rank(paths) >> FilterTopN(paths))
     export_ensemble(graph, paths.triton_repo)
 
 Each op is one Triton python model running one step class of
@@ -11,8 +11,12 @@ feature store is a deployment setting (``RECSTACK_FEATURE_REPO``, set by ``recst
 so the repository can be copied to a serving host. Tensors are wired by name: an op's input is the
 output of the latest earlier op with that name, or an ensemble input
 (``user_id`` int64 [1], ``top_n`` int32 [1]). The ensemble's outputs are
-``item_ids`` int64 [-1] and ``scores`` float32 [-1] (raw item ids, best first) and
-``cold_start`` int32 [1] (1 when the user had no history and got popular items).
+``item_ids`` int64 [-1] and ``scores`` float32 [-1] (raw item ids, best first; NaN score for an
+exploration slot), ``cold_start`` int32 [1] (1 when the user had no history and got popular
+items), ``explored`` int32 [-1] (1 where a new item was placed to collect feedback) and
+``model_version`` int64 [1]. Items added after training (the live-item registry,
+``RECSTACK_LIVE_ITEMS``) are picked up by the retrieval, item-feature and filter steps while
+they serve.
 """
 
 from __future__ import annotations
@@ -36,7 +40,8 @@ from recstack.ensembles.python_model import VERSION_OUTPUT
 ENSEMBLE_NAME = "recommend"
 ENSEMBLE_INPUTS = [TensorSpec("user_id", np.int64, (1,)), TensorSpec("top_n", np.int32, (1,))]
 ENSEMBLE_OUTPUTS = [TensorSpec("item_ids", np.int64, (-1,)), TensorSpec("scores", np.float32, (-1,)),
-                    TensorSpec("cold_start", np.int32, (1,)), TensorSpec(VERSION_OUTPUT, np.int64, (1,))]
+                    TensorSpec("cold_start", np.int32, (1,)), TensorSpec("explored", np.int32, (-1,)),
+                    TensorSpec(VERSION_OUTPUT, np.int64, (1,))]
 MAX_BATCH_SIZE = 64
 STEPS = "recstack.ensembles.steps"
 CHAIN_STEP = "recstack.ensembles.chain:ChainStep"
@@ -47,7 +52,12 @@ MAX_QUEUE_DELAY_US = 200
 """Default dynamic-batching window: requests arriving within it share one step execution."""
 FEATURE_REPO_ENV = "RECSTACK_FEATURE_REPO"
 """Environment variable naming the Feast repository (online store) the served steps read."""
-SETTING_ENV = {"feature_repo": FEATURE_REPO_ENV}
+LIVE_ITEMS_ENV = "RECSTACK_LIVE_ITEMS"
+"""Environment variable naming the live-item registry (items added after training) the steps poll."""
+SETTING_ENV = {"feature_repo": FEATURE_REPO_ENV, "live_items": LIVE_ITEMS_ENV}
+EXPLORATION_SHARE = 0.1
+"""Default share of each list given to items added in the exploration window."""
+EXPLORATION_WINDOW_S = 7 * 86400.0
 
 
 @dataclass
@@ -155,26 +165,38 @@ def EmbedUser(paths: RunPaths) -> ServingOp:  # noqa: N802
                      artifacts={"model_dir": _model_files(paths, "two_tower", "user_tower.onnx")})
 
 
+def _live_items(paths: RunPaths) -> dict[str, str]:
+    from recstack.features.live_items import live_items_path
+
+    return {"live_items": str(live_items_path(paths))}
+
+
 def QueryIndex(paths: RunPaths, top_k: int = 100) -> ServingOp:  # noqa: N802
-    """FAISS top-K candidates, seen items excluded; popular items for cold-start users."""
+    """FAISS top-K candidates, seen items excluded; popular items for cold-start users; live items
+    embedded by the item tower and added to the index as they are registered."""
     dim = int(read_json(paths.models / "two_tower" / "config.json")["embedding_dim"])
     return ServingOp(
         "retrieve", f"{STEPS}:QueryIndex", {"top_k": int(top_k), "dimension": dim},
         [TensorSpec("user_embedding", np.float32, (dim,)), SEEN, KNOWN],
         [TensorSpec("candidate_ids", np.int64, (top_k,)), TensorSpec("retrieval_scores", np.float32, (top_k,))],
         artifacts={"index_dir": Artifact(paths.index),
-                   "popularity_path": Artifact(paths.features / "popularity.parquet")})
+                   "popularity_path": Artifact(paths.features / "popularity.parquet"),
+                   "model_dir": _model_files(paths, "two_tower", "item_tower.onnx"),
+                   "workflow_dir": Artifact(paths.workflow)},
+        settings=_live_items(paths))
 
 
 def QueryItemFeatures(paths: RunPaths, top_k: int = 100) -> ServingOp:  # noqa: N802
-    """Item features of the candidates, from the exported item feature table held in memory."""
+    """Item features of the candidates, from the exported item feature table held in memory
+    (extended with live items as they are registered)."""
     layout = _layout(paths, "dlrm")
     return ServingOp(
         "query_item_features", f"{STEPS}:QueryItemFeatures", {},
         [TensorSpec("candidate_ids", np.int64, (top_k,))],
         _item_block_specs(layout, top_k) + [TensorSpec("candidate_keys", np.int64, (top_k,))],
         artifacts={"features_dir": Artifact(paths.features, ("item_features.parquet",)),
-                   "model_dir": _model_files(paths, "dlrm")})
+                   "model_dir": _model_files(paths, "dlrm"), "workflow_dir": Artifact(paths.workflow)},
+        settings=_live_items(paths))
 
 
 def Rank(paths: RunPaths, top_k: int = 100) -> ServingOp:  # noqa: N802
@@ -187,23 +209,37 @@ def Rank(paths: RunPaths, top_k: int = 100) -> ServingOp:  # noqa: N802
                      artifacts={"model_dir": _model_files(paths, "dlrm", "dlrm.onnx")})
 
 
-def FilterTopN(top_k: int = 100, max_top_n: int = 100) -> ServingOp:  # noqa: N802
-    """Seen/padding filter, sort by ranker score (popularity for cold users), top N."""
+def FilterTopN(paths: RunPaths, top_k: int = 100, max_top_n: int = 100,  # noqa: N802
+               exploration_share: float = EXPLORATION_SHARE,
+               exploration_window_s: float = EXPLORATION_WINDOW_S) -> ServingOp:
+    """Seen/padding filter, sort by ranker score (popularity for cold users), top N, with
+    ``exploration_share`` of the slots for items added in the last ``exploration_window_s``."""
+    if not 0.0 <= exploration_share <= 1.0:
+        raise InputError(f"exploration_share: must be between 0 and 1, got {exploration_share}")
+    if exploration_window_s <= 0:
+        raise InputError(f"exploration_window_s: must be > 0, got {exploration_window_s}")
     k = (top_k,)
     return ServingOp(
-        "filter_top_n", f"{STEPS}:FilterTopN", {"max_top_n": int(max_top_n)},
+        "filter_top_n", f"{STEPS}:FilterTopN",
+        {"max_top_n": int(max_top_n), "exploration_share": float(exploration_share),
+         "exploration_window_s": float(exploration_window_s)},
         [TensorSpec("candidate_keys", np.int64, k), TensorSpec("candidate_ids", np.int64, k),
          TensorSpec("rank_scores", np.float32, k), TensorSpec("retrieval_scores", np.float32, k),
          SEEN, KNOWN, ENSEMBLE_INPUTS[1]],
-        ENSEMBLE_OUTPUTS)
+        ENSEMBLE_OUTPUTS,
+        artifacts={"workflow_dir": Artifact(paths.workflow), "model_dir": _model_files(paths, "dlrm")},
+        settings=_live_items(paths))
 
 
-def recommendation_graph(paths: RunPaths, top_k: int = 100) -> ServingGraph:
+def recommendation_graph(paths: RunPaths, top_k: int = 100, exploration_share: float = EXPLORATION_SHARE,
+                         exploration_window_s: float = EXPLORATION_WINDOW_S) -> ServingGraph:
     """The full retrieval + ranking chain of DESIGN.md for one run."""
     if top_k <= 0:
         raise InputError(f"top_k: must be > 0, got {top_k}")
     return (QueryUserFeatures(paths) >> EmbedUser(paths) >> QueryIndex(paths, top_k)
-            >> QueryItemFeatures(paths, top_k) >> Rank(paths, top_k) >> FilterTopN(top_k))
+            >> QueryItemFeatures(paths, top_k) >> Rank(paths, top_k)
+            >> FilterTopN(paths, top_k, exploration_share=exploration_share,
+                          exploration_window_s=exploration_window_s))
 
 
 def export_ensemble(graph: ServingGraph, repo_dir: Path, name: str = ENSEMBLE_NAME,

@@ -30,7 +30,7 @@ import numpy as np
 import pandas as pd
 
 from recstack.errors import InputError
-from recstack.ids import PAD
+from recstack.ids import OOV, PAD
 from recstack.io import read_json
 from recstack.models.layout import FeatureLayout, pad_lists
 
@@ -76,7 +76,8 @@ class QueryUserFeatures:
     ``user_lists`` int64 [B, Lu] (if the layout has user lists), ``user_cont`` float32
     [B, Du] (if any), ``history`` int64 [B, L] (encoded, oldest -> newest, 0 = pad),
     ``seen_items`` int64 [B, S] (every encoded item seen, 0-padded), ``user_known`` int32
-    [B, 1] (1 if the online store has a history for the user).
+    [B, 1] (1 if the online store has a history for the user). Live items in the history
+    (codes beyond the trained vocabulary) enter ``history`` as the out-of-vocabulary code.
 
     The raw id is encoded with the saved Workflow (the same object the training data went
     through); side features come already encoded from the store. A user without stored
@@ -90,6 +91,7 @@ class QueryUserFeatures:
         self.online = OnlineFeatures(feature_repo)
         self.workflow = Workflow.load(workflow_dir)
         self.layout, _ = _model_layout(Path(model_dir))
+        self.item_codes = int(self.layout.item.id_column.cardinality)
         side = self.layout.user
         self.id_column = side.id_column.name
         self.other_cat = [c.name for c in side.cat[1:]]
@@ -132,7 +134,10 @@ class QueryUserFeatures:
             out["user_lists"] = np.concatenate(blocks, axis=1)
         if self.cont_columns:
             out["user_cont"] = np.stack([column(name, np.float32) for name in self.cont_columns], axis=1)
-        out["history"] = pad_lists(recent, self.layout.history_length, keep="last")
+        history = pad_lists(recent, self.layout.history_length, keep="last")
+        # live items (added after training) have codes beyond the towers' embedding tables: the
+        # models read them as out-of-vocabulary; seen_items keeps their codes for the filters
+        out["history"] = np.where(history >= self.item_codes, OOV, history)
         width = max([1] + [len(s) for s in seen])
         out["seen_items"] = pad_lists(seen, width, keep="first")
         known = np.array([len(r) > 0 for r in recent]) & np.asarray(has_history, dtype=bool)
@@ -166,9 +171,15 @@ class QueryIndex:
     ``user_known`` int32 [B, 1]. Outputs: ``candidate_ids`` int64 [B, K] (encoded item ids,
     0 where fewer than K exist), ``retrieval_scores`` float32 [B, K] (inner products, or
     popularity share for cold users; -inf for padding).
+
+    With ``live_items`` (the registry, :mod:`recstack.features.live_items`), ``model_dir`` (the
+    two-tower folder with ``item_tower.onnx``) and ``workflow_dir``, items added after training
+    are embedded by the item tower and added to the index without a rebuild, at most
+    ``LIVE_POLL_S`` after they were registered.
     """
 
-    def __init__(self, index_dir: str, popularity_path: str, top_k: int = 100, dimension: int | None = None):
+    def __init__(self, index_dir: str, popularity_path: str, top_k: int = 100, dimension: int | None = None,
+                 model_dir: str | None = None, workflow_dir: str | None = None, live_items: str | None = None):
         from recstack.retrieval import ItemIndex
 
         if top_k <= 0:
@@ -183,6 +194,19 @@ class QueryIndex:
         self.popular_ids = popularity["item_id"].to_numpy(np.int64)
         counts = popularity["count"].to_numpy(np.float64)
         self.popular_scores = (counts / max(counts.sum(), 1.0)).astype(np.float32)
+        self.live = None
+        if live_items:
+            from recstack.ensembles.live import ItemTower, LiveItemFeed
+
+            if model_dir is None or workflow_dir is None:
+                raise InputError("live_items: needs model_dir (item tower) and workflow_dir")
+            self.live, self.tower = LiveItemFeed(live_items, workflow_dir, model_dir), ItemTower(model_dir)
+            self._add_live(force=True)
+
+    def _add_live(self, force: bool = False) -> None:
+        batch = self.live.poll(force)
+        if batch is not None:
+            self.index.add(self.tower.embed(batch.blocks), batch.codes)
 
     def _popular(self, seen: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         keep = ~np.isin(self.popular_ids, seen[seen != PAD])
@@ -194,6 +218,8 @@ class QueryIndex:
         return out_ids, out_scores
 
     def execute(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        if self.live is not None:
+            self._add_live()
         queries = _require(inputs, "user_embedding", np.float32, 2)
         seen = _require(inputs, "seen_items", np.int64, 2)
         known = _require(inputs, "user_known", np.int32, 2)[:, 0].astype(bool)
@@ -222,10 +248,13 @@ class QueryItemFeatures:
     Item features are static for a model version: the feature table the workflow wrote
     (``item_features.parquet``, exported with the model) is loaded once into arrays indexed
     by encoded item id, so a batch is one gather. Encoded ids outside the table (padding,
-    out-of-vocabulary) get the padding row: code 0 / 0.0 and raw key -1.
+    out-of-vocabulary) get the padding row: code 0 / 0.0 and raw key -1. With ``live_items``
+    and ``workflow_dir``, items added after training get rows too (their id feature is the
+    out-of-vocabulary code: the models have no embedding for them yet).
     """
 
-    def __init__(self, features_dir: str, model_dir: str):
+    def __init__(self, features_dir: str, model_dir: str, workflow_dir: str | None = None,
+                 live_items: str | None = None):
         self.layout, _ = _model_layout(Path(model_dir))
         side = self.layout.item
         table = pd.read_parquet(Path(features_dir) / "item_features.parquet")
@@ -246,8 +275,41 @@ class QueryItemFeatures:
                                               for c in side.lists], axis=1), np.int64) if side.lists else None)
         self.cont = (scatter(np.stack([table[c].to_numpy(np.float32) for c in side.cont], axis=1), np.float32)
                      if side.cont else None)
+        self.live = None
+        if live_items:
+            from recstack.ensembles.live import LiveItemFeed
+
+            if workflow_dir is None:
+                raise InputError("live_items: needs workflow_dir")
+            self.live = LiveItemFeed(live_items, workflow_dir, model_dir)
+            self._add_live(force=True)
+
+    def _add_live(self, force: bool = False) -> None:
+        batch = self.live.poll(force)
+        if batch is None:
+            return
+        rows = max(self.pad_row + 1, int(batch.codes.max()) + 2)
+
+        def grown(array: np.ndarray, fill: Any) -> np.ndarray:
+            out = np.full((rows,) + array.shape[1:], fill, dtype=array.dtype)
+            out[: self.pad_row] = array[: self.pad_row]
+            return out
+
+        self.keys = grown(self.keys, -1)
+        self.keys[batch.codes] = batch.keys
+        self.cat = grown(self.cat, 0)
+        self.cat[batch.codes] = batch.blocks["item_cat"]
+        if self.lists is not None:
+            self.lists = grown(self.lists, 0)
+            self.lists[batch.codes] = batch.blocks["item_lists"]
+        if self.cont is not None:
+            self.cont = grown(self.cont, 0.0)
+            self.cont[batch.codes] = batch.blocks["item_cont"]
+        self.pad_row = rows - 1
 
     def execute(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        if self.live is not None:
+            self._add_live()
         candidates = _require(inputs, "candidate_ids", np.int64, 2)
         rows = np.where((candidates >= 0) & (candidates < self.pad_row), candidates, self.pad_row)
         out = {"item_cat": self.cat[rows]}
@@ -293,17 +355,79 @@ class Rank:
 
 
 class FilterTopN:
-    """Drop padding and seen items, order by ranker score (popularity for cold users), keep the top N.
+    """Drop padding and seen items, order by ranker score (popularity for cold users), keep the top N;
+    give a share of the slots to new items (exploration).
 
     Inputs: ``candidate_keys`` int64 [B, K] (raw ids, -1 = none), ``candidate_ids`` int64
     [B, K] (encoded), ``rank_scores`` and ``retrieval_scores`` float32 [B, K], ``seen_items``
     int64 [B, S], ``user_known`` int32 [B, 1], ``top_n`` int32 [B, 1] (1..max_top_n).
-    Outputs: ``item_ids`` int64 [B, N] (raw ids, -1 past the end), ``scores`` float32 [B, N],
-    ``cold_start`` int32 [B, 1] (1 when the user had no history: popular items were served).
+    Outputs: ``item_ids`` int64 [B, N] (raw ids, -1 past the end), ``scores`` float32 [B, N]
+    (NaN for an exploration slot: it was not ranked), ``cold_start`` int32 [B, 1] (1 when the
+    user had no history: popular items were served), ``explored`` int32 [B, N] (1 for an
+    exploration slot).
+
+    Exploration: with the live-item registry (``live_items``, ``workflow_dir``, ``model_dir``),
+    items added in the last ``exploration_window_s`` seconds form a pool; each request gets
+    ``exploration_share * top_n`` slots (the fraction rounded at random, so the share holds on
+    average), filled with pool items the user has not seen and the list does not hold, drawn at
+    random. They take the list's last slots, so the ranked head is never displaced; a list shorter
+    than ``top_n`` is filled first.
     """
 
-    def __init__(self, max_top_n: int = 100):
+    def __init__(self, max_top_n: int = 100, exploration_share: float = 0.0,
+                 exploration_window_s: float = 7 * 86400.0, workflow_dir: str | None = None,
+                 model_dir: str | None = None, live_items: str | None = None, seed: int | None = None):
         self.max_top_n = int(max_top_n)
+        if not 0.0 <= float(exploration_share) <= 1.0:
+            raise InputError(f"exploration_share: must be between 0 and 1, got {exploration_share}")
+        self.exploration_share = float(exploration_share)
+        self.exploration_window_s = float(exploration_window_s)
+        self.rng = np.random.default_rng(seed)
+        self.live = None
+        self.pool_codes = np.zeros(0, np.int64)
+        self.pool_keys = np.zeros(0, np.int64)
+        self.pool_added = np.zeros(0, np.float64)
+        if live_items and self.exploration_share > 0:
+            from recstack.ensembles.live import LiveItemFeed
+
+            if workflow_dir is None or model_dir is None:
+                raise InputError("live_items: needs workflow_dir and model_dir")
+            self.live = LiveItemFeed(live_items, workflow_dir, model_dir)
+
+    def _pool(self) -> tuple[np.ndarray, np.ndarray]:
+        """(codes, raw keys) of the items still inside the exploration window."""
+        import time
+
+        batch = self.live.poll()
+        if batch is not None:
+            self.pool_codes = np.concatenate([self.pool_codes, batch.codes])
+            self.pool_keys = np.concatenate([self.pool_keys, batch.keys])
+            self.pool_added = np.concatenate([self.pool_added, batch.added_at])
+        fresh = self.pool_added >= time.time() - self.exploration_window_s
+        return self.pool_codes[fresh], self.pool_keys[fresh]
+
+    def _explore(self, item_ids: np.ndarray, scores: np.ndarray, seen: np.ndarray,
+                 top_n: np.ndarray) -> np.ndarray:
+        """Put exploration picks into ``item_ids`` / ``scores`` (in place); returns ``explored``."""
+        explored = np.zeros(item_ids.shape, np.int32)
+        codes, keys = self._pool()
+        if not len(codes):
+            return explored
+        for row in range(len(item_ids)):
+            want = self.exploration_share * int(top_n[row])
+            slots = int(want) + int(self.rng.random() < want - int(want))
+            if not slots:
+                continue
+            allowed = ~np.isin(codes, seen[row]) & ~np.isin(keys, item_ids[row])
+            picks = keys[allowed]
+            if not len(picks):
+                continue
+            picks = self.rng.choice(picks, size=min(slots, len(picks)), replace=False)
+            filled = int((item_ids[row, : top_n[row]] >= 0).sum())
+            start = min(filled, int(top_n[row]) - len(picks))
+            at = np.arange(start, start + len(picks))
+            item_ids[row, at], scores[row, at], explored[row, at] = picks, np.nan, 1
+        return explored
 
     def execute(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         keys = _require(inputs, "candidate_keys", np.int64, 2)
@@ -324,8 +448,14 @@ class FilterTopN:
         masked = np.where(usable, score, -np.inf)
         order = np.argsort(-masked, axis=1, kind="stable")[:, :n]
         picked = np.take_along_axis(masked, order, axis=1)
+        if picked.shape[1] < n:  # fewer candidates than asked for: pad to N
+            pad = n - picked.shape[1]
+            order = np.pad(order, ((0, 0), (0, pad)))
+            picked = np.pad(picked, ((0, 0), (0, pad)), constant_values=-np.inf)
         keep = np.isfinite(picked) & (np.arange(n)[None, :] < top_n[:, None])
         item_ids = np.where(keep, np.take_along_axis(keys, order, axis=1), -1)
         scores = np.where(keep, picked, -np.inf).astype(np.float32)
+        explored = (self._explore(item_ids, scores, seen, top_n) if self.live is not None
+                    else np.zeros(item_ids.shape, np.int32))
         cold_start = (~known).astype(np.int32).reshape(batch, 1)
-        return {"item_ids": item_ids, "scores": scores, "cold_start": cold_start}
+        return {"item_ids": item_ids, "scores": scores, "cold_start": cold_start, "explored": explored}

@@ -121,23 +121,28 @@ class WorkflowItemEncoder:
     """Raw item ids -> encoded item ids with the run's saved Workflow (vectorised).
 
     Codes below ``FIRST_CODE`` (0 null, 1 out-of-vocabulary) mean "unknown item". ``extra`` maps
-    raw ids of items added after training (e.g. by the gateway) to their codes; it wins over the
-    Workflow. Encoded ids are cached (the Workflow is fixed for the object's life).
+    raw ids to codes and wins over the Workflow. ``live`` (the live-item registry) gives items
+    added after training their codes (:func:`recstack.features.live_code`), looked up when the
+    Workflow does not know an id. Encoded ids are cached (the Workflow is fixed for the object's
+    life); an unknown id is asked again next time, since it may be added meanwhile.
     """
 
-    def __init__(self, workflow: Any, extra: Mapping[int, int] | None = None):
+    def __init__(self, workflow: Any, extra: Mapping[int, int] | None = None, live: Any = None):
         from recstack.workflows import Tags
 
         self.workflow = workflow
         self.column = workflow.output_schema.select_by_tag(Tags.ITEM_ID).names[0]
+        self.base = int(workflow.output_schema[self.column].cardinality)
         self.extra: dict[int, int] = dict(extra or {})
+        self.live = live
         self._cache: dict[int, int] = {}
 
     @classmethod
-    def load(cls, workflow_dir: Path | str) -> "WorkflowItemEncoder":
+    def load(cls, workflow_dir: Path | str, live_items: Path | str | None = None) -> "WorkflowItemEncoder":
+        from recstack.features.live_items import LiveItems
         from recstack.workflows import Workflow
 
-        return cls(Workflow.load(workflow_dir))
+        return cls(Workflow.load(workflow_dir), live=LiveItems(live_items) if live_items else None)
 
     def __call__(self, raw_ids: Iterable[int] | np.ndarray) -> np.ndarray:
         raw = np.asarray(raw_ids, dtype=np.int64).tolist()
@@ -145,6 +150,13 @@ class WorkflowItemEncoder:
         if missing:
             codes = self.workflow.transform(pd.DataFrame({self.column: np.asarray(missing, dtype=np.int64)}))
             self._cache.update(zip(missing, codes[self.column].to_numpy(dtype=np.int64).tolist()))
+        if self.live is not None:
+            from recstack.features.live_items import live_code
+
+            unknown = {r for r in raw if r not in self.extra and self._cache.get(r, 0) < FIRST_CODE}
+            if unknown:
+                self.extra.update({r: live_code(item.seq, self.base)
+                                   for r, item in self.live.lookup(unknown).items()})
         return np.fromiter((self.extra.get(r, self._cache.get(r, 0)) for r in raw), dtype=np.int64, count=len(raw))
 
 
@@ -174,13 +186,18 @@ class OnlineUpdater(Consumer):
         self.counters.update(applied=0, skipped_unknown=0, skipped_applied=0, skipped_type=0)
 
     @classmethod
-    def for_run(cls, log: EventLog, paths: RunPaths, **kwargs: Any) -> "OnlineUpdater":
-        """The updater of a finished run: its Workflow, Feast repo and history length."""
+    def for_run(cls, log: EventLog, paths: RunPaths, live_items: Path | str | None = None,
+                **kwargs: Any) -> "OnlineUpdater":
+        """The updater of a finished run: its Workflow, Feast repo, history length and live-item
+        registry (``live_items``, default the run's)."""
         if not (paths.feature_repo / "feature_store.yaml").is_file():
             raise InputError(f"--dataset: {paths.feature_repo} has no Feast repo (run the pipeline first)")
         history_length = int(read_json(paths.features / "features.json")["history_length"])
         kwargs.setdefault("lock_dir", events_dir(paths))
-        return cls(log, paths.feature_repo, WorkflowItemEncoder.load(paths.workflow), history_length, **kwargs)
+        from recstack.features.live_items import live_items_path
+
+        encoder = WorkflowItemEncoder.load(paths.workflow, live_items or live_items_path(paths))
+        return cls(log, paths.feature_repo, encoder, history_length, **kwargs)
 
     def _repo_identity(self) -> tuple[int, int] | None:
         try:

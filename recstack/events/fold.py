@@ -7,7 +7,9 @@ file order the split uses to break timestamp ties), then the folder is re-split 
 atomically by :func:`recstack.data.prepare.write_dataset`.
 
 New users get a ``users`` row and new items an ``items`` row (the contract needs every id there):
-numeric side columns NaN, text None, list columns ``[]``, ``title`` "". ``dataset.json`` records
+numeric side columns NaN, text None, list columns ``[]``, ``title`` "". Items added after training
+(the live-item registry) get their registered title and side features instead, whether or not
+events name them, so the retrained models see their features. ``dataset.json`` records
 ``events.folded_through`` (the last folded log offset), so folding twice adds nothing twice.
 """
 
@@ -73,12 +75,37 @@ def blank_rows(table: pd.DataFrame, key: str, ids: np.ndarray) -> pd.DataFrame:
     return out
 
 
+def with_live_items(table: pd.DataFrame, live: Iterable[Any]) -> pd.DataFrame:
+    """``items`` plus a row per live item (:class:`recstack.features.LiveItem`) not in it, with the
+    item's title and the registered values of the table's columns (blank where not given)."""
+    have = set(table["item_id"].tolist())
+    by_id = {int(r.item_id): r for r in live if int(r.item_id) not in have}
+    if not by_id:
+        return table
+    out = blank_rows(table, "item_id", np.fromiter(by_id, dtype=np.int64))
+    tail = out.iloc[len(table):]
+    ids = tail["item_id"].tolist()
+    for name in table.columns:
+        if name == "item_id":
+            continue
+        given = [by_id[i].title if name == "title" else by_id[i].features.get(name) for i in ids]
+        if all(v is None for v in given):
+            continue
+        values = [old if v is None else v for v, old in zip(given, tail[name].tolist())]
+        if table[name].dtype == object:
+            out[name] = pd.Series(table[name].tolist() + values, index=out.index, dtype=object)
+        else:
+            out.loc[tail.index, name] = np.asarray(values, dtype=table[name].dtype)
+    return out
+
+
 def fold_events(data_dir: Path | str, events_dir: Path | str, *, types: Iterable[str] | None = None,
-                progress: bool = False) -> dict[str, Any]:
+                progress: bool = False, live_items: Path | str | None = None) -> dict[str, Any]:
     """Append the offline events not folded yet to ``data_dir``'s interactions and rewrite the folder.
 
     Returns ``{"events", "rows", "new_users", "new_items", "folded_through", "counts"}``; when there is
-    nothing new the folder is left as it is (``rows`` 0).
+    nothing new the folder is left as it is (``rows`` 0). ``live_items``: the live-item registry whose
+    items join ``items`` with their features.
     """
     from recstack.data.dataset import Dataset
     from recstack.data.prepare import write_dataset
@@ -97,7 +124,14 @@ def fold_events(data_dir: Path | str, events_dir: Path | str, *, types: Iterable
     frames = {name: pd.read_parquet(data_dir / f"{name}.parquet") for name in ("interactions", "users", "items")}
     rows = events_to_interactions(events, types)
     users = blank_rows(frames["users"], "user_id", rows["user_id"].to_numpy())
-    items = blank_rows(frames["items"], "item_id", rows["item_id"].to_numpy())
+    items = frames["items"]
+    if live_items is not None:
+        from recstack.features.live_items import LiveItems
+
+        registry = LiveItems(live_items)
+        items = with_live_items(items, registry.since(0))
+        registry.close()
+    items = blank_rows(items, "item_id", rows["item_id"].to_numpy())
     interactions = pd.concat([frames["interactions"], rows], ignore_index=True)
     last = int(events["offset"].iloc[-1])
     previous = meta.get("events", {})

@@ -13,6 +13,7 @@ import logging
 import threading
 import time
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 import pandas as pd
@@ -50,13 +51,14 @@ class EventService:
 
     @classmethod
     def for_run(cls, paths: RunPaths, url: str | None = None, online: bool = True, offline: bool = True,
-                **kwargs: Any) -> "EventService":
+                live_items: Path | str | None = None, **kwargs: Any) -> "EventService":
         """The run's log (``url`` / $RECSTACK_EVENT_LOG / SQLite default) with the online updater and
-        the offline writer (to ``runs/<ds>/events/``)."""
+        the offline writer (to ``runs/<ds>/events/``); ``live_items``: the live-item registry whose
+        items events may name (default: the run's)."""
         event_log = open_event_log(paths, url)
         consumers: list[Consumer] = []
         if online:
-            consumers.append(OnlineUpdater.for_run(event_log, paths))
+            consumers.append(OnlineUpdater.for_run(event_log, paths, live_items=live_items))
         if offline:
             consumers.append(OfflineWriter(event_log, events_dir(paths)))
         return cls(event_log, consumers, **kwargs)

@@ -4,6 +4,7 @@ Feast itself is imported lazily (building or opening a store), so importing this
 package (e.g. by the CLI) stays cheap.
 """
 
+from recstack.features.live_items import LiveItem, LiveItems, live_code, live_items_path
 from recstack.features.online import (
     OnlineFeatures,
     open_store,
@@ -13,6 +14,10 @@ from recstack.features.online import (
 from recstack.features.repo import PUSH_SOURCE, VIEWS, build_feature_repo, feature_store_yaml
 
 __all__ = [
+    "LiveItem",
+    "LiveItems",
+    "live_code",
+    "live_items_path",
     "PUSH_SOURCE",
     "VIEWS",
     "OnlineFeatures",

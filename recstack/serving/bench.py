@@ -38,7 +38,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from recstack.cliutil import add_dataset_argument
+from recstack.cliutil import add_dataset_argument, add_progress_argument
 from recstack.ensembles.graph import ENSEMBLE_NAME
 from recstack.errors import InputError
 from recstack.io import save_figure, write_json
@@ -326,6 +326,46 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     serve.add_argument("--model", default=ENSEMBLE_NAME, help=f"ensemble to load (default {ENSEMBLE_NAME})")
     serve.add_argument("--out", type=Path, default=None, help="report folder (default runs/<dataset>/reports)")
     serve.set_defaults(handler=_bench_serve)
+    dash = sub.add_parser("dashboard", help="load through the gateway and a PNG of its and Triton's metrics",
+                          description="Drive the running gateway (recommendations and events) while scraping its "
+                                      "/metrics and Triton's; write a six-panel PNG dashboard snapshot.")
+    add_dataset_argument(dash)
+    dash.add_argument("--gateway-url", default="http://127.0.0.1:8080", help="the gateway (loopback only)")
+    dash.add_argument("--triton-metrics-url", default="http://127.0.0.1:8002/metrics",
+                      help="Triton's metrics endpoint ('' to leave Triton out)")
+    dash.add_argument("--seconds", type=float, default=30.0, help="how long to record (default 30)")
+    dash.add_argument("--interval", type=float, default=1.0, help="seconds between scrapes (default 1)")
+    dash.add_argument("--rate", type=float, default=50.0, help="recommendation requests/s to send (0: none)")
+    dash.add_argument("--events-per-second", type=int, default=200, help="events/s to post (0: none)")
+    dash.add_argument("--out", type=Path, default=None, help="report folder (default runs/<dataset>/reports)")
+    add_progress_argument(dash)
+    dash.set_defaults(handler=_bench_dashboard)
+
+
+def _bench_dashboard(args: argparse.Namespace) -> int:
+    import os
+
+    from recstack.serving.dashboard import GatewayLoad, plot, record, summary
+
+    paths = RunPaths.for_dataset(args.dataset)
+    check_target(args.gateway_url)
+    if args.triton_metrics_url:
+        check_target(args.triton_metrics_url.split("/metrics")[0])
+    if not 1 <= args.seconds <= 3600 or not 0.1 <= args.interval <= args.seconds:
+        raise InputError("--seconds: 1..3600 and --interval: 0.1..seconds")
+    users = draw_users(paths, 1000, 0)
+    items = pd.read_parquet(paths.features / "popularity.parquet")["item_key"].astype(np.int64).tolist()[:500]
+    progress = print if args.progress else None
+    with GatewayLoad(args.gateway_url, users, items, args.rate, args.events_per_second,
+                     api_key=os.environ.get("RECSTACK_API_KEY")) as load:
+        snap = record(f"{args.gateway_url.rstrip('/')}/metrics", args.triton_metrics_url or None, args.seconds,
+                      args.interval, progress)
+    out = (args.out or paths.reports) / "bench_dashboard.png"
+    plot(snap, out, title=f"recstack gateway + Triton, {args.dataset}: {args.rate:g} req/s, "
+                          f"{args.events_per_second} events/s")
+    print(" ".join(f"{k}={v}" for k, v in {**summary(snap), **{f"sent_{k}": v for k, v in load.sent.items()}}.items()))
+    print(f"dashboard: {out}")
+    return 0
 
 
 def _bench_serve(args: argparse.Namespace) -> int:

@@ -107,13 +107,15 @@ def run_serve(args: argparse.Namespace) -> int:
     from recstack.serving.server import query_help, start_server, wait_for_interrupt
     from recstack.serving.tritonserver import TritonStartError
 
+    from recstack.features.live_items import live_items_path
+
     paths = RunPaths.for_dataset(args.dataset)
     log = args.log or paths.root / "tritonserver.log"
     log.parent.mkdir(parents=True, exist_ok=True)
     try:
         server = start_server(args.repo or paths.triton_repo, args.feature_repo or paths.feature_repo,
                               args.http_port, args.grpc_port, args.metrics_port, python_env=args.python_env,
-                              log_path=log, startup_timeout_s=args.timeout)
+                              log_path=log, startup_timeout_s=args.timeout, live_items=live_items_path(paths))
     except TritonStartError as exc:
         print(f"recstack: error: {exc}", file=sys.stderr)
         return 1

@@ -14,7 +14,7 @@ import socket
 import threading
 from pathlib import Path
 
-from recstack.ensembles.graph import ENSEMBLE_NAME, FEATURE_REPO_ENV
+from recstack.ensembles.graph import ENSEMBLE_NAME, FEATURE_REPO_ENV, LIVE_ITEMS_ENV
 from recstack.errors import InputError
 
 DEFAULT_HTTP_PORT = 8000
@@ -34,20 +34,26 @@ def _check_port_free(option: str, port: int) -> None:
                              f"choose another port)") from None
 
 
-def serving_environment(feature_repo: Path) -> dict[str, str]:
-    """The deployment settings the exported python models read when they load."""
+def serving_environment(feature_repo: Path, live_items: Path | None = None) -> dict[str, str]:
+    """The deployment settings the exported python models read when they load: the Feast
+    repository of the online store and the live-item registry (default: the run folder's
+    ``items/live.db`` beside ``feature_repo``; it need not exist yet)."""
+    from recstack.features.live_items import LIVE_ITEMS_FILE
+
     feature_repo = Path(feature_repo).resolve()
     if not (feature_repo / "feature_store.yaml").is_file():
         raise InputError(f"--feature-repo: {feature_repo} has no feature_store.yaml (run `recstack features "
                          "build` first, or name the Feast repository of the online store)")
-    return {FEATURE_REPO_ENV: str(feature_repo)}
+    live = Path(live_items).resolve() if live_items else feature_repo.parent / "items" / LIVE_ITEMS_FILE
+    return {FEATURE_REPO_ENV: str(feature_repo), LIVE_ITEMS_ENV: str(live)}
 
 
 def start_server(repo: Path, feature_repo: Path, http_port: int = 0, grpc_port: int = 0, metrics_port: int = 0,
                  *, python_env: str | Path | None = None, log_path: Path | None = None,
-                 startup_timeout_s: float = 300.0):
-    """Start tritonserver on ``repo`` (loopback only) reading the online store of ``feature_repo``;
-    block until it is ready. Returns the running :class:`~recstack.serving.tritonserver.TritonServer`."""
+                 startup_timeout_s: float = 300.0, live_items: Path | None = None):
+    """Start tritonserver on ``repo`` (loopback only) reading the online store of ``feature_repo``
+    and the live-item registry ``live_items`` (see :func:`serving_environment`); block until it is
+    ready. Returns the running :class:`~recstack.serving.tritonserver.TritonServer`."""
     from recstack.serving.tritonserver import TritonServer
 
     for option, port in (("--http-port", http_port), ("--grpc-port", grpc_port), ("--metrics-port", metrics_port)):
@@ -60,7 +66,7 @@ def start_server(repo: Path, feature_repo: Path, http_port: int = 0, grpc_port: 
     server = TritonServer(repo, http_port=http_port, grpc_port=grpc_port, metrics_port=metrics_port,
                           log_path=log_path, startup_timeout_s=startup_timeout_s, model_control_mode="explicit",
                           extra_args=("--load-model=*",),
-                          env=serving_environment(feature_repo), python_env=python_env)
+                          env=serving_environment(feature_repo, live_items), python_env=python_env)
     server.start()
     return server
 

@@ -16,14 +16,16 @@ from fastapi.responses import JSONResponse, Response
 
 from recstack.ensembles.graph import ENSEMBLE_NAME
 from recstack.errors import InputError
+from recstack.features.live_items import DuplicateItem
 from recstack.serving.gateway.catalogue import Catalogue
 from recstack.serving.gateway.config import MAX_K, GatewayConfig
 from recstack.serving.gateway.metrics import GatewayMetrics
 from recstack.serving.gateway.schemas import (
-    INT64, EventsIn, EventsOut, Health, NewUser, NewUserOut, RecommendedItem, Recommendations, SimilarItems,
+    INT64, EventsIn, EventsOut, Health, NewItem, NewItemOut, NewUser, NewUserOut, RecommendedItem, Recommendations,
+    SimilarItems,
 )
 
-OUTPUTS = ["item_ids", "scores", "cold_start", "model_version"]
+OUTPUTS = ["item_ids", "scores", "cold_start", "explored", "model_version"]
 
 
 class TritonUnavailable(RuntimeError):
@@ -67,14 +69,16 @@ def create_app(config: GatewayConfig) -> FastAPI:
     """The gateway for one run: see the module docstring and the README's "Gateway" section."""
     from recstack.events import EventService
     from recstack.features import OnlineFeatures
+    from recstack.serving.items import ItemAdder
 
     state: dict[str, Any] = {}
     metrics = GatewayMetrics()
 
     @contextlib.asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
-        state["catalogue"] = Catalogue(config.paths)
-        state["events"] = EventService.for_run(config.paths, config.event_log).start()
+        state["catalogue"] = Catalogue(config.paths, config.live_items)
+        state["items"] = ItemAdder(config.paths, config.live_items)
+        state["events"] = EventService.for_run(config.paths, config.event_log, live_items=config.live_items).start()
         state["recommender"] = Recommender(config.triton_url, config.triton_timeout_s)
         metrics.watch_events(state["events"])
         try:
@@ -82,6 +86,7 @@ def create_app(config: GatewayConfig) -> FastAPI:
         finally:
             await state["recommender"].close()
             state["events"].close()
+            state["items"].close()
 
     app = FastAPI(title="recstack gateway", version="1", lifespan=lifespan,
                   description="Recommendations, events and new users in front of the recstack Triton ensemble.")
@@ -94,6 +99,11 @@ def create_app(config: GatewayConfig) -> FastAPI:
         metrics.observe(getattr(route, "path", "unmatched"), request.method, response.status_code,
                         time.perf_counter() - start)
         return response
+
+    @app.exception_handler(DuplicateItem)
+    async def duplicate_item(_: Request, exc: DuplicateItem) -> JSONResponse:
+        metrics.error("conflict")
+        return JSONResponse({"detail": str(exc)}, status_code=409)
 
     @app.exception_handler(InputError)
     async def input_error(_: Request, exc: InputError) -> JSONResponse:
@@ -120,12 +130,25 @@ def create_app(config: GatewayConfig) -> FastAPI:
         excluded = {int(x) for x in exclude.split(",") if x}
         out = await state["recommender"].top_n(user_id, min(MAX_K, k + len(excluded)))
         catalogue: Catalogue = state["catalogue"]
-        items = [RecommendedItem(item_id=int(i), title=catalogue.title(i), score=float(s))
-                 for i, s in zip(out["item_ids"][0], out["scores"][0]) if i >= 0 and int(i) not in excluded][:k]
+        if out["explored"].any():
+            catalogue.refresh()  # titles of items added since the last refresh
+        items = [RecommendedItem(item_id=int(i), title=catalogue.title(i), score=float(s) if np.isfinite(s) else None,
+                                 explored=bool(e))
+                 for i, s, e in zip(out["item_ids"][0], out["scores"][0], out["explored"][0])
+                 if i >= 0 and int(i) not in excluded][:k]
         cold = bool(out["cold_start"][0, 0])
-        metrics.recommended(cold)
+        explored = sum(item.explored for item in items)
+        metrics.recommended(cold, len(items), explored)
         return Recommendations(user_id=user_id, items=items, cold_start=cold,
-                               model_version=int(out["model_version"][0, 0]))
+                               model_version=int(out["model_version"][0, 0]), explored=explored)
+
+    @app.post("/v1/items", response_model=NewItemOut, status_code=201, dependencies=[Depends(require_key)],
+              responses={409: {"description": "the item is in the catalogue already"}})
+    async def post_item(body: NewItem) -> NewItemOut:
+        (added,) = await run_in_threadpool(state["items"].add, [body.model_dump()])
+        metrics.items_added.inc()
+        await run_in_threadpool(state["catalogue"].refresh, True)
+        return NewItemOut(item_id=added.item_id, seq=added.seq, added_at=added.added_at)
 
     @app.post("/v1/events", response_model=EventsOut, dependencies=[Depends(require_key)])
     async def post_events(body: EventsIn) -> EventsOut:

@@ -21,7 +21,9 @@ class GatewayConfig:
     gRPC address of the tritonserver serving its repository (``host:port``); ``event_log``: the
     log URL (None: the run's SQLite log, or $RECSTACK_EVENT_LOG); ``api_key``: required in the
     ``X-API-Key`` header of write endpoints (default: $RECSTACK_API_KEY; None: open);
-    ``onboarding_per_genre``: items logged as likes per genre a new user picks."""
+    ``onboarding_per_genre``: items logged as likes per genre a new user picks; ``live_items``: the
+    live-item registry new items go to (default: the run's ``items/live.db``, which `recstack serve`
+    points Triton at too)."""
 
     paths: RunPaths
     triton_url: str
@@ -29,9 +31,14 @@ class GatewayConfig:
     api_key: str | None = field(default_factory=lambda: os.environ.get(API_KEY_ENV) or None)
     onboarding_per_genre: int = 3
     triton_timeout_s: float = 5.0
+    live_items: Path | None = None
 
     def __post_init__(self) -> None:
         if not (Path(self.paths.data) / "items.parquet").is_file():
             raise InputError(f"--dataset: {self.paths.data} has no items.parquet (run the pipeline first)")
+        if self.live_items is None:
+            from recstack.features.live_items import live_items_path
+
+            self.live_items = live_items_path(self.paths)
         if not self.triton_url or "://" in self.triton_url:
             raise InputError(f"--triton-url: expected host:port of Triton's gRPC endpoint, got {self.triton_url!r}")

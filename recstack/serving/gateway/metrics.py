@@ -11,7 +11,7 @@ LATENCY_BUCKETS_S = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.
 
 class GatewayMetrics:
     """Request latency per endpoint, errors by kind, events accepted / duplicates / applied / lag,
-    recommendations by cold start."""
+    recommendations by cold start, recommended items by exploration, items added."""
 
     content_type = CONTENT_TYPE_LATEST
 
@@ -30,6 +30,9 @@ class GatewayMetrics:
         self.lag = Gauge("recstack_events_lag", "Events logged but not yet applied by every consumer", registry=r)
         self.served = Counter("recstack_recommendations_total", "Recommendation lists served", ["cold_start"],
                               registry=r)
+        self.items_served = Counter("recstack_recommended_items_total", "Items in served lists, by whether "
+                                    "they were exploration slots", ["explored"], registry=r)
+        self.items_added = Counter("recstack_items_added_total", "Items added after training", registry=r)
         self._service: Any = None
 
     def observe(self, endpoint: str, method: str, status: int, seconds: float) -> None:
@@ -42,8 +45,12 @@ class GatewayMetrics:
         self.accepted.inc(accepted)
         self.duplicates.inc(duplicates)
 
-    def recommended(self, cold_start: bool) -> None:
+    def recommended(self, cold_start: bool, items: int = 0, explored: int = 0) -> None:
+        """One list served: ``items`` long, ``explored`` of them exploration slots (the exploration
+        share is explored / all items)."""
         self.served.labels("true" if cold_start else "false").inc()
+        self.items_served.labels("false").inc(items - explored)
+        self.items_served.labels("true").inc(explored)
 
     def watch_events(self, service: Any) -> None:
         """Read applied / lag from this event service at each scrape."""

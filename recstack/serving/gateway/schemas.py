@@ -3,7 +3,7 @@ bad request is a 422 naming the field, never a 500."""
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -53,10 +53,27 @@ class NewUserOut(BaseModel):
     onboarding_items: list[int] = Field(description="items logged as the user's first likes")
 
 
+class NewItem(Strict):
+    """An item added after training, with its raw side features (the run's item columns that the
+    Workflow reads, e.g. ``{"genres": ["Comedy"], "year": 2026}``; missing ones count as unknown)."""
+
+    item_id: int = Field(**INT64)
+    title: str | None = Field(default=None, max_length=500)
+    features: dict[Annotated[str, Field(min_length=1, max_length=100)], Any] = Field(default_factory=dict,
+                                                                                   max_length=50)
+
+
+class NewItemOut(BaseModel):
+    item_id: int
+    seq: int = Field(description="position in the live-item registry (1 = first item added after training)")
+    added_at: float = Field(description="unix seconds")
+
+
 class RecommendedItem(BaseModel):
     item_id: int
     title: str
-    score: float
+    score: float | None = Field(description="ranker score (null for an exploration slot, which was not ranked)")
+    explored: bool = Field(default=False, description="placed to collect feedback on a new item")
 
 
 class Recommendations(BaseModel):
@@ -64,6 +81,7 @@ class Recommendations(BaseModel):
     items: list[RecommendedItem]
     cold_start: bool = Field(description="true when the user had no history: popular items were served")
     model_version: int = Field(description="version of the served model that ranked the list")
+    explored: int = Field(default=0, description="how many items of the list are exploration slots")
 
 
 class SimilarItems(BaseModel):
