@@ -33,8 +33,10 @@ def scrape(url: str, timeout_s: float = 5.0) -> Series:
 
 
 def total(series: Series, name: str, **labels: str) -> float:
-    """Sum of ``name`` over the label sets that carry ``labels``."""
-    return sum(v for (n, ls), v in series.items() if n == name and all((k, w) in ls for k, w in labels.items()))
+    """Sum of ``name`` over the label sets that carry ``labels`` (the parser names counters
+    ``<name>_total`` whether or not the exporter did)."""
+    names = {name, f"{name}_total"}
+    return sum(v for (n, ls), v in series.items() if n in names and all((k, w) in ls for k, w in labels.items()))
 
 
 def histogram_quantile(q: float, before: Series, after: Series, name: str, **labels: str) -> float:
@@ -153,7 +155,8 @@ def _rates(snap: Snapshot, source: str, name: str, **labels: str) -> np.ndarray:
 
 
 def _label_values(series: list[Series], name: str, label: str) -> list[str]:
-    return sorted({dict(ls).get(label, "") for s in series for (n, ls) in s if n == name})
+    names = {name, f"{name}_total"}
+    return sorted({dict(ls).get(label, "") for s in series for (n, ls) in s if n in names})
 
 
 def plot(snap: Snapshot, path: Path, title: str = "recstack gateway + Triton") -> Path:
@@ -189,7 +192,8 @@ def plot(snap: Snapshot, path: Path, title: str = "recstack gateway + Triton") -
     applied = np.array([total(s, "recstack_events_applied") for s in snap.gateway])
     ax.plot(t, np.diff(applied) / np.maximum(np.diff(snap.times), 1e-9), label="applied/s")
     twin = ax.twinx()
-    twin.plot(t, [total(s, "recstack_events_lag") for s in snap.gateway[1:]], "k:", label="lag (events)")
+    twin.plot(t, [total(s, "recstack_events_lag") for s in snap.gateway[1:]], "k:",
+              label="lag (max over consumers; the parquet writer flushes in batches)")
     twin.set_ylabel("lag")
     ax.set(title="events", xlabel="s", ylabel="events/s")
     ax.legend(fontsize=7, loc="upper left")
@@ -219,11 +223,14 @@ def plot(snap: Snapshot, path: Path, title: str = "recstack gateway + Triton") -
         success = _rates(snap, "triton", "nv_inference_request_success", model="recommend")
         ax.plot(t, success, label="recommend inferences/s")
         twin = ax.twinx()
-        for metric, label in (("nv_inference_queue_duration_us", "queue"),
-                              ("nv_inference_compute_infer_duration_us", "compute")):
-            with np.errstate(invalid="ignore", divide="ignore"):
-                per = _rates(snap, "triton", metric) / _rates(snap, "triton", "nv_inference_request_success")
-            twin.plot(t, per / 1000, ":", label=f"{label} ms/request (all models)")
+        steps = [m for m in _label_values(snap.triton, "nv_inference_request_success", "model") if m != "recommend"]
+        for model in steps:  # the python models behind the ensemble (one when fused)
+            done = _rates(snap, "triton", "nv_inference_request_success", model=model)
+            for metric, label in (("nv_inference_queue_duration_us", "queue"),
+                                  ("nv_inference_compute_infer_duration_us", "compute")):
+                with np.errstate(invalid="ignore", divide="ignore"):
+                    per = _rates(snap, "triton", metric, model=model) / done
+                twin.plot(t, per / 1000, ":", label=f"{model} {label} ms/request")
         twin.set_ylabel("ms")
         twin.legend(fontsize=7, loc="upper right")
         ax.legend(fontsize=7, loc="upper left")
