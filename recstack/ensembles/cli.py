@@ -31,6 +31,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--exploration-window-hours", type=float, default=EXPLORATION_WINDOW_S / 3600,
                         help="how long an added item stays in the exploration pool "
                              f"(default {EXPLORATION_WINDOW_S / 3600:.0f})")
+    parser.add_argument("--backend", choices=("python", "onnxruntime"), default="python",
+                        help="python (default): every step a python model, ONNX run by onnxruntime inside "
+                             "them (what this machine's tritonserver serves); onnxruntime: the user tower and "
+                             "the DLRM as Triton onnxruntime-backend models, for NGC tritonserver images")
+    parser.add_argument("--onnx-instance-kind", choices=("gpu", "cpu"), default="gpu",
+                        help="with --backend onnxruntime: instance_group kind of the ONNX models (default gpu)")
     parser.add_argument("--no-deploy", action="store_true",
                         help="add the new version but keep serving the live one (`recstack models deploy` switches)")
     parser.set_defaults(handler=run_export)
@@ -41,14 +47,28 @@ def run_export(args: argparse.Namespace) -> int:
         ENSEMBLE_NAME, FUSED_NAME, export_ensemble, recommendation_graph, run_manifest,
     )
 
+    from recstack.errors import InputError
+
     paths = RunPaths.for_dataset(args.dataset)
+    if args.backend == "onnxruntime" and (args.per_step or args.no_deploy):
+        raise InputError("--backend onnxruntime: --per-step and --no-deploy do not apply (the python steps "
+                         "between the ONNX models are fused, every model is version 1)")
     start = time.perf_counter()
     graph = recommendation_graph(paths, top_k=args.top_k, exploration_share=args.exploration_share,
                                  exploration_window_s=args.exploration_window_hours * 3600)
     delay = None if args.max_queue_delay_us < 0 else args.max_queue_delay_us
     repo = export_ensemble(graph, paths.triton_repo, fuse=not args.per_step, instances=args.instances,
-                           max_queue_delay_us=delay, manifest=run_manifest(paths), deploy=not args.no_deploy)
+                           max_queue_delay_us=delay, manifest=run_manifest(paths), deploy=not args.no_deploy,
+                           backend=args.backend, onnx_instance_kind=f"KIND_{args.onnx_instance_kind.upper()}")
     names = " >> ".join(op.name for op in graph.ops)
     layout = "one model per step" if args.per_step else f"fused into `{FUSED_NAME}`"
+    if args.backend == "onnxruntime":
+        from recstack.ensembles.onnx_export import OnnxOp, split_graph
+
+        models = split_graph(graph)
+        names = " >> ".join(m.name for m in models)
+        onnx = [m.name for m in models if isinstance(m, OnnxOp)]
+        layout = (f"ONNX models {', '.join(onnx)} on Triton's onnxruntime backend "
+                  f"({args.onnx_instance_kind.upper()} instances; needs an NGC tritonserver image, docker/)")
     print(f"export: {repo} (ensemble `{ENSEMBLE_NAME}`: {names}; {layout}) in {time.perf_counter() - start:.1f}s")
     return 0

@@ -245,8 +245,13 @@ def recommendation_graph(paths: RunPaths, top_k: int = 100, exploration_share: f
 def export_ensemble(graph: ServingGraph, repo_dir: Path, name: str = ENSEMBLE_NAME,
                     max_batch_size: int = MAX_BATCH_SIZE, *, fuse: bool = True, instances: int = 1,
                     max_queue_delay_us: int | None = MAX_QUEUE_DELAY_US, manifest: dict[str, Any] | None = None,
-                    deploy: bool = True, keep_versions: int = KEEP_VERSIONS) -> Path:
+                    deploy: bool = True, keep_versions: int = KEEP_VERSIONS, backend: str = "python",
+                    onnx_instance_kind: str = "KIND_GPU") -> Path:
     """Write the graph as python models plus an ensemble model ``name`` wiring them into ``repo_dir``.
+
+    ``backend="onnxruntime"`` writes the ONNX models (user tower, DLRM) as Triton onnxruntime-backend
+    models with ``onnx_instance_kind`` instances instead (for NGC images; see
+    :mod:`recstack.ensembles.onnx_export`, where ``fuse`` and the version arguments do not apply).
 
     ``fuse`` writes the whole chain as one python model (one hop per request; the default,
     measured faster on CPU), else one model per op. Every python model gets ``instances``
@@ -259,6 +264,13 @@ def export_ensemble(graph: ServingGraph, repo_dir: Path, name: str = ENSEMBLE_NA
     temporary folder and swapped in at the end, so a running server's repository is never
     left half-written.
     """
+    if backend != "python":
+        from recstack.ensembles.onnx_export import BACKENDS, export_onnxruntime_ensemble
+
+        if backend not in BACKENDS:
+            raise InputError(f"--backend: {backend!r} must be one of {BACKENDS}")
+        return export_onnxruntime_ensemble(graph, repo_dir, name, max_batch_size, instances=instances,
+                                           instance_kind=onnx_instance_kind, max_queue_delay_us=max_queue_delay_us)
     repo_dir = Path(repo_dir)
     tmp = repo_dir.with_name(f".{repo_dir.name}.export")
     shutil.rmtree(tmp, ignore_errors=True)

@@ -16,6 +16,7 @@ from pathlib import Path
 
 from recstack.ensembles.graph import ENSEMBLE_NAME, FEATURE_REPO_ENV, LIVE_ITEMS_ENV
 from recstack.errors import InputError
+from recstack.serving.backends import check_backends
 
 DEFAULT_HTTP_PORT = 8000
 DEFAULT_GRPC_PORT = 8001
@@ -61,6 +62,7 @@ def start_server(repo: Path, feature_repo: Path, http_port: int = 0, grpc_port: 
     repo = Path(repo)
     if not (repo / ENSEMBLE_NAME / "config.pbtxt").is_file():
         raise InputError(f"{repo}: no exported ensemble `{ENSEMBLE_NAME}` (run `recstack export` first)")
+    check_backends(repo)  # an onnxruntime-backend export needs an NGC image: say so before starting
     # explicit model control: every model is loaded at start, and `recstack models deploy`
     # can reload one with another version through the repository API
     server = TritonServer(repo, http_port=http_port, grpc_port=grpc_port, metrics_port=metrics_port,

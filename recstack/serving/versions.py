@@ -73,7 +73,8 @@ def deploy(repo: Path, version: int, url: str | None = None, timeout_s: float = 
             reloaded = True
         except InferenceServerException as exc:
             set_live_version(model_dir, before)  # the server still serves `before`: keep the files saying so
-            raise InputError(f"--url: {url} could not load version {version}: {exc.message()}") from None
+            reason = " ".join(exc.message().split("\n\nAt:")[0].split())  # one line: no python traceback
+            raise InputError(f"--url: {url} could not load version {version}: {reason}") from None
         finally:
             client.close()
     return {"version": int(version), "previous": before, "reloaded": reloaded}
