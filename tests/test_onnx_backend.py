@@ -118,7 +118,10 @@ def test_the_split_ensemble_ranks_like_the_python_chain(onnx_repo, graph, e2e_pa
     picked[-2:] = [987_654_321, 987_654_322]  # not in the online store: cold start
     top_n = (np.arange(64) % 20 + 1).astype(np.int32).reshape(-1, 1)
     inputs = {"user_id": picked.reshape(-1, 1), "top_n": top_n}
-    runner = RepositoryRunner(onnx_repo, environment={"RECSTACK_FEATURE_REPO": str(e2e_paths.feature_repo)})
+    from recstack.serving.server import serving_environment
+
+    # the e2e run's live-item registry: empty, as the python chain compared against reads it
+    runner = RepositoryRunner(onnx_repo, environment=serving_environment(e2e_paths.feature_repo))
     try:
         assert runner.backends == {"query_user_features": "_PythonModel", "user_tower": "_OnnxModel",
                                    "retrieve__query_item_features": "_PythonModel", "dlrm": "_OnnxModel",

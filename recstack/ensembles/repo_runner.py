@@ -15,7 +15,7 @@ batch:
   Triton checks a request.
 
 Arrays carry the batch first. Settings the python models read from the server's environment
-(``RECSTACK_FEATURE_REPO``) are given as ``environment`` and set only while the models load.
+(``RECSTACK_FEATURE_REPO``, ``RECSTACK_LIVE_ITEMS``) are given as ``environment`` and set only while the models load.
 """
 
 from __future__ import annotations
