@@ -20,7 +20,7 @@ from tqdm.auto import tqdm
 
 import recstack.workflows.ops  # noqa: F401  (registers the built-in ops that load() reads by name)
 from recstack.errors import InputError
-from recstack.workflows.engines import PandasEngine, make_engine
+from recstack.workflows.engines import Engine, PandasEngine, make_engine
 from recstack.workflows.graph import Group, Node
 from recstack.workflows.operator import Context, Operator
 from recstack.workflows.plan import Plan
@@ -95,8 +95,7 @@ class Workflow:
         engine = make_engine(data, partition_rows)
         if len(self.group_keys) > 1:
             raise InputError(f"workflow fit: ops group rows by different keys {self.group_keys}; split the workflow")
-        if self.group_keys:
-            engine = engine.by_key(self.group_keys[0])
+        grouped: Engine | None = None  # shuffled on the group key, made once and only for a pass that needs it
         present = set(engine.columns())
         for col in self.input_columns:
             if col not in present:
@@ -113,7 +112,12 @@ class Workflow:
         shared: dict[str, dict[int, pd.DataFrame]] = {}
         bar = tqdm(total=len(passes), desc="fit workflow", unit="pass", disable=not progress)
         for key, nodes in passes:
-            source = engine if key is None else engine.unique_by(key)
+            source = engine
+            if self.group_keys and any(self._after_grouping(n) for n in nodes):
+                grouped = grouped or engine.by_key(self.group_keys[0])
+                source = grouped
+            if key is not None:
+                source = source.unique_by(key)
 
             def partial(part: pd.DataFrame, rows: np.ndarray, nodes: list[Node] = nodes) -> list[Any]:
                 part = part.reset_index(drop=True)  # unique positions (shuffled partitions repeat labels)
@@ -139,6 +143,18 @@ class Workflow:
         self._output_schema = self.plan.schemas[self.plan.pos(self.output_node)]
         self._fit_memo = (data, shared.get("", {})) if single else None
         return self
+
+    def _after_grouping(self, node: Node) -> bool:
+        """True when the frame ``node`` fits on comes through an op that needs every row of a key
+        in one partition (DifferenceLag, Groupby). Other passes read the data as it is partitioned
+        (on Dask: no shuffle; statistics such as a key's last time are combined from partials)."""
+        stack: list[Node | Group] = [node.parent] if node.parent is not None else []
+        while stack:
+            current = stack.pop()
+            if isinstance(current, Node) and current.op is not None and current.op.group_key:
+                return True
+            stack.extend(self.plan.parents(current))
+        return False
 
     def _passes(self) -> list[tuple[str | None, list[Node]]]:
         """(fit source key, op nodes) per pass, in dependency order."""
