@@ -28,7 +28,15 @@ from recstack.workflows.schema import Schema
 from recstack.workflows.serialize import FORMAT, FORMAT_VERSION, dump, load_doc, undump
 from recstack.workflows.values import infer_column_schema
 
-__all__ = ["FORMAT", "FORMAT_VERSION", "Workflow"]
+__all__ = ["FORMAT", "FORMAT_VERSION", "Workflow", "positional"]
+
+
+def positional(df: pd.DataFrame) -> pd.DataFrame:
+    """``df`` indexed 0..n-1: itself when it already is (``reset_index`` copies every column)."""
+    index = df.index
+    if isinstance(index, pd.RangeIndex) and index.start == 0 and index.step == 1:
+        return df
+    return df.reset_index(drop=True)
 
 
 class Workflow:
@@ -120,7 +128,7 @@ class Workflow:
                 source = source.unique_by(key)
 
             def partial(part: pd.DataFrame, rows: np.ndarray, nodes: list[Node] = nodes) -> list[Any]:
-                part = part.reset_index(drop=True)  # unique positions (shuffled partitions repeat labels)
+                part = positional(part)  # unique positions (shuffled partitions repeat labels)
                 ctx = Context(raw=part, row_ids=rows, training=True)
                 memo: dict[int, pd.DataFrame] = shared.setdefault(key or "", {}) if single else {}
                 out = []
@@ -224,7 +232,7 @@ class Workflow:
         if absent:
             raise InputError(f"transform keep: columns {absent} are not in the frame")
         labels = df.index
-        df = df.reset_index(drop=True)  # unique positions (shuffled partitions repeat labels)
+        df = positional(df)  # unique positions (shuffled partitions repeat labels)
         ctx = Context(raw=df, row_ids=row_ids, training=training)
         out = self.plan.frame(self.output_node, df, ctx, {} if memo is None else memo)
         clash = [c for c in keep if c in out.columns]
