@@ -28,7 +28,20 @@ from recstack.workflows.schema import Schema
 from recstack.workflows.serialize import FORMAT, FORMAT_VERSION, dump, load_doc, undump
 from recstack.workflows.values import infer_column_schema
 
-__all__ = ["FORMAT", "FORMAT_VERSION", "Workflow", "positional"]
+__all__ = ["FORMAT", "FORMAT_VERSION", "Workflow", "detach", "positional"]
+
+
+def detach(out: pd.DataFrame, raw: pd.DataFrame) -> pd.DataFrame:
+    """``out`` with a copy of every column that shares memory with a column of ``raw``: ops read
+    the raw columns without copying them (``plan.select``) and pass-through ops (AddTags) return
+    them as they are, but an output written to in place must not change the caller's frame."""
+    sources = [a for a in (raw[c].to_numpy() for c in raw.columns) if isinstance(a, np.ndarray)]
+    shared = [c for c in out.columns if isinstance(arr := out[c].to_numpy(), np.ndarray)
+              and any(np.may_share_memory(arr, a) for a in sources)]
+    if not shared:
+        return out
+    return pd.DataFrame({c: out[c].copy() if c in shared else out[c] for c in out.columns}, index=out.index,
+                        copy=False)
 
 
 def positional(df: pd.DataFrame) -> pd.DataFrame:
@@ -240,6 +253,7 @@ class Workflow:
             raise InputError(f"transform keep: column {clash[0]!r} is also a workflow output")
         if keep and self.groups_rows:
             raise InputError("transform keep: a Groupby workflow has one row per key; keep is not possible")
+        out = detach(out, df)
         if keep:
             out = pd.concat([df.loc[out.index, keep], out], axis=1)
         if not self.groups_rows:
