@@ -7,12 +7,20 @@ JoinGroupby counts per user and per item, DifferenceLag (time since the user's p
 interaction; 0 for a first one) >> Normalize, Normalize rating, and each user's last 20
 encoded items ordered by time (Groupby >> ListSlice).
 
-    .venv/bin/python benchmarks/etl_workflow.py --sizes ml-1m,10M,50M
-    .venv/bin/python benchmarks/etl_workflow.py --sizes 1M --workers 2      # + recstack on Dask
+    .venv/bin/python benchmarks/etl_workflow.py --sizes ml-1m,10M
+    .venv/bin/python benchmarks/etl_workflow.py --sizes 2M --workers 1,2          # + recstack on Dask
+    .venv/bin/python benchmarks/etl_workflow.py --sizes 50M --impls recstack --workers 2 --worker-memory 3GiB
+    .venv/bin/python benchmarks/etl_workflow.py --sizes 2M --scheduler tcp://127.0.0.1:8786
 
 Each (size, implementation) runs in its own process, so its peak RSS (ru_maxrss, measured
-before its outputs are written for the comparison) is its own. Synthetic sizes are made with
-`recstack data synth` into --cache (reused across runs).
+before its outputs are written for the comparison) is its own. `recstack` holds the table in
+memory (pandas, one process); `recstack-dask-Nw` streams it: parquet row groups are the
+partitions, the workers of a LocalCluster (N processes, one thread each) fit partial
+statistics, shuffle by user for DifferenceLag / Groupby, and write partitioned parquet; its
+peak is reported per process (client, each worker). The first implementation of --impls is
+the reference every other output is asserted equal to. An implementation is stopped (and
+reported as such) when the machine's available memory falls below --min-free-gb. Synthetic
+sizes are made with `recstack data synth` into --cache (reused across runs).
 """
 
 from __future__ import annotations
@@ -21,20 +29,25 @@ import argparse
 import json
 import os
 import resource
+import shutil
+import signal
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
 
 HISTORY = 20
-IMPLS = ("recstack", "pandas", "polars")
+IMPLS = ("recstack", "recstack-dask", "pandas", "polars")
 
 
 # ----------------------------------------------------------------------------- implementations
-def run_recstack(inter_path: Path, items_path: Path, dask_workers: int = 0, scheduler: str = "") -> dict:
+def recstack_workflows() -> tuple:
+    """(rows workflow, history workflow, genres workflow), unfitted."""
     from recstack.workflows import (Categorify, DifferenceLag, FillMissing, Groupby, JoinGroupby, ListSlice,
                                     Normalize, Rename, Workflow)
 
@@ -44,24 +57,39 @@ def run_recstack(inter_path: Path, items_path: Path, dask_workers: int = 0, sche
     grouped = (["user_id", "timestamp"] + (["item_id"] >> Categorify())) >> Groupby(
         "user_id", ["timestamp"], {"item_id": ["list"]})
     hist = Workflow(grouped[["user_id"]] + (grouped[["item_id_list"]] >> ListSlice(-HISTORY)))
-    genres = Workflow(["genres"] >> Categorify())
+    return rows, hist, Workflow(["genres"] >> Categorify())
+
+
+def run_recstack(inter_path: Path, items_path: Path) -> dict:
+    """In one process, the whole table in memory."""
+    rows, hist, genres = recstack_workflows()
+    inter = pd.read_parquet(inter_path)
     items = pd.read_parquet(items_path, columns=["item_id", "genres"])
-    if dask_workers or scheduler:
-        import dask.dataframe as dd
+    return {"rows": rows.fit_transform(inter, progress=False), "hist": hist.fit_transform(inter, progress=False),
+            "genres": genres.fit_transform(items, progress=False)}
 
-        from recstack.workflows.dask_exec import dask_client
 
-        with dask_client(scheduler=scheduler or None, workers=dask_workers or None):
-            ddf = dd.read_parquet(str(inter_path), split_row_groups=True)
-            out = rows.fit(ddf, progress=False).transform(ddf).compute()
-            out = out.sort_values("__row__").drop(columns="__row__").reset_index(drop=True)
-            h = hist.fit(ddf, progress=False).transform(ddf).compute().sort_values("user_id").reset_index(drop=True)
-    else:
-        inter = pd.read_parquet(inter_path)
-        out = rows.fit_transform(inter, progress=False)
-        h = hist.fit_transform(inter, progress=False)
-    g = genres.fit_transform(items, progress=False)
-    return {"rows": out, "hist": h, "genres": g}
+def _peak_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def run_recstack_dask(inter_path: Path, items_path: Path, out: Path, workers: int, scheduler: str,
+                      memory_limit: str | None) -> dict:
+    """On Dask, streaming: parquet row groups in, partitioned parquet out (``out/rows/``,
+    ``out/hist/``, written by the workers; ``rows`` carries ``__row__``, the input row number).
+    Returns the genres frame and every worker's peak RSS in MB."""
+    import dask.dataframe as dd
+
+    from recstack.workflows.dask_exec import dask_client, transform_to_parquet
+
+    rows, hist, genres = recstack_workflows()
+    with dask_client(scheduler=scheduler or None, workers=workers or None, memory_limit=memory_limit) as client:
+        ddf = dd.read_parquet(str(inter_path), split_row_groups=True)
+        transform_to_parquet(rows.fit(ddf, progress=False), ddf, out / "rows", training=True)
+        transform_to_parquet(hist.fit(ddf, progress=False), ddf, out / "hist", training=True)
+        worker_peaks = sorted(client.run(_peak_mb).values())
+    items = pd.read_parquet(items_path, columns=["item_id", "genres"])
+    return {"genres": genres.fit_transform(items, progress=False), "worker_peak_mb": worker_peaks}
 
 
 def _vocab(values: pd.Series) -> pd.Index:
@@ -134,68 +162,124 @@ def child(args: argparse.Namespace) -> None:
         import polars  # noqa: F401
     else:
         import recstack.workflows  # noqa: F401
+    args.out.mkdir(parents=True, exist_ok=True)
+    extra: dict = {}
     start = time.perf_counter()
     if args.run == "polars":
         out = run_polars(args.interactions, args.items)
     elif args.run == "pandas":
         out = run_pandas(args.interactions, args.items)
+    elif args.run == "recstack-dask":
+        got = run_recstack_dask(args.interactions, args.items, args.out, args.workers, args.scheduler or "",
+                                args.worker_memory)
+        out, extra = {"genres": got["genres"]}, {"worker_peak_mb": got["worker_peak_mb"]}
     else:
-        out = run_recstack(args.interactions, args.items, dask_workers=args.workers, scheduler=args.scheduler or "")
+        out = run_recstack(args.interactions, args.items)
     seconds = time.perf_counter() - start
-    peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    args.out.mkdir(parents=True, exist_ok=True)
+    peak_mb = _peak_mb()
     for name, frame in out.items():
         frame = frame.copy()
         for col in frame.columns:
             if frame[col].dtype == object or isinstance(frame[col].dtype, pd.ArrowDtype):
                 frame[col] = [list(map(int, v)) for v in frame[col]]
-        frame.to_parquet(args.out / f"{name}.parquet", index=False)
-    print(json.dumps({"seconds": seconds, "peak_mb": peak_mb}))
+        frame.to_parquet(args.out / f"{name}.parquet", index=False, row_group_size=1_048_576)
+    print(json.dumps({"seconds": seconds, "peak_mb": peak_mb, **extra}))
 
 
 # ----------------------------------------------------------------------------- parent
 def dataset(size: str, cache: Path) -> tuple[Path, Path, int]:
-    """(interactions parquet, items parquet, rows) for "ml-1m", "ml-100k" or "10M" / "500k"."""
+    """(interactions parquet, items parquet, rows) for "ml-1m", "ml-100k" or "10M" / "500k"
+    (synthetic sizes made once with `recstack data synth --rows N --out DIR`, seed 0)."""
+    env = {**os.environ, "PYTHONPATH": str(Path.cwd())}
     if size.startswith("ml-"):
         home = cache / "home"
         data = home / "runs" / size / "data"
         if not (data / "interactions.parquet").is_file():
             subprocess.run([sys.executable, "-m", "recstack.cli", "data", "prepare", "--dataset", size,
-                            "--home", str(home), "--no-progress"], check=True)
+                            "--home", str(home), "--no-progress"], check=True, env=env)
         inter = data / "interactions.parquet"
         return inter, data / "items.parquet", pd.read_parquet(inter, columns=["user_id"]).shape[0]
     scale = {"k": 1_000, "M": 1_000_000}[size[-1]]
     rows = int(float(size[:-1]) * scale)
     data = cache / f"synth-{size}"
     if not (data / "interactions.parquet").is_file():
-        from recstack.data.synth import write_synthetic
-
-        write_synthetic(data, rows, seed=0, progress=False)
+        subprocess.run([sys.executable, "-m", "recstack.cli", "data", "synth", "--rows", str(rows), "--seed", "0",
+                        "--out", str(data)], check=True, env=env)
     return data / "interactions.parquet", data / "items.parquet", rows
 
 
-def measure(impl: str, inter: Path, items: Path, out: Path, extra: list[str]) -> dict:
-    run = "recstack" if impl.startswith("recstack") else impl
+def _available_gb() -> float:
+    for line in Path("/proc/meminfo").read_text().splitlines():
+        if line.startswith("MemAvailable:"):
+            return int(line.split()[1]) / 1024**2
+    return float("inf")
+
+
+def measure(impl: str, inter: Path, items: Path, out: Path, extra: list[str], min_free_gb: float) -> dict | None:
+    """Run one implementation in its own process (group); None when it was stopped because the
+    machine's available memory fell under ``min_free_gb`` (it shares the machine)."""
+    run = "recstack-dask" if impl.startswith("recstack-dask") else impl
     cmd = [sys.executable, __file__, "--run", run, "--interactions", str(inter), "--items", str(items),
            "--out", str(out), *extra]
-    proc = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(Path.cwd())})
-    if proc.returncode:
-        raise SystemExit(f"{impl} failed:\n{proc.stderr[-3000:]}")
-    return json.loads(proc.stdout.strip().splitlines()[-1])
+    if out.exists():
+        shutil.rmtree(out)
+    with tempfile.TemporaryFile("w+") as stdout, tempfile.TemporaryFile("w+") as stderr:
+        proc = subprocess.Popen(cmd, stdout=stdout, stderr=stderr, text=True, start_new_session=True,
+                                env={**os.environ, "PYTHONPATH": str(Path.cwd())})
+        started = time.monotonic()
+        while proc.poll() is None:
+            time.sleep(0.5)
+            if _available_gb() < min_free_gb:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
+                print(f"  {impl}: stopped after {time.monotonic() - started:.0f} s: machine memory available "
+                      f"< {min_free_gb} GB", file=sys.stderr)
+                return None
+        stdout.seek(0), stderr.seek(0)
+        if proc.returncode:
+            raise SystemExit(f"{impl} failed:\n{stderr.read()[-3000:]}")
+        return json.loads(stdout.read().strip().splitlines()[-1])
+
+
+def _table(folder: Path, name: str) -> Path:
+    """``name/`` (partitioned parquet from the workers) or ``name.parquet``."""
+    return folder / name if (folder / name).is_dir() else folder / f"{name}.parquet"
 
 
 def assert_equal(ref: Path, other: Path, label: str) -> None:
+    """Every output column equal, one column in memory at a time (50M rows fit): partitioned
+    outputs are put in input row order (``__row__``) or key order (hist) first."""
+    import pyarrow.compute as pc
+    import pyarrow.parquet as pq
+
     for name in ("rows", "hist", "genres"):
-        a, b = pd.read_parquet(ref / f"{name}.parquet"), pd.read_parquet(other / f"{name}.parquet")
-        assert list(a.columns) == list(b.columns) and len(a) == len(b), (label, name, list(a.columns), list(b.columns))
-        for col in a.columns:
-            x, y = a[col], b[col]
-            if x.dtype == object:
-                assert all(np.array_equal(p, q) for p, q in zip(x, y)), (label, name, col)
-            elif x.dtype.kind == "f":
-                np.testing.assert_allclose(x.to_numpy(), y.to_numpy(), rtol=1e-5, atol=1e-5, err_msg=f"{label} {col}")
+        a_path, b_path = _table(ref, name), _table(other, name)
+        a_cols = pq.read_schema(a_path).names if a_path.is_file() else pq.ParquetDataset(a_path).schema.names
+        b_cols = pq.read_schema(b_path).names if b_path.is_file() else pq.ParquetDataset(b_path).schema.names
+        b_data = [c for c in b_cols if c != "__row__"]
+        assert a_cols == b_data, (label, name, a_cols, b_cols)
+        order = None
+        if "__row__" in b_cols:
+            order = np.argsort(pq.read_table(b_path, columns=["__row__"]).column(0).to_numpy(), kind="stable")
+        elif b_path.is_dir():
+            order = np.argsort(pq.read_table(b_path, columns=[b_data[0]]).column(0).to_numpy(), kind="stable")
+        for col in a_cols:
+            x = pq.read_table(a_path, columns=[col]).column(0).combine_chunks()
+            y = pq.read_table(b_path, columns=[col]).column(0).combine_chunks()
+            assert len(x) == len(y), (label, name, col, len(x), len(y))
+            if order is not None:
+                y = y.take(order)
+            if pa.types.is_list(x.type):
+                np.testing.assert_array_equal(pc.list_value_length(x).to_numpy(zero_copy_only=False),
+                                              pc.list_value_length(y).to_numpy(zero_copy_only=False),
+                                              err_msg=f"{label} {name} {col} lengths")
+                x, y = pc.list_flatten(x), pc.list_flatten(y)
+            xs, ys = x.to_numpy(zero_copy_only=False), y.to_numpy(zero_copy_only=False)
+            if xs.dtype.kind == "f":
+                np.testing.assert_allclose(xs, ys, rtol=1e-5, atol=1e-5, err_msg=f"{label} {name} {col}")
             else:
-                np.testing.assert_array_equal(x.to_numpy(), y.to_numpy(), err_msg=f"{label} {name} {col}")
+                np.testing.assert_array_equal(xs, ys.astype(xs.dtype), err_msg=f"{label} {name} {col}")
+            del x, y, xs, ys
 
 
 def plot(results: list[dict], path: Path) -> None:
@@ -212,8 +296,9 @@ def plot(results: list[dict], path: Path) -> None:
         mine = {r["size"]: r for r in results if r["impl"] == impl}
         xs = [i + k * width for i, s in enumerate(sizes) if s in mine]
         axes[0].bar(xs, [mine[s]["rows_per_s"] / 1e6 for s in sizes if s in mine], width, label=impl)
-        axes[1].bar(xs, [mine[s]["peak_mb"] / 1024 for s in sizes if s in mine], width, label=impl)
-    for ax, title in zip(axes, ("million rows / s (higher is better)", "peak memory GB")):
+        axes[1].bar(xs, [(mine[s]["peak_mb"] + sum(mine[s].get("worker_peak_mb", []))) / 1024 for s in sizes if s in mine],
+                    width, label=impl)
+    for ax, title in zip(axes, ("million rows / s (higher is better)", "peak memory GB (Dask: client + workers)")):
         ax.set_xticks([i + 0.4 - width / 2 for i in range(len(sizes))], sizes)
         ax.set_title(title)
         ax.legend()
@@ -221,46 +306,103 @@ def plot(results: list[dict], path: Path) -> None:
     fig.savefig(path, dpi=120)
 
 
+def _plan(args: argparse.Namespace) -> list[tuple[str, list[str]]]:
+    """(implementation label, extra child arguments) in run order."""
+    plan = [(impl, []) for impl in args.impls.split(",") if impl]
+    unknown = [impl for impl, _ in plan if impl not in ("pandas", "polars", "recstack")]
+    if unknown:
+        raise SystemExit(f"--impls: unknown {unknown}; known: pandas, polars, recstack")
+    memory = ["--worker-memory", args.worker_memory] if args.worker_memory else []
+    for n in [int(w) for w in args.workers.split(",") if w]:
+        plan.append((f"recstack-dask-{n}w", ["--dask-workers", str(n), *memory]))
+    if args.scheduler:
+        plan.append(("recstack-dask-sched", ["--scheduler", args.scheduler]))
+    return plan
+
+
+def report(results: list[dict]) -> None:
+    """The table: seconds, rows/s, peak RSS (Dask: client + workers summed, and the largest
+    process), ratios against pandas / Polars / the 1-worker cluster of the same size."""
+    ok = [r for r in results if r.get("seconds")]
+    base = {(r["size"], r["impl"]): r for r in ok}
+    head = (f"{'size':>8} {'impl':>20} {'rows':>12} {'seconds':>8} {'Mrows/s':>8} {'peak MB':>8} {'max proc':>8} "
+            f"{'vs pandas':>9} {'vs polars':>9} {'vs 1w':>6}")
+    print("\n" + head)
+
+    def ratio(r: dict, impl: str) -> str:
+        other = base.get((r["size"], impl))
+        return f"{other['seconds'] / r['seconds']:.2f}x" if other and r.get("seconds") else "-"
+
+    for r in results:
+        if not r.get("seconds"):
+            print(f"{r['size']:>8} {r['impl']:>20} {r['rows']:>12,}   stopped: {r['stopped']}")
+            continue
+        procs = [r["peak_mb"], *r.get("worker_peak_mb", [])]
+        print(f"{r['size']:>8} {r['impl']:>20} {r['rows']:>12,} {r['seconds']:>8.2f} {r['rows_per_s'] / 1e6:>8.2f} "
+              f"{sum(procs):>8.0f} {max(procs):>8.0f} {ratio(r, 'pandas'):>9} {ratio(r, 'polars'):>9} "
+              f"{ratio(r, 'recstack-dask-1w') if r['impl'].startswith('recstack-dask') else '-':>6}")
+    print("(vs X = X's seconds / these seconds: >1 is faster than X. peak MB: peak RSS of the process, for Dask "
+          "the sum over client + workers (scheduler and nannies live in the client); max proc: the largest "
+          "one. seconds: the fastest of --repeat runs. recstack-dask times include writing the partitioned "
+          "parquet output; the others stop before "
+          "writing. All outputs asserted equal to the first implementation run.)")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--sizes", default="ml-1m,10M", help="comma-separated: ml-100k, ml-1m, 500k, 10M, 50M ...")
+    parser.add_argument("--impls", default="pandas,polars,recstack",
+                        help="in-process implementations, the first is the reference (default: %(default)s)")
+    parser.add_argument("--workers", default="", metavar="N[,N]",
+                        help="also run recstack streaming on a Dask LocalCluster of N worker processes (e.g. 1,2)")
+    parser.add_argument("--worker-memory", metavar="SIZE", help="memory limit per LocalCluster worker (e.g. 3GiB)")
+    parser.add_argument("--scheduler", help="also run recstack streaming on this dask.distributed scheduler")
+    parser.add_argument("--min-free-gb", type=float, default=2.0,
+                        help="stop an implementation when the machine's available memory falls below this")
+    parser.add_argument("--repeat", type=int, default=1,
+                        help="runs per implementation; the fastest is reported (the machine is shared)")
     parser.add_argument("--cache", type=Path, default=Path("/tmp/recstack-etl-bench"))
     parser.add_argument("--png", type=Path, default=Path("benchmarks/etl_workflow.png"))
-    parser.add_argument("--workers", type=int, default=0, help="also run recstack on a Dask LocalCluster")
-    parser.add_argument("--scheduler", help="also run recstack on this dask.distributed scheduler")
+    parser.add_argument("--json", type=Path, help="also write the results here")
     parser.add_argument("--run", choices=IMPLS, help=argparse.SUPPRESS)
     parser.add_argument("--interactions", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--items", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--out", type=Path, help=argparse.SUPPRESS)
+    parser.add_argument("--dask-workers", type=int, default=0, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.run:
+        args.workers = args.dask_workers
         child(args)
         return
+    plan = _plan(args)
     results = []
     for size in args.sizes.split(","):
         inter, items, rows = dataset(size, args.cache)
-        impls = ["pandas", "polars", "recstack"]
-        extra = {"recstack": []}
-        if args.workers or args.scheduler:
-            impls.append("recstack-dask")
-            extra["recstack-dask"] = ["--workers", str(args.workers)] + (["--scheduler", args.scheduler]
-                                                                       if args.scheduler else [])
-        for impl in impls:
+        reference = None
+        for impl, extra in plan:
             out = args.cache / "out" / size / impl
-            m = measure(impl, inter, items, out, extra.get(impl, []))
-            if impl != "pandas":
-                assert_equal(args.cache / "out" / size / "pandas", out, f"{size} {impl} vs pandas")
+            runs = [measure(impl, inter, items, out, extra, args.min_free_gb) for _ in range(args.repeat)]
+            m = None if any(r is None for r in runs) else min(runs, key=lambda r: r["seconds"])
+            if m is not None and args.repeat > 1:
+                m = {**m, "all_seconds": [round(r["seconds"], 3) for r in runs]}
+            if m is None:
+                results.append({"size": size, "impl": impl, "rows": rows,
+                                "stopped": f"machine memory available < {args.min_free_gb} GB"})
+                continue
+            if reference is None:
+                reference = (impl, out)
+            else:
+                assert_equal(reference[1], out, f"{size} {impl} vs {reference[0]}")
             results.append({"size": size, "impl": impl, "rows": rows, **m, "rows_per_s": rows / m["seconds"]})
-            print(f"  {size} {impl}: {m['seconds']:.2f} s, peak {m['peak_mb']:.0f} MB (outputs equal)", file=sys.stderr)
-    base = {(r["size"], r["impl"]): r for r in results}
-    print(f"\n{'size':>8} {'impl':>14} {'rows':>12} {'seconds':>8} {'Mrows/s':>8} {'peak MB':>8} "
-          f"{'vs pandas':>9} {'vs polars':>9}")
-    for r in results:
-        pandas, polars = base[(r["size"], "pandas")], base[(r["size"], "polars")]
-        print(f"{r['size']:>8} {r['impl']:>14} {r['rows']:>12,} {r['seconds']:>8.2f} {r['rows_per_s'] / 1e6:>8.2f} "
-              f"{r['peak_mb']:>8.0f} {pandas['seconds'] / r['seconds']:>8.2f}x {polars['seconds'] / r['seconds']:>8.2f}x")
-    print("(vs X = X's seconds / these seconds: >1 is faster than X; all outputs asserted equal to pandas)")
-    plot(results, args.png)
+            workers = f", workers {', '.join(f'{w:.0f}' for w in m['worker_peak_mb'])} MB" if "worker_peak_mb" in m else ""
+            same = "reference" if reference[0] == impl else f"outputs equal to {reference[0]}"
+            every = f" (runs: {', '.join(f'{x:.2f}' for x in m['all_seconds'])} s)" if "all_seconds" in m else ""
+            print(f"  {size} {impl}: {m['seconds']:.2f} s{every}, peak {m['peak_mb']:.0f} MB{workers} ({same})",
+                  file=sys.stderr, flush=True)
+    report(results)
+    if args.json:
+        args.json.write_text(json.dumps(results, indent=1))
+    plot([r for r in results if r.get("seconds")], args.png)
     print(f"plot: {args.png}")
 
 

@@ -59,6 +59,10 @@ def title_length(s: pd.Series) -> pd.Series:
     return s.astype(str).str.len()
 
 
+def same_values(s: pd.Series) -> pd.Series:
+    return s
+
+
 def high_rating(df: pd.DataFrame) -> np.ndarray:
     return (df["rating"].astype(float) >= 3).to_numpy()
 
@@ -216,6 +220,33 @@ def test_filter_lambda_rename_and_tag_selection(tmp_path):
     assert Workflow.load(tmp_path / "lam").transform_request({"title": "xyzw"}) == {"len": 4.0}
     with pytest.raises(ValueError, match="lambda"):
         LambdaOp(lambda s: s, dtype="int64")
+
+
+def test_transform_never_changes_or_aliases_the_input():
+    # ops read the input columns without copying them: FillMissing must not fill the caller's
+    # NaNs in place, and a passed-through column (AddTags) must not be the caller's array
+    df = pd.DataFrame({"age": [10.0, np.nan, 30.0, np.nan], "rating": [1.0, 2.0, 3.0, 4.0],
+                       "user_id": [1, 2, 1, 3]})
+    before = df.copy()
+    wf = fit((["age"] >> FillMissing(fill_value=-1.0)) + (["rating"] >> AddTags(Tags.TARGET))
+             + (["user_id"] >> Categorify()) + (["rating"] >> LambdaOp(same_values, dtype="float64")
+                                               >> Rename(postfix="_same")), df)
+    out = wf.transform(df)
+    assert out["age"].tolist() == [10.0, -1.0, 30.0, -1.0] and out["rating_same"].tolist() == df["rating"].tolist()
+    pd.testing.assert_frame_equal(df, before)
+    out["rating"] *= 10
+    out["rating_same"] *= 10
+    out.loc[0, "age"] = 99.0
+    pd.testing.assert_frame_equal(df, before)
+    trained = wf.fit_transform(df, progress=False)  # the fit-memo path
+    trained["rating"] += 1
+    trained["rating_same"] += 1
+    pd.testing.assert_frame_equal(df, before)
+    for node in (["age"] >> FillMissing(fill_value=-1.0), ["rating"] >> AddTags(Tags.TARGET),
+                 ["rating"] >> LambdaOp(same_values, dtype="float64")):  # one op: no join that copies
+        alone = fit(node, df).transform(df)
+        alone.iloc[:, 0] = 0.0
+        pd.testing.assert_frame_equal(df, before)
 
 
 # ----------------------------------------------------------------------------- bad input

@@ -79,7 +79,9 @@ class DaskEngine:
         return [str(c) for c in self.ddf.columns]
 
     def sample(self, n: int = 10_000) -> pd.DataFrame:
-        return self.ddf.get_partition(0).compute().head(n)
+        """The first ``n`` rows of the first partition, cut where it is read (not sent whole)."""
+        first = self.ddf.get_partition(0)
+        return first.map_partitions(pd.DataFrame.head, n, meta=first._meta).compute()
 
     def map(self, fn: PartitionFn, rows: bool = True) -> list[Any]:
         parts = self.ddf.to_delayed()
@@ -155,9 +157,11 @@ def arrow_schema(workflow: "Workflow", meta: pd.DataFrame, source: dd.DataFrame)
 
 @contextlib.contextmanager
 def dask_client(scheduler: str | None = None, workers: int | None = None, gpu: bool = False,
-                threads_per_worker: int = 1) -> Iterator[Any]:
+                threads_per_worker: int = 1, memory_limit: str | None = None) -> Iterator[Any]:
     """A ``distributed.Client``: connected to ``scheduler`` (``tcp://host:port``), else on a
-    LocalCluster of ``workers`` processes (LocalCUDACluster, one worker per GPU, when ``gpu``)."""
+    LocalCluster of ``workers`` processes (LocalCUDACluster, one worker per GPU, when ``gpu``).
+    ``memory_limit`` (e.g. ``"3GiB"``, per local worker; default: the machine's memory shared
+    out) is where a worker spills to disk and pauses, so larger-than-memory data streams."""
     from distributed import Client, LocalCluster
 
     if scheduler:
@@ -172,10 +176,10 @@ def dask_client(scheduler: str | None = None, workers: int | None = None, gpu: b
         try:
             from dask_cuda import LocalCUDACluster
         except ImportError:
-            raise InputError("--gpu with Dask needs dask-cuda (pip install dask-cuda)") from None
+            raise InputError("--gpu with Dask needs dask-cuda (pip install -e \".[gpu]\")") from None
         cluster = LocalCUDACluster()
     else:
         cluster = LocalCluster(n_workers=workers or 2, threads_per_worker=threads_per_worker,
-                               processes=True, dashboard_address=":0")
+                               processes=True, dashboard_address=":0", memory_limit=memory_limit or "auto")
     with cluster, Client(cluster) as client:
         yield client

@@ -152,8 +152,9 @@ class Operator:
     def transform(self, df: pd.DataFrame, ctx: Context) -> pd.DataFrame:
         if self.schema_only:
             return df
+        # no copy of the new columns (Workflow.transform_partition copies any that is an input's array)
         return pd.DataFrame({o: self.transform_column(c, df[c]) for c, o in
-                             zip(df.columns, self.output_column_names(list(df.columns)))}, index=df.index)
+                             zip(df.columns, self.output_column_names(list(df.columns)))}, index=df.index, copy=False)
 
     def transform_column(self, column: str, series: pd.Series) -> pd.Series:
         return series

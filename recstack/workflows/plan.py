@@ -131,7 +131,7 @@ class Plan:
             parts = [self.frame(m, raw, ctx, memo) for m in node.members]
             out = join_frames(parts, raw.index)
         elif node.columns is not None:
-            out = raw[[c for c in node.columns if c in raw.columns]]
+            out = select(raw, [c for c in node.columns if c in raw.columns])
         else:
             parent = self.frame(node.parent, raw, ctx, memo)  # type: ignore[arg-type]
             cols = self._inputs_for(node, list(parent.columns), lambda c: c in raw.columns)
@@ -143,7 +143,7 @@ class Plan:
                     rows = pd.Series(ctx.row_ids, index=raw.index).loc[parent.index].to_numpy()
                     sub_ctx = Context(raw=raw.loc[parent.index], row_ids=rows, training=ctx.training)
                 try:
-                    out = node.op.transform(parent[cols], sub_ctx)  # type: ignore[union-attr]
+                    out = node.op.transform(select(parent, cols), sub_ctx)  # type: ignore[union-attr]
                 except InputError as exc:
                     raise _named(node.op, exc) from None  # type: ignore[arg-type]
         memo[key] = out
@@ -175,6 +175,13 @@ class Plan:
                         raise _named(node.op, exc) from None  # type: ignore[arg-type]
         memo[key] = out
         return out
+
+
+def select(raw: pd.DataFrame, columns: list[str]) -> pd.DataFrame:
+    """``raw[columns]`` sharing the column arrays instead of copying them (``df[list]`` takes a
+    copy of every column: 0.5 s for two columns of 10M rows). Ops return new frames and never
+    write into their input, so the raw partition is not changed through the shared arrays."""
+    return pd.DataFrame({c: raw[c] for c in columns}, index=raw.index, copy=False)
 
 
 def join_frames(parts: list[pd.DataFrame], index: pd.Index) -> pd.DataFrame:

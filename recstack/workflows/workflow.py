@@ -20,7 +20,7 @@ from tqdm.auto import tqdm
 
 import recstack.workflows.ops  # noqa: F401  (registers the built-in ops that load() reads by name)
 from recstack.errors import InputError
-from recstack.workflows.engines import PandasEngine, make_engine
+from recstack.workflows.engines import Engine, PandasEngine, make_engine
 from recstack.workflows.graph import Group, Node
 from recstack.workflows.operator import Context, Operator
 from recstack.workflows.plan import Plan
@@ -28,7 +28,28 @@ from recstack.workflows.schema import Schema
 from recstack.workflows.serialize import FORMAT, FORMAT_VERSION, dump, load_doc, undump
 from recstack.workflows.values import infer_column_schema
 
-__all__ = ["FORMAT", "FORMAT_VERSION", "Workflow"]
+__all__ = ["FORMAT", "FORMAT_VERSION", "Workflow", "detach", "positional"]
+
+
+def detach(out: pd.DataFrame, raw: pd.DataFrame) -> pd.DataFrame:
+    """``out`` with a copy of every column that shares memory with a column of ``raw``: ops read
+    the raw columns without copying them (``plan.select``) and pass-through ops (AddTags) return
+    them as they are, but an output written to in place must not change the caller's frame."""
+    sources = [a for a in (raw[c].to_numpy() for c in raw.columns) if isinstance(a, np.ndarray)]
+    shared = [c for c in out.columns if isinstance(arr := out[c].to_numpy(), np.ndarray)
+              and any(np.may_share_memory(arr, a) for a in sources)]
+    if not shared:
+        return out
+    return pd.DataFrame({c: out[c].copy() if c in shared else out[c] for c in out.columns}, index=out.index,
+                        copy=False)
+
+
+def positional(df: pd.DataFrame) -> pd.DataFrame:
+    """``df`` indexed 0..n-1: itself when it already is (``reset_index`` copies every column)."""
+    index = df.index
+    if isinstance(index, pd.RangeIndex) and index.start == 0 and index.step == 1:
+        return df
+    return df.reset_index(drop=True)
 
 
 class Workflow:
@@ -95,8 +116,7 @@ class Workflow:
         engine = make_engine(data, partition_rows)
         if len(self.group_keys) > 1:
             raise InputError(f"workflow fit: ops group rows by different keys {self.group_keys}; split the workflow")
-        if self.group_keys:
-            engine = engine.by_key(self.group_keys[0])
+        grouped: Engine | None = None  # shuffled on the group key, made once and only for a pass that needs it
         present = set(engine.columns())
         for col in self.input_columns:
             if col not in present:
@@ -113,10 +133,15 @@ class Workflow:
         shared: dict[str, dict[int, pd.DataFrame]] = {}
         bar = tqdm(total=len(passes), desc="fit workflow", unit="pass", disable=not progress)
         for key, nodes in passes:
-            source = engine if key is None else engine.unique_by(key)
+            source = engine
+            if self.group_keys and any(self._after_grouping(n) for n in nodes):
+                grouped = grouped or engine.by_key(self.group_keys[0])
+                source = grouped
+            if key is not None:
+                source = source.unique_by(key)
 
             def partial(part: pd.DataFrame, rows: np.ndarray, nodes: list[Node] = nodes) -> list[Any]:
-                part = part.reset_index(drop=True)  # unique positions (shuffled partitions repeat labels)
+                part = positional(part)  # unique positions (shuffled partitions repeat labels)
                 ctx = Context(raw=part, row_ids=rows, training=True)
                 memo: dict[int, pd.DataFrame] = shared.setdefault(key or "", {}) if single else {}
                 out = []
@@ -139,6 +164,18 @@ class Workflow:
         self._output_schema = self.plan.schemas[self.plan.pos(self.output_node)]
         self._fit_memo = (data, shared.get("", {})) if single else None
         return self
+
+    def _after_grouping(self, node: Node) -> bool:
+        """True when the frame ``node`` fits on comes through an op that needs every row of a key
+        in one partition (DifferenceLag, Groupby). Other passes read the data as it is partitioned
+        (on Dask: no shuffle; statistics such as a key's last time are combined from partials)."""
+        stack: list[Node | Group] = [node.parent] if node.parent is not None else []
+        while stack:
+            current = stack.pop()
+            if isinstance(current, Node) and current.op is not None and current.op.group_key:
+                return True
+            stack.extend(self.plan.parents(current))
+        return False
 
     def _passes(self) -> list[tuple[str | None, list[Node]]]:
         """(fit source key, op nodes) per pass, in dependency order."""
@@ -208,7 +245,7 @@ class Workflow:
         if absent:
             raise InputError(f"transform keep: columns {absent} are not in the frame")
         labels = df.index
-        df = df.reset_index(drop=True)  # unique positions (shuffled partitions repeat labels)
+        df = positional(df)  # unique positions (shuffled partitions repeat labels)
         ctx = Context(raw=df, row_ids=row_ids, training=training)
         out = self.plan.frame(self.output_node, df, ctx, {} if memo is None else memo)
         clash = [c for c in keep if c in out.columns]
@@ -216,6 +253,7 @@ class Workflow:
             raise InputError(f"transform keep: column {clash[0]!r} is also a workflow output")
         if keep and self.groups_rows:
             raise InputError("transform keep: a Groupby workflow has one row per key; keep is not possible")
+        out = detach(out, df)
         if keep:
             out = pd.concat([df.loc[out.index, keep], out], axis=1)
         if not self.groups_rows:

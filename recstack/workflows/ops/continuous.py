@@ -80,9 +80,8 @@ class FillMissing(_Numeric):
 
     def transform_column(self, column: str, series: pd.Series) -> pd.Series:
         st = self._stats(column)
-        arr = self._array(column, series, st["dtype"])
-        arr[np.isnan(arr)] = st["fill"]
-        return pd.Series(arr.astype(st["dtype"]), index=series.index)
+        arr = self._array(column, series, st["dtype"])  # may be the input's own array: not written to
+        return pd.Series(np.where(np.isnan(arr), st["fill"], arr).astype(st["dtype"], copy=False), index=series.index)
 
     def transform_value(self, column: str, value: Any) -> float:
         st = self._stats(column)

@@ -78,6 +78,11 @@ class JoinGroupby(Operator):
             vals = narrow_objects(values[ok])
             kind = infer_kind(vals) if len(vals) else ""
             keys, unmatched = canonical(kind or "int", vals, key)
+            if not self.cont_cols:  # counts only: one hash count, no frame to filter and group
+                counts = pd.Series(keys[~unmatched] if unmatched.any() else keys).value_counts(sort=False)
+                out[key] = {"kind": kind, "agg": pd.DataFrame({"_n": counts.to_numpy(np.int64)},
+                                                              index=counts.index.rename("key"))}
+                continue
             frame = pd.DataFrame({"key": keys}).assign(_n=1)
             for c in self.cont_cols:
                 x = to_float_array(ctx.raw[c], c, "float64")[ok]
