@@ -9,6 +9,7 @@ exploration pool) without a reload. See :mod:`recstack.features.live_items` for 
 
 from __future__ import annotations
 
+import logging
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -72,7 +73,12 @@ class LiveItemFeed:
         if not rows:
             return None
         self.seq = rows[-1].seq
-        return self.encode(rows)
+        try:
+            return self.encode(rows)
+        except Exception:  # noqa: BLE001  a row this version cannot encode must not fail the request
+            logging.getLogger("recstack.live").exception("live items %d..%d skipped: cannot be encoded",
+                                                         rows[0].seq, rows[-1].seq)
+            return None
 
     def encode(self, rows: list[LiveItem]) -> LiveBatch | None:
         """Encode registry rows with this version's Workflow; rows whose raw id the Workflow
