@@ -95,6 +95,7 @@ def test_duplicates_are_stored_once(event_log):
     ({"type": "rating"}, r"events\[1\]\.value: required for a rating event"),
     ({"timestamp": -5}, r"events\[1\]\.timestamp: -5 is before 1970"),
     ({"timestamp": 1.7e12}, r"events\[1\]\.timestamp: .*milliseconds"),
+    ({"timestamp": 5e9}, r"events\[1\]\.timestamp: .*after 2100"),  # beyond pandas' ns range: stuck the updater
     ({"colour": "red"}, r"events\[1\]\.colour: unknown field"),
 ])
 def test_bad_events_reject_the_whole_batch(event_log, bad, message):

@@ -174,16 +174,18 @@ def test_retrain_folds_added_items_with_their_features():
 
 @pytest.fixture(scope="module")
 def live_stack(e2e_paths, tmp_path_factory):
-    """A tritonserver and a gateway sharing a live-item registry of their own."""
+    """A tritonserver and a gateway sharing a live-item registry (and an event log) of their own."""
     from conftest import run_gateway
 
     from recstack.serving.gateway import GatewayConfig
     from recstack.serving.server import start_server
 
-    registry = tmp_path_factory.mktemp("live_stack") / "live.db"
+    folder = tmp_path_factory.mktemp("live_stack")
+    registry = folder / "live.db"
     server = start_server(e2e_paths.triton_repo, e2e_paths.feature_repo, live_items=registry)
     try:
-        gateway = run_gateway(GatewayConfig(e2e_paths, server.grpc_url, api_key=None, live_items=registry))
+        gateway = run_gateway(GatewayConfig(e2e_paths, server.grpc_url, api_key=None, live_items=registry,
+                                            event_log=f"sqlite:///{folder / 'log.db'}"))
         url = next(gateway)
         with httpx.Client(base_url=url, timeout=30) as client:
             yield client
@@ -192,9 +194,16 @@ def live_stack(e2e_paths, tmp_path_factory):
         server.stop()
 
 
+def _items_added(gateway: httpx.Client) -> float:
+    import re
+
+    return float(re.search(r"^recstack_items_added_total (\S+)$", gateway.get("/metrics").text, re.M).group(1))
+
+
 @pytest.mark.e2e
 def test_a_posted_item_is_served_within_a_second_and_found_by_similar(live_stack, e2e_paths):
     gateway = live_stack
+    added_before = _items_added(gateway)
     before = gateway.get("/v1/users/1/recommendations", params={"k": 10}).json()
     assert before["explored"] == 0 and all(not i["explored"] for i in before["items"])
     assert gateway.post("/v1/items", json={"item_id": 990_001, "features": {"genre": []}}).status_code == 422
@@ -230,4 +239,4 @@ def test_a_posted_item_is_served_within_a_second_and_found_by_similar(live_stack
     assert 990_001 not in [i["item_id"] for i in body["items"]] and len(body["items"]) == 10
     metrics = gateway.get("/metrics").text
     assert 'recstack_recommended_items_total{explored="true"}' in metrics
-    assert "recstack_items_added_total 1.0" in metrics
+    assert _items_added(gateway) == added_before + 1

@@ -36,6 +36,10 @@ from recstack.models.layout import FeatureLayout, pad_lists
 
 
 
+ROW_PATH_MAX_BATCH = 48
+"""Batches up to this size encode user ids row by row (faster than a pandas frame below ~60 rows)."""
+
+
 def _onnx_session(path: Path):
     import onnxruntime as ort
 
@@ -101,6 +105,16 @@ class QueryUserFeatures:
         missing = {name: None for name in self.other_cat + [c.name for c in self.list_columns] + self.cont_columns}
         self.missing_values = self.workflow.transform_request(missing) if missing else {}
 
+    def _encode_ids(self, keys: np.ndarray) -> np.ndarray:
+        """Raw user ids [B] -> encoded ids [B] with the Workflow: per row for small batches (one
+        request through ``transform_request`` takes ~0.02 ms, a one-row frame ~1.2 ms), as a frame
+        for big ones. Both paths give the same codes (the Workflow's own contract)."""
+        if len(keys) <= ROW_PATH_MAX_BATCH:
+            rows = [self.workflow.transform_request({self.id_column: int(k)}) for k in keys]
+            if all(r is not None for r in rows):
+                return np.array([r[self.id_column] for r in rows], dtype=np.int64)
+        return self.workflow.transform(pd.DataFrame({self.id_column: keys}))[self.id_column].to_numpy(np.int64)
+
     def outputs(self) -> list[str]:
         names = ["user_cat"]
         if self.list_columns:
@@ -115,8 +129,7 @@ class QueryUserFeatures:
             raise InputError(f"input 'user_id': expected shape [batch, 1], got {list(user_ids.shape)}")
         keys = user_ids[:, 0]
         batch = len(keys)
-        encoded_ids = self.workflow.transform(pd.DataFrame({self.id_column: keys}))[self.id_column]
-        encoded_ids = encoded_ids.to_numpy(np.int64)
+        encoded_ids = self._encode_ids(keys)
         features, has_features, recent, seen, has_history = self.online.users_with_histories(keys)
 
         def column(name: str, dtype: Any) -> np.ndarray:

@@ -34,7 +34,9 @@ EVENT_TYPES: tuple[str, ...] = ("view", "click", "add_to_cart", "purchase", "rat
 
 FIELDS: tuple[str, ...] = ("event_id", "user", "item", "type", "value", "timestamp")
 MAX_EVENT_ID = 128
-MAX_TIMESTAMP = 1e11
+MAX_TIMESTAMP = 4_102_444_800.0
+"""2100-01-01 UTC: later times are refused (pandas and the online stores keep nanosecond
+timestamps, which end in 2262; a year-5000 event once stuck the online updater)."""
 """Unix seconds above this (year 5138) are rejected: such values are milliseconds by mistake."""
 _INT64 = (-(2**63), 2**63 - 1)
 
@@ -179,7 +181,7 @@ def validate_events(events: Sequence[Mapping[str, Any]] | pd.DataFrame, now: flo
             if stamps[i] < 0:
                 raise InputError(f"{where}.timestamp: {ts!r} is before 1970 (unix seconds expected)")
             if stamps[i] > MAX_TIMESTAMP:
-                raise InputError(f"{where}.timestamp: {ts!r} is too large for unix seconds (milliseconds?)")
+                raise InputError(f"{where}.timestamp: {ts!r} is after 2100 (unix seconds expected, not milliseconds)")
     return EventBatch(np.asarray(ids, dtype=object), users, items, np.asarray(types, dtype=object), values, stamps,
                       np.zeros(n, np.int64), np.full(n, now))
 

@@ -7,6 +7,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from recstack.events.schema import MAX_TIMESTAMP
 from recstack.serving.gateway.config import MAX_EVENTS_PER_REQUEST
 
 INT64 = dict(ge=-(2**63), le=2**63 - 1)
@@ -26,7 +27,7 @@ class Event(Strict):
     item: int = Field(**INT64, description="raw item id")
     type: EventType
     value: float | None = Field(default=None, allow_inf_nan=False, description="e.g. the rating (required for type rating)")
-    timestamp: float | None = Field(default=None, ge=0, le=1e11, allow_inf_nan=False,
+    timestamp: float | None = Field(default=None, ge=0, le=MAX_TIMESTAMP, allow_inf_nan=False,
                                     description="unix seconds (default: when received)")
 
 
