@@ -215,9 +215,11 @@ def _available_gb() -> float:
     return float("inf")
 
 
-def measure(impl: str, inter: Path, items: Path, out: Path, extra: list[str], min_free_gb: float) -> dict | None:
-    """Run one implementation in its own process (group); None when it was stopped because the
-    machine's available memory fell under ``min_free_gb`` (it shares the machine)."""
+def measure(impl: str, inter: Path, items: Path, out: Path, extra: list[str], min_free_gb: float,
+            max_seconds: float | None = None) -> dict | str:
+    """Run one implementation in its own process (group); the reason it was stopped instead when
+    the machine's available memory fell under ``min_free_gb`` (it shares the machine) or it ran
+    past ``max_seconds``."""
     run = "recstack-dask" if impl.startswith("recstack-dask") else impl
     cmd = [sys.executable, __file__, "--run", run, "--interactions", str(inter), "--items", str(items),
            "--out", str(out), *extra]
@@ -229,12 +231,16 @@ def measure(impl: str, inter: Path, items: Path, out: Path, extra: list[str], mi
         started = time.monotonic()
         while proc.poll() is None:
             time.sleep(0.5)
-            if _available_gb() < min_free_gb:
+            elapsed = time.monotonic() - started
+            reason = (f"machine memory available < {min_free_gb} GB" if _available_gb() < min_free_gb else
+                      f"still running after {max_seconds:.0f} s" if max_seconds and elapsed > max_seconds else "")
+            if reason:
                 os.killpg(proc.pid, signal.SIGKILL)
                 proc.wait()
-                print(f"  {impl}: stopped after {time.monotonic() - started:.0f} s: machine memory available "
-                      f"< {min_free_gb} GB", file=sys.stderr)
-                return None
+                stderr.seek(0)
+                tail = stderr.read()[-1500:]
+                print(f"  {impl}: stopped after {elapsed:.0f} s: {reason}; its last output:\n{tail}", file=sys.stderr)
+                return reason
         stdout.seek(0), stderr.seek(0)
         if proc.returncode:
             raise SystemExit(f"{impl} failed:\n{stderr.read()[-3000:]}")
@@ -359,6 +365,7 @@ def main() -> None:
     parser.add_argument("--scheduler", help="also run recstack streaming on this dask.distributed scheduler")
     parser.add_argument("--min-free-gb", type=float, default=2.0,
                         help="stop an implementation when the machine's available memory falls below this")
+    parser.add_argument("--max-seconds", type=float, help="stop an implementation that runs longer than this")
     parser.add_argument("--repeat", type=int, default=1,
                         help="runs per implementation; the fastest is reported (the machine is shared)")
     parser.add_argument("--cache", type=Path, default=Path("/tmp/recstack-etl-bench"))
@@ -381,14 +388,17 @@ def main() -> None:
         reference = None
         for impl, extra in plan:
             out = args.cache / "out" / size / impl
-            runs = [measure(impl, inter, items, out, extra, args.min_free_gb) for _ in range(args.repeat)]
-            m = None if any(r is None for r in runs) else min(runs, key=lambda r: r["seconds"])
-            if m is not None and args.repeat > 1:
-                m = {**m, "all_seconds": [round(r["seconds"], 3) for r in runs]}
-            if m is None:
-                results.append({"size": size, "impl": impl, "rows": rows,
-                                "stopped": f"machine memory available < {args.min_free_gb} GB"})
+            runs = []
+            for _ in range(args.repeat):
+                runs.append(measure(impl, inter, items, out, extra, args.min_free_gb, args.max_seconds))
+                if isinstance(runs[-1], str):
+                    break
+            if isinstance(runs[-1], str):
+                results.append({"size": size, "impl": impl, "rows": rows, "stopped": runs[-1]})
                 continue
+            m = min(runs, key=lambda r: r["seconds"])
+            if args.repeat > 1:
+                m = {**m, "all_seconds": [round(r["seconds"], 3) for r in runs]}
             if reference is None:
                 reference = (impl, out)
             else:

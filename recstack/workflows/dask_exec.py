@@ -18,6 +18,7 @@ the global row number in ``__row__`` so it can be put back in input order.
 from __future__ import annotations
 
 import contextlib
+import uuid
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -86,7 +87,8 @@ class DaskEngine:
     def map(self, fn: PartitionFn, rows: bool = True) -> list[Any]:
         parts = self.ddf.to_delayed()
         offsets = partition_offsets(parts) if rows and ROW_ID not in self.ddf.columns else np.zeros(len(parts), np.int64)
-        tasks = [dask.delayed(_call)(fn, part, int(off)) for part, off in zip(parts, offsets)]
+        shared = once(fn, "partial-fit")
+        tasks = [dask.delayed(_call)(shared, part, int(off)) for part, off in zip(parts, offsets)]
         return list(dask.compute(*tasks))
 
     def unique_by(self, key: str) -> "DaskEngine":
@@ -96,6 +98,14 @@ class DaskEngine:
     def by_key(self, key: str) -> "DaskEngine":
         """Shuffled on ``key`` (every row of a key in one partition), global row numbers kept."""
         return DaskEngine(with_row_ids(self.ddf).shuffle(on=key))
+
+
+def once(obj: Any, name: str) -> Any:
+    """``obj`` as one key of the graph that every partition task depends on. Passed as a plain
+    argument, a fitted workflow (vocabularies, per-key statistics: megabytes at 1M users) is
+    serialised into every task and each queued task holds its own copy on the worker: 50
+    partitions of 50M rows paused 3 GiB workers on memory."""
+    return dask.delayed(obj, name=f"{name}-{uuid.uuid4().hex}", traverse=False)
 
 
 def _transform_part(part: pd.DataFrame, workflow: "Workflow", keep: list[str], training: bool) -> pd.DataFrame:
@@ -122,7 +132,7 @@ def transform_dask(workflow: "Workflow", ddf: dd.DataFrame, keep: Sequence[str] 
     if keys:
         ddf = ddf.shuffle(on=keys[0])
     meta = _transform_part(sample, workflow, keep, training).iloc[:0]
-    return ddf.map_partitions(_transform_part, workflow, keep, training, meta=meta)
+    return ddf.map_partitions(_transform_part, once(workflow, "workflow"), keep, training, meta=meta)
 
 
 def transform_to_parquet(workflow: "Workflow", source: str | Path | dd.DataFrame, out_dir: str | Path,
