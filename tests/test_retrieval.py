@@ -361,3 +361,24 @@ def test_cli_index_sweep_synthetic(tmp_path, monkeypatch, capsys):
     assert exit_info.value.code == 2
     assert cli_main(["index", "sweep", "--dataset", "none", "--no-progress"]) == 2  # no run: one-line error
     assert "item_embeddings.npy" in capsys.readouterr().err
+
+
+def test_masked_flat_search_equals_faiss_with_exclusions_and_live_adds(tmp_path):
+    rng = np.random.default_rng(3)
+    emb = rng.standard_normal((500, 16)).astype(np.float32)
+    ids = rng.permutation(np.arange(10, 2010, 4, dtype=np.int64))  # ids not in row order
+    build_index(emb, ids, kind="flat", out_dir=tmp_path / "index")
+    index = ItemIndex.load(tmp_path / "index", threads=1)
+    assert index._dense is not None  # small flat index: the masked path serves excluded searches
+    index.add(rng.standard_normal((3, 16)).astype(np.float32), np.array([5, 7, 9], np.int64))
+    queries = rng.standard_normal((20, 16)).astype(np.float32)
+    exclude = [rng.choice(index.ids, size=int(rng.integers(0, 300)), replace=False) for _ in range(20)]
+    exclude[0] = np.array([5, 999_999], np.int64)  # an id outside the index is ignored
+    masked = index.search(queries, 50, exclude=exclude)
+    index._dense = None  # the FAISS path: over-fetch, then drop the excluded ids
+    plain = index.search(queries, 50, exclude=exclude)
+    np.testing.assert_array_equal(masked[0], plain[0])
+    np.testing.assert_allclose(masked[1], plain[1], atol=1e-5)
+    assert all(not set(masked[0][b]) & set(exclude[b].tolist()) for b in range(20))
+    short = ItemIndex.load(tmp_path / "index", threads=1).search(queries[:2], 600, exclude=exclude[:2])
+    assert (short[0][:, -1] == -1).all() and np.isneginf(short[1][:, -1]).all()  # fewer than k left: padded

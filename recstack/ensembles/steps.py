@@ -83,9 +83,10 @@ class QueryUserFeatures:
     [B, 1] (1 if the online store has a history for the user). Live items in the history
     (codes beyond the trained vocabulary) enter ``history`` as the out-of-vocabulary code.
 
-    The raw id is encoded with the saved Workflow (the same object the training data went
-    through); side features come already encoded from the store. A user without stored
-    side features gets the Workflow's encoding of missing values.
+    The raw id's code comes from the store with the other side features (the Workflow wrote
+    it there); a user the store lacks is encoded with the saved Workflow (the same object the
+    training data went through), and its other side features get the Workflow's encoding of
+    missing values.
     """
 
     def __init__(self, feature_repo: str, workflow_dir: str, model_dir: str):
@@ -129,8 +130,14 @@ class QueryUserFeatures:
             raise InputError(f"input 'user_id': expected shape [batch, 1], got {list(user_ids.shape)}")
         keys = user_ids[:, 0]
         batch = len(keys)
-        encoded_ids = self._encode_ids(keys)
         features, has_features, recent, seen, has_history = self.online.users_with_histories(keys)
+        has_features = np.asarray(has_features, dtype=bool)
+        if self.id_column in features:  # the store holds the Workflow's code: encode only the users it lacks
+            encoded_ids = np.where(has_features, np.asarray(features[self.id_column], dtype=np.int64), 0)
+            if not has_features.all():
+                encoded_ids[~has_features] = self._encode_ids(keys[~has_features])
+        else:
+            encoded_ids = self._encode_ids(keys)
 
         def column(name: str, dtype: Any) -> np.ndarray:
             values = np.asarray(features[name], dtype=dtype)

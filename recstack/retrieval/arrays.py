@@ -72,3 +72,29 @@ def select_top(ids: np.ndarray, scores: np.ndarray, k: int,
     out_ids[:, : order.shape[1]] = np.where(kept, np.take_along_axis(ids, order, axis=1), -1)
     out_scores[:, : order.shape[1]] = np.where(kept, np.take_along_axis(scores, order, axis=1), -np.inf)
     return out_ids, out_scores
+
+
+def masked_top(vectors: np.ndarray, ids: np.ndarray, sorted_ids: np.ndarray, order: np.ndarray,
+               queries: np.ndarray, k: int, exclude: list[np.ndarray] | None) -> tuple[np.ndarray, np.ndarray]:
+    """Exact inner-product top-``k`` over ``vectors`` [N, d] (row i holds id ``ids[i]``) for
+    ``queries`` [B, d], ``exclude[b]`` never returned: ids [B, k] int64 and scores [B, k] float32,
+    best first, padded with -1 / -inf. ``sorted_ids`` = ``ids[order]`` (ascending) maps excluded
+    ids to rows. One matmul with the excluded entries set to -inf: no over-fetch."""
+    scores = np.ascontiguousarray(queries, dtype=np.float32) @ vectors.T
+    b, n = scores.shape
+    if exclude is not None and any(e.size for e in exclude):
+        flat = np.concatenate(exclude)
+        rows = np.repeat(np.arange(b), [e.size for e in exclude])
+        at = np.minimum(np.searchsorted(sorted_ids, flat), n - 1)
+        hit = sorted_ids[at] == flat
+        scores[rows[hit], order[at[hit]]] = -np.inf
+    kk = min(k, n)
+    part = np.argpartition(-scores, kk - 1, axis=1)[:, :kk] if kk < n else np.tile(np.arange(n), (b, 1))
+    part_scores = np.take_along_axis(scores, part, axis=1)
+    best = np.argsort(-part_scores, axis=1, kind="stable")
+    top_scores = np.take_along_axis(part_scores, best, axis=1)
+    top_ids = np.where(np.isfinite(top_scores), ids[np.take_along_axis(part, best, axis=1)], -1)
+    out_ids = np.full((b, k), -1, dtype=np.int64)
+    out_scores = np.full((b, k), -np.inf, dtype=np.float32)
+    out_ids[:, :kk], out_scores[:, :kk] = top_ids, np.where(top_ids >= 0, top_scores, -np.inf)
+    return out_ids, out_scores
