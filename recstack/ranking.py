@@ -30,6 +30,17 @@ from recstack.ids import FIRST_CODE
 SeenCSR = tuple[np.ndarray, np.ndarray]  # (indptr [n_users + 1], indices): items per user id
 
 
+SCORE_BATCH_BYTES = 1 << 28
+"""Memory bound of one batch of full-catalogue scores (256 MiB of float64): with 1M items a
+1024-user batch would be 8 GiB, and the ranking code makes a copy or two of it."""
+
+
+def score_batch_rows(batch_size: int, n_items: int, budget_bytes: int = SCORE_BATCH_BYTES) -> int:
+    """Users per batch of ``[b, n_items]`` float64 scores: ``batch_size``, lowered so a batch stays
+    under ``budget_bytes`` (at least 1). ML-1M's 3.7k items keep 1024; 1M items get 33."""
+    return max(1, min(int(batch_size), int(budget_bytes) // (8 * max(int(n_items), 1))))
+
+
 def row_batches(n: int, batch_size: int) -> Iterator[np.ndarray]:
     """Row positions ``0 .. n-1`` in consecutive batches of at most ``batch_size``."""
     for start in range(0, n, batch_size):

@@ -341,3 +341,66 @@ def test_train_cli_passes_no_progress(tmp_path, monkeypatch, capsys):
         assert args.handler(args) == 0
         assert calls[-1]["progress"] is want and calls[-1]["device"] == "cpu"
         assert json.loads(capsys.readouterr().out) == {"dataset": "tiny"}
+    assert calls[-1]["embedding_dim"] is None and calls[-1]["max_train_rows"] is None
+    args = parser.parse_args(["train", "--dataset", "tiny", "--json", "--embedding-dim", "128", "--max-train-rows",
+                              "1000", "--valid-users", "50", "--hard-negatives", "0"])
+    assert args.handler(args) == 0
+    assert {k: calls[-1][k] for k in ("embedding_dim", "max_train_rows", "valid_users", "hard_negatives")} == \
+        {"embedding_dim": 128, "max_train_rows": 1000, "valid_users": 50, "hard_negatives": 0}
+
+
+def test_sample_rows_keeps_train_and_catalogue_whole(layout):
+    """`--max-train-rows` / `--valid-users`: a sample to fit on (train itself untouched, so validation still
+    excludes every train item) and a smaller validation split; the item tables are the same objects."""
+    from recstack.models.recipe import sample_rows
+
+    data = synthetic_data(layout)
+    same, rows = sample_rows(data, None, None)
+    assert same is data and rows is None
+    sampled, rows = sample_rows(data, 30, 10, seed=1)
+    assert len(rows) == 30 and len(sampled.valid) == 10 and sampled.train is data.train
+    assert sampled.item_features is data.item_features and sampled.seen(("train",))[1].size == len(data.train)
+    pairs = set(zip(data.train.users.tolist(), data.train.items.tolist()))
+    assert set(zip(rows.users.tolist(), rows.items.tolist())) <= pairs
+    assert np.all(np.diff(rows.users) >= 0)  # original (user, time) order kept
+    assert set(sampled.valid.users.tolist()) <= set(data.valid.users.tolist())
+    again, rows2 = sample_rows(data, 30, 10, seed=1)
+    assert np.array_equal(rows.items, rows2.items) and np.array_equal(again.valid.users, sampled.valid.users)
+    bigger, all_rows = sample_rows(data, 10**6, 10**6)
+    assert all_rows is None and bigger.valid is data.valid
+
+
+def test_train_all_embedding_dim_and_sampled_rows(layout, tmp_path, monkeypatch):
+    """The large-catalogue options reach the saved models: d of the embeddings (the FAISS vectors),
+    the fitted row count and the validation users, no hard negatives; bad values fail before any work."""
+    import json
+
+    from recstack.models import recipe
+    from recstack.paths import RunPaths
+
+    torch.set_num_threads(1)
+    paths = RunPaths.for_dataset("tiny", home=tmp_path)
+    monkeypatch.setattr(recipe, "load_training_data", lambda p: synthetic_data(layout))
+    summary = recipe.train_all(paths, device="cpu", epochs=1, progress=False, embedding_dim=24, max_train_rows=50,
+                               valid_users=12, hard_negatives=0, time_budget_s=None)
+    assert summary["fit_rows"] == 50 and summary["valid_rows"] == 12 and summary["train_rows"] > 50
+    assert np.load(paths.models / "two_tower" / "item_embeddings.npy").shape == (N_ITEMS, 24)
+    tt = json.loads((paths.models / "two_tower" / "config.json").read_text())
+    dl = json.loads((paths.models / "dlrm" / "config.json").read_text())
+    assert tt["embedding_dim"] == 24 and tt["training"]["fit_rows"] == 50 and tt["training"]["valid_rows"] == 12
+    assert dl["training"]["fit_rows"] == 50 and dl["training"]["hard_negatives"] == 0
+    assert dl["training"]["valid_rows"] == 12
+    for kwargs, match in (({"embedding_dim": 0}, "--embedding-dim"), ({"max_train_rows": -1}, "--max-train-rows"),
+                          ({"valid_users": 0}, "--valid-users"), ({"hard_negatives": 17}, "--hard-negatives"),
+                          ({"refit": True, "max_train_rows": 10}, "--refit")):
+        with pytest.raises(InputError, match=match):
+            recipe.train_all(paths, device="cpu", progress=False, **kwargs)
+
+
+def test_score_batches_stay_under_the_memory_bound():
+    """Full-catalogue scoring batches: unchanged for MovieLens-sized catalogues, a few dozen users at 1M items."""
+    from recstack.ranking import SCORE_BATCH_BYTES, score_batch_rows
+
+    assert score_batch_rows(1024, 3_706) == 1024
+    assert score_batch_rows(1024, 1_000_000) == 33 and 33 * 1_000_000 * 8 <= SCORE_BATCH_BYTES
+    assert score_batch_rows(1024, 10**12) == 1

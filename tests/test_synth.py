@@ -58,3 +58,21 @@ def test_cli_and_split_feed_the_workflow(tmp_path, monkeypatch, capsys):
     assert summary["rows"]["user_features"] == 400
     assert main(["data", "synth", "--rows", "-5", "--no-progress"]) == 2
     assert split_synthetic  # imported for the CLI path above
+
+
+def test_cli_popularity_exponents(tmp_path, monkeypatch, capsys):
+    """`--item-alpha 0`: uniform popularity, so a few interactions per item reach every item (what the
+    1M-item benchmark relies on for its catalogue); a negative exponent is refused with exit code 2."""
+    from recstack.cli import main
+
+    monkeypatch.setenv("RECSTACK_HOME", str(tmp_path))
+    assert main(["data", "synth", "--rows", "20000", "--users", "200", "--items", "2000", "--item-alpha", "0",
+                 "--user-alpha", "0", "--name", "flat", "--no-progress"]) == 0
+    inter = pd.read_parquet(tmp_path / "runs" / "flat" / "data" / "interactions.parquet")
+    items, users = inter["item_id"].value_counts(), inter["user_id"].value_counts()
+    assert items.size > 0.99 * 2000 * (1 - np.exp(-10)) and items.iloc[0] < 30  # Poisson(10): no head
+    assert users.iloc[0] < 1.5 * users.median()
+    assert main(["data", "synth", "--rows", "100", "--item-alpha", "-1", "--no-progress"]) == 2
+    assert "--item-alpha" in capsys.readouterr().err
+    with pytest.raises(InputError, match="user-alpha"):
+        write_synthetic(tmp_path / "g", rows=10, user_alpha=float("nan"), progress=False)

@@ -107,6 +107,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     synth.add_argument("--items", type=int, help="number of items (default: rows / 200)")
     synth.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
     synth.add_argument("--days", type=int, default=365, help="time span in days (default: 365)")
+    synth.add_argument("--user-alpha", type=float, default=0.8,
+                       help="power-law exponent of user activity, p(rank r) ~ (r + 1) ** -alpha (default 0.8; "
+                            "0 = every user equally active)")
+    synth.add_argument("--item-alpha", type=float, default=1.0,
+                       help="power-law exponent of item popularity (default 1.0; 0 = uniform, so a catalogue "
+                            "of N items is covered with a few times N interactions)")
     synth.add_argument("--chunk-rows", type=int, default=1_000_000, help="rows per chunk / row group")
     synth.add_argument("--out", type=Path, metavar="DIR", help="output folder (default: runs/<name>/data)")
     synth.add_argument("--split", action="store_true", help="also write the time split (loads it in memory)")
@@ -167,7 +173,8 @@ def _synth(args: argparse.Namespace) -> int:
         raise InputError(f"--name: {name!r} is not a valid dataset name (use letters, digits, . _ -)")
     out = args.out or RunPaths.for_dataset(name, args.home).data
     summary = write_synthetic(out, args.rows, users=args.users, items=args.items, seed=args.seed, days=args.days,
-                              chunk_rows=args.chunk_rows, progress=args.progress)
+                              chunk_rows=args.chunk_rows, user_alpha=args.user_alpha, item_alpha=args.item_alpha,
+                              progress=args.progress)
     c = summary["counts"]
     sys.stdout.write(f"{name}: {c['rows']:,} interactions, {c['users']:,} users, {c['items']:,} items -> "
                      f"{summary['out_dir']} in {summary['wall_s']:.1f} s\n")

@@ -111,6 +111,9 @@ def write_synthetic(out_dir: Path, rows: int, users: int | None = None, items: i
     ``items.parquet`` and ``dataset.json`` into ``out_dir`` (replaced atomically)."""
     if rows < 1 or chunk_rows < 1 or days < 1:
         raise InputError(f"synth: --rows, --chunk-rows and --days must be >= 1 (got {rows}, {chunk_rows}, {days})")
+    for name, alpha in (("user-alpha", user_alpha), ("item-alpha", item_alpha)):
+        if not np.isfinite(alpha) or alpha < 0:
+            raise InputError(f"synth: --{name} must be a finite number >= 0, got {alpha}")
     du, di = default_sizes(rows)
     n_users, n_items = users or du, items or di
     if n_users < 1 or n_items < 1:

@@ -39,7 +39,7 @@ from recstack.models.fusion import LEGACY_FUSION, check_fusion, fuse_scores
 from recstack.models.predict import dlrm_scores, rerank, user_embeddings
 from recstack.models.validation import split_view
 from recstack.paths import RunPaths
-from recstack.ranking import RankingAccumulator, mask_unrankable, row_batches, top_k
+from recstack.ranking import RankingAccumulator, mask_unrankable, row_batches, score_batch_rows, top_k
 
 METRIC_COLUMNS = ("recall@{k}", "ndcg@{k}", "hr@{k}", "mrr", "coverage")
 
@@ -87,7 +87,7 @@ def evaluate_run(paths: RunPaths, k: int = 10, split: str = "test", *, candidate
 
     popularity = data.item_counts(("train",) if split == "valid" else ("train", "valid")).astype(np.float64)
     catalogue = accs["popularity"].catalogue
-    batches = list(row_batches(len(view.users), batch_size))
+    batches = list(row_batches(len(view.users), score_batch_rows(batch_size, n_items)))
     with torch.no_grad():
         for rows in tqdm(batches, desc=f"evaluate {split}", unit="batch", disable=not progress):
             users, targets = view.users[rows], view.targets[rows]

@@ -7,7 +7,7 @@ from collections.abc import Callable
 
 import numpy as np
 
-from recstack.ranking import RankingAccumulator, SeenCSR, row_batches
+from recstack.ranking import RankingAccumulator, SeenCSR, row_batches, score_batch_rows
 
 
 def ranks_from_topk(topk: np.ndarray, targets: np.ndarray, n_catalogue: int) -> np.ndarray:
@@ -26,6 +26,6 @@ def evaluate_scores(score_fn: Callable[[np.ndarray], np.ndarray], users: np.ndar
     positions of the batch (so it can index its own per-row inputs).
     """
     acc = RankingAccumulator(n_items, k, catalogue)
-    for rows in row_batches(len(users), batch_size):
+    for rows in row_batches(len(users), score_batch_rows(batch_size, n_items)):
         acc.add(score_fn(rows), targets[rows], users[rows], seen)
     return acc.result()

@@ -25,6 +25,17 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         help="after selection, retrain on train + valid for the selected epochs")
     parser.add_argument("--threads", type=int, default=None,
                         help="CPU threads for torch (default: $RECSTACK_THREADS or half the cores)")
+    parser.add_argument("--embedding-dim", type=int, default=None,
+                        help="d of the two-tower's user and item embeddings, the vectors FAISS indexes (default 64)")
+    parser.add_argument("--max-train-rows", type=int, default=None, metavar="N",
+                        help="fit both models on a random sample of N training interactions (large catalogues: "
+                             "every step updates the whole item table); the vocabulary and catalogue stay whole")
+    parser.add_argument("--valid-users", type=int, default=None, metavar="N",
+                        help="select epochs and fusion weights on a random sample of N validation users "
+                             "(each costs a full-catalogue scoring; default all)")
+    parser.add_argument("--hard-negatives", type=int, default=None, metavar="K",
+                        help="DLRM negatives per positive from the two-tower's top items (default 8 of 16; "
+                             "0 for large catalogues: each positive costs a full-catalogue scoring)")
     parser.add_argument("--json", action="store_true", help="print the summary as JSON")
     parser.set_defaults(handler=_train)
 
@@ -42,11 +53,15 @@ def _train(args: argparse.Namespace) -> int:
     if not paths.data.is_dir():
         raise InputError(f"--dataset {args.dataset}: no data folder {paths.data} (run `recstack data prepare` first)")
     summary = train_all(paths, device=args.device, epochs=args.epochs, seed=args.seed, refit=args.refit,
-                        threads=args.threads, progress=args.progress)
+                        threads=args.threads, progress=args.progress, embedding_dim=args.embedding_dim,
+                        max_train_rows=args.max_train_rows, valid_users=args.valid_users,
+                        hard_negatives=args.hard_negatives)
     if args.json:
         print(json.dumps(summary, indent=2))
         return 0
-    print(f"trained on {summary['dataset']} ({summary['train_rows']:,} train rows, {summary['n_items']:,} item ids) "
+    sample = (f", fit on a sample of {summary['fit_rows']:,}" if summary["fit_rows"] < summary["train_rows"] else "")
+    print(f"trained on {summary['dataset']} ({summary['train_rows']:,} train rows{sample}, "
+          f"{summary['n_items']:,} item ids, selection on {summary['valid_rows']:,} validation users) "
           f"on {summary['device']} in {summary['wall_s']:.1f} s")
     for name in ("two_tower", "dlrm"):
         s = summary[name]

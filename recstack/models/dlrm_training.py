@@ -140,8 +140,11 @@ def train_dlrm(paths: RunPaths, data: TrainingData | None = None, *, device: str
     if two_tower is None and (paths.models / "two_tower" / "config.json").exists():
         two_tower, _ = load_two_tower(paths.models / "two_tower", resolve_device(device))
     cfg = cfg or DLRMConfig()
+    rows: Interactions | None = fit_kwargs.pop("train_rows", None)  # a sample of train (train_all's max_train_rows)
+    if refit and rows is not None:
+        raise InputError("refit: retrains on all of train + valid, not on a sample of train_rows")
     model, hist = fit_dlrm(data, cfg, two_tower=two_tower, epochs=epochs or 10, device=device, seed=seed,
-                           progress=progress, time_budget_s=time_budget_s, **fit_kwargs)
+                           progress=progress, time_budget_s=time_budget_s, train_rows=rows, **fit_kwargs)
     best_record = next((h for h in hist["history"] if h["epoch"] == hist["best_epoch"]), {})
     valid_metrics = {k: v for k, v in best_record.items() if k.startswith("valid_")}
     fusion, trials = fusion_on_valid(model, two_tower, data, fit_kwargs.get("candidates", 100))
@@ -150,7 +153,8 @@ def train_dlrm(paths: RunPaths, data: TrainingData | None = None, *, device: str
         model, _ = fit_dlrm(data, cfg, two_tower=two_tower, epochs=hist["best_epoch"], device=device, seed=seed,
                             progress=progress, train_rows=both, select=False, **fit_kwargs)
         fusion["refit_after_selection"] = True
-    training = {"device": str(resolve_device(device)), "seed": seed, "refit_on_train_valid": refit, **hist,
+    training = {"device": str(resolve_device(device)), "seed": seed, "refit_on_train_valid": refit,
+                "fit_rows": len(rows) if rows is not None else len(data.train), "valid_rows": len(data.valid), **hist,
                 "fusion_search": trials, **{k: v for k, v in fit_kwargs.items()}}
     out = save_dlrm(model, paths.models / "dlrm", {"valid": valid_metrics}, training, onnx=onnx, fusion=fusion)
     return {"model": "dlrm", "dir": str(out), "valid": valid_metrics, "fusion": fusion,

@@ -10,6 +10,7 @@ from recstack.ids import FIRST_CODE
 from recstack.models.data import Interactions, TrainingData
 from recstack.models.predict import item_embeddings, user_embeddings
 from recstack.models.two_tower import TwoTower
+from recstack.ranking import score_batch_rows
 
 
 def positive_rows(rows: Interactions, positive_min_rating: float | None) -> np.ndarray:
@@ -25,6 +26,7 @@ def hard_negative_pool(two_tower: TwoTower, data: TrainingData, rows: Interactio
     """For each positive row, the two-tower's top-``pool`` items (not the positive, not in the history): [P, pool] int32."""
     item_emb = item_embeddings(two_tower, data)
     out = np.empty((len(pos_rows), pool), np.int32)
+    batch_size = score_batch_rows(batch_size, data.n_items)
     for s in range(0, len(pos_rows), batch_size):
         r = pos_rows[s:s + batch_size]
         scores = user_embeddings(two_tower, data, rows.users[r], rows.history[r]) @ item_emb.T

@@ -10,13 +10,17 @@ Both write their folder (:mod:`recstack.models.export`); it returns a summary di
 from __future__ import annotations
 
 import time
+from dataclasses import replace
 from typing import Any
 
+import numpy as np
 import torch
 
-from recstack.models.data import load_training_data
+from recstack.errors import InputError
+from recstack.models.data import Interactions, TrainingData, load_training_data
 from recstack.models.device import default_threads, resolve_device
 from recstack.models.dlrm_training import train_dlrm
+from recstack.models.two_tower import TwoTowerConfig
 from recstack.models.two_tower_training import train_two_tower
 from recstack.paths import RunPaths
 
@@ -39,30 +43,78 @@ def batch_sizes(n_rows: int) -> tuple[int, int]:
     return (512, 1024) if n_rows < 300_000 else (2048, 4096)
 
 
+def _check_positive(name: str, value: int | None) -> None:
+    if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+        raise InputError(f"--{name}: must be an integer >= 1, got {value!r}")
+
+
+def sample_rows(data: TrainingData, max_train_rows: int | None, valid_users: int | None,
+                seed: int = 0) -> tuple[TrainingData, Interactions | None]:
+    """Smaller training / selection sets for a large catalogue, the catalogue itself unchanged.
+
+    ``max_train_rows``: a random sample of that many training interactions (in their original
+    order) for the models to fit on, returned separately: ``data.train`` stays whole, so the
+    validation still excludes every train item a user saw. ``valid_users``: model selection and the
+    fusion weights on a random sample of that many validation rows (one per user). Returns
+    ``(data with the sampled valid split, the sampled train rows or None)``.
+    """
+    rng = np.random.default_rng([seed, 7])
+    rows = None
+    if max_train_rows is not None and max_train_rows < len(data.train):
+        rows = data.train.subset(np.sort(rng.choice(len(data.train), max_train_rows, replace=False)))
+    if valid_users is not None and valid_users < len(data.valid):
+        data = replace(data, valid=data.valid.subset(np.sort(rng.choice(len(data.valid), valid_users,
+                                                                           replace=False))))
+    return data, rows
+
+
 def train_all(paths: RunPaths, device: str = "auto", epochs: int | None = None, *, seed: int = 0,
               refit: bool = False, progress: bool = True, threads: int | None = None,
               onnx: bool = True, time_budget_s: tuple[float, float] | None = (TWO_TOWER_BUDGET_S, DLRM_BUDGET_S),
+              embedding_dim: int | None = None, max_train_rows: int | None = None,
+              valid_users: int | None = None, hard_negatives: int | None = None,
               ) -> dict[str, Any]:
     """Two-tower then DLRM (selected on reranking the two-tower's candidates); returns the summary.
 
     ``time_budget_s`` = (two-tower, DLRM) seconds after which no new epoch starts.
+    ``embedding_dim``: d of the two-tower's user / item embeddings (the FAISS vectors; default
+    ``TwoTowerConfig.output_dim``, 64). For large catalogues, where every full-catalogue pass and
+    every step's dense update of the item tables are costly: ``max_train_rows`` and
+    ``valid_users`` (:func:`sample_rows`), and ``hard_negatives`` (the DLRM's negatives from the
+    two-tower's top items per positive, ``DLRM_TRAIN``'s 8 by default; each positive costs a
+    full-catalogue scoring, so 0 turns them off for a 1M-item catalogue).
     """
+    for name, value in (("embedding-dim", embedding_dim), ("max-train-rows", max_train_rows),
+                        ("valid-users", valid_users)):
+        _check_positive(name, value)
+    if hard_negatives is not None and (isinstance(hard_negatives, bool) or not isinstance(hard_negatives, int)
+                                       or not 0 <= hard_negatives <= DLRM_TRAIN["negatives"]):
+        raise InputError(f"--hard-negatives: must be an integer in 0..{DLRM_TRAIN['negatives']}, "
+                         f"got {hard_negatives!r}")
+    if refit and max_train_rows is not None:
+        raise InputError("--refit retrains on all of train + valid: it does not combine with --max-train-rows")
     start = time.perf_counter()
     prev_threads = torch.get_num_threads()
     torch.set_num_threads(threads or default_threads())
     try:
         data = load_training_data(paths)
+        data, rows = sample_rows(data, max_train_rows, valid_users, seed)
+        sampled = {"train_rows": rows} if rows is not None else {}
         tt_batch, dl_batch = batch_sizes(len(data.train))
         budgets = time_budget_s or (None, None)
-        tt = train_two_tower(paths, data, device=device, epochs=epochs, seed=seed, refit=refit,
-                             progress=progress, onnx=onnx, batch_size=tt_batch, time_budget_s=budgets[0])
+        tt_cfg = TwoTowerConfig(output_dim=embedding_dim) if embedding_dim else None
+        dlrm_train = dict(DLRM_TRAIN, **({"hard_negatives": hard_negatives} if hard_negatives is not None else {}))
+        tt = train_two_tower(paths, data, device=device, epochs=epochs, seed=seed, refit=refit, cfg=tt_cfg,
+                             progress=progress, onnx=onnx, batch_size=tt_batch, time_budget_s=budgets[0],
+                             **sampled)
         dl = train_dlrm(paths, data, device=device, epochs=epochs or DLRM_EPOCHS, seed=seed, refit=refit,
                         progress=progress, two_tower=tt["_model"], onnx=onnx, batch_size=dl_batch,
-                        time_budget_s=budgets[1], **DLRM_TRAIN)
+                        time_budget_s=budgets[1], **dlrm_train, **sampled)
     finally:
         torch.set_num_threads(prev_threads)
     summary = {"dataset": paths.root.name, "device": str(resolve_device(device)),
                "train_rows": len(data.train), "n_items": data.n_items,
+               "fit_rows": len(rows) if rows is not None else len(data.train), "valid_rows": len(data.valid),
                "two_tower": {k: v for k, v in tt.items() if not k.startswith("_")},
                "dlrm": {k: v for k, v in dl.items() if not k.startswith("_")},
                "wall_s": round(time.perf_counter() - start, 2)}

@@ -17,6 +17,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from recstack.errors import InputError
 from recstack.ids import FIRST_CODE
 from recstack.models.data import Interactions, TrainingData, load_training_data
 from recstack.models.device import resolve_device, seed_everything, to_tensors
@@ -95,15 +96,19 @@ def train_two_tower(paths: RunPaths, data: TrainingData | None = None, *, device
     start = time.perf_counter()
     data = data or load_training_data(paths)
     cfg = cfg or TwoTowerConfig()
+    rows: Interactions | None = fit_kwargs.pop("train_rows", None)  # a sample of train (train_all's max_train_rows)
+    if refit and rows is not None:
+        raise InputError("refit: retrains on all of train + valid, not on a sample of train_rows")
     model, hist = fit_two_tower(data, cfg, epochs=epochs or 20, device=device, seed=seed, progress=progress,
-                                time_budget_s=time_budget_s, **fit_kwargs)
+                                time_budget_s=time_budget_s, train_rows=rows, **fit_kwargs)
     valid_metrics = evaluate_two_tower(model, data, split_view(data, "valid"))
     if refit:
         both = Interactions.concat([data.train, data.valid])
         model, _ = fit_two_tower(data, cfg, epochs=hist["best_epoch"], device=device, seed=seed, progress=progress,
                                  train_rows=both, select=False, **fit_kwargs)
     training = {"device": str(resolve_device(device)), "seed": seed, "refit_on_train_valid": refit,
-                "rows": len(data.train), **hist, **{k: v for k, v in fit_kwargs.items()}}
+                "rows": len(data.train), "fit_rows": len(rows) if rows is not None else len(data.train),
+                "valid_rows": len(data.valid), **hist, **{k: v for k, v in fit_kwargs.items()}}
     out = save_two_tower(model, paths.models / "two_tower", data.item_features,
                          {"valid": valid_metrics}, training, onnx=onnx)
     return {"model": "two_tower", "dir": str(out), "valid": valid_metrics, "best_epoch": hist["best_epoch"],

@@ -19,7 +19,9 @@ from recstack.models.dlrm import DLRM
 from recstack.models.fusion import LEGACY_FUSION, fuse_scores, select_fusion
 from recstack.models.predict import dlrm_scores, item_embeddings, user_embeddings
 from recstack.models.two_tower import TwoTower
-from recstack.ranking import RankingAccumulator, SeenCSR, catalogue_mask, mask_unrankable, row_batches, top_k
+from recstack.ranking import (
+    RankingAccumulator, SeenCSR, catalogue_mask, mask_unrankable, row_batches, score_batch_rows, top_k,
+)
 
 
 @dataclass
@@ -51,7 +53,7 @@ def evaluate_two_tower(model: TwoTower, data: TrainingData, view: SplitView, k: 
     """Full-catalogue metrics of the two-tower on ``view`` (:class:`recstack.ranking.RankingAccumulator`)."""
     item_emb = item_embeddings(model, data)
     acc = RankingAccumulator(data.n_items, k)
-    for rows in row_batches(len(view.users), batch_size):
+    for rows in row_batches(len(view.users), score_batch_rows(batch_size, data.n_items)):
         acc.add(two_tower_full_scores(model, data, view, rows, item_emb), view.targets[rows], view.users[rows],
                 view.seen)
     return acc.result()
@@ -77,7 +79,7 @@ def candidate_set(two_tower: TwoTower, data: TrainingData, view: SplitView, cand
     item_emb = item_embeddings(two_tower, data)
     catalogue = catalogue_mask(data.n_items)
     cands, retr = [], []
-    for rows in row_batches(len(view.users), batch_size):
+    for rows in row_batches(len(view.users), score_batch_rows(batch_size, data.n_items)):
         first = two_tower_full_scores(two_tower, data, view, rows, item_emb).astype(np.float64)
         mask_unrankable(first, view.users[rows], view.seen, view.targets[rows], catalogue)
         c = top_k(first, candidates)
