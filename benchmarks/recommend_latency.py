@@ -54,7 +54,7 @@ def main() -> None:
                        steps)
 
     results = {"in-process steps (baseline)": _timed(in_process, users, "in-process")}
-    server = start_server(paths)
+    server = start_server(paths.triton_repo, paths.feature_repo)
     try:
         for protocol, url in (("grpc", server.grpc_url), ("http", server.http_url)):
             with TritonClient(url, protocol=protocol) as client:
