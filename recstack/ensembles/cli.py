@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import time
 
-from recstack.ensembles.graph import EXPLORATION_SHARE, EXPLORATION_WINDOW_S, MAX_QUEUE_DELAY_US
+from recstack.ensembles.graph import EXPLORATION_SHARE, EXPLORATION_WINDOW_S, INSTANCES, MAX_QUEUE_DELAY_US
 from recstack.paths import RunPaths
 
 
@@ -22,7 +22,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--per-step", action="store_true",
                         help="one python model per step instead of one fused model (slower on CPU; for "
                              "scaling steps apart or inspecting each step's statistics)")
-    parser.add_argument("--instances", type=int, default=1, help="CPU instances of each python model (default 1)")
+    parser.add_argument("--instances", type=int, default=INSTANCES,
+                        help=f"CPU instances of each python model (default {INSTANCES}; each holds its own "
+                             "copy of the index and item features)")
     parser.add_argument("--max-queue-delay-us", type=int, default=MAX_QUEUE_DELAY_US,
                         help=f"dynamic batching window in microseconds (default {MAX_QUEUE_DELAY_US}; -1: off)")
     parser.add_argument("--exploration-share", type=float, default=EXPLORATION_SHARE,

@@ -48,6 +48,11 @@ CHAIN_STEP = "recstack.ensembles.chain:ChainStep"
 FUSED_NAME = "recommend_steps"
 KEEP_VERSIONS = 5
 MANIFEST_FILE = "manifest.json"
+INSTANCES = 2
+"""Default CPU instances per python model: on the 2-core machine, ML-1M, two instances served
+1,214 req/s at p95 42 ms at concurrency 32 against 913 req/s at p95 49 ms with one (one
+instance computes while the other's batch crosses the shared-memory hop). Each instance holds
+its own copy of the step data (about 1.9 GiB at 1M items): lower it for big catalogues."""
 MAX_QUEUE_DELAY_US = 200
 """Default dynamic-batching window: requests arriving within it share one step execution."""
 FEATURE_REPO_ENV = "RECSTACK_FEATURE_REPO"
@@ -243,7 +248,7 @@ def recommendation_graph(paths: RunPaths, top_k: int = 100, exploration_share: f
 
 
 def export_ensemble(graph: ServingGraph, repo_dir: Path, name: str = ENSEMBLE_NAME,
-                    max_batch_size: int = MAX_BATCH_SIZE, *, fuse: bool = True, instances: int = 1,
+                    max_batch_size: int = MAX_BATCH_SIZE, *, fuse: bool = True, instances: int = INSTANCES,
                     max_queue_delay_us: int | None = MAX_QUEUE_DELAY_US, manifest: dict[str, Any] | None = None,
                     deploy: bool = True, keep_versions: int = KEEP_VERSIONS, backend: str = "python",
                     onnx_instance_kind: str = "KIND_GPU") -> Path:
