@@ -22,9 +22,7 @@ from __future__ import annotations
 
 import argparse
 import shutil
-import socket
 import sqlite3
-import subprocess
 import sys
 import tempfile
 import threading
@@ -35,6 +33,7 @@ from pathlib import Path
 import numpy as np
 import redis
 
+from _redis import start_redis
 from recstack.events import EventService, OfflineWriter, OnlineUpdater, RedisEventLog, SqliteEventLog
 from recstack.events.synthetic import build_synthetic_run
 from recstack.features import OnlineFeatures
@@ -78,23 +77,6 @@ def redis_baseline(client: redis.Redis, key: str):
             pipe.xadd(key, {"e": e["event_id"], "u": e["user"], "i": e["item"], "t": e["type"], "s": e["timestamp"]})
         pipe.execute()
     return pipeline_xadd
-
-
-def start_redis(folder: Path) -> tuple[subprocess.Popen, str]:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    exe = shutil.which("redis-server") or "/usr/bin/redis-server"
-    proc = subprocess.Popen([exe, "--bind", "127.0.0.1", "--port", str(port), "--save", "", "--appendonly", "yes",
-                             "--appendfsync", "always", "--dir", str(folder)], stdout=subprocess.DEVNULL)
-    url = f"redis://127.0.0.1:{port}/0"
-    for _ in range(500):
-        try:
-            redis.Redis.from_url(url).ping()
-            return proc, url
-        except redis.ConnectionError:
-            time.sleep(0.02)
-    raise RuntimeError("redis-server did not start")
 
 
 def throughput(tmp: Path, url: str, n: int, batches: list[int]) -> list[tuple[str, int, float, float]]:
@@ -161,7 +143,7 @@ def main() -> None:
     args = parser.parse_args()
 
     tmp = Path(tempfile.mkdtemp(prefix="events-bench-"))
-    proc, url = start_redis(tmp)
+    proc, url = start_redis(tmp, appendfsync="always")
     try:
         rows = throughput(tmp, url, args.events, args.batches)
         print(f"\nthroughput: {args.events} events per row, accepted = durable before append returns")

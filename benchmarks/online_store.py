@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import argparse
 import shutil
-import subprocess
 import tempfile
 import time
 from pathlib import Path
@@ -32,24 +31,8 @@ import numpy as np
 import pandas as pd
 import redis
 
+from _redis import start_redis
 from recstack.paths import RunPaths
-
-
-def start_redis(folder: Path) -> tuple[subprocess.Popen, str]:
-    from recstack.serving.tritonserver import free_port
-
-    port = free_port()
-    proc = subprocess.Popen([shutil.which("redis-server") or "/usr/bin/redis-server", "--bind", "127.0.0.1",
-                             "--port", str(port), "--save", "", "--appendonly", "yes", "--appendfsync", "everysec",
-                             "--dir", str(folder)], stdout=subprocess.DEVNULL)
-    url = f"redis://127.0.0.1:{port}/0"
-    for _ in range(500):
-        try:
-            redis.Redis.from_url(url).ping()
-            return proc, url
-        except redis.ConnectionError:
-            time.sleep(0.02)
-    raise RuntimeError("redis-server did not start")
 
 
 def server_cpu_s(client: redis.Redis) -> float:
@@ -154,7 +137,7 @@ def main() -> None:
     recent = users_table["recent_items"].map(len).mean()
     seen = users_table["seen_items"].map(len).mean()
     folder = Path(tempfile.mkdtemp(prefix="online-store-bench-"))
-    proc, url = start_redis(folder)
+    proc, url = start_redis(folder, appendfsync="everysec")
     try:
         client = redis.Redis.from_url(url)
         before = int(client.info("memory")["used_memory"])

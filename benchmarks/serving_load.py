@@ -21,6 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
+from _redis import start_redis
 from recstack.ensembles import export_ensemble, recommendation_graph, run_in_process
 from recstack.paths import RunPaths
 from recstack.serving import bench
@@ -40,14 +41,10 @@ def in_process_ms(paths: RunPaths, users: list[int], k: int) -> np.ndarray:
 
 def redis_feature_repo(paths: RunPaths, folder: Path) -> tuple[Path, subprocess.Popen]:
     from recstack.features import build_feature_repo
-    from recstack.serving.tritonserver import free_port
 
-    port = free_port()
-    proc = subprocess.Popen([shutil.which("redis-server"), "--bind", "127.0.0.1", "--port", str(port), "--save", "",
-                             "--appendonly", "no", "--dir", str(folder)], stdout=subprocess.DEVNULL)
-    time.sleep(0.5)
+    proc, url = start_redis(folder, appendfsync=None)
     repo = folder / "feature_repo"
-    build_feature_repo(paths.features, repo, online_store="redis", redis_url=f"redis://127.0.0.1:{port}/0")
+    build_feature_repo(paths.features, repo, online_store="redis", redis_url=url)
     return repo, proc
 
 

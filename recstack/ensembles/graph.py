@@ -29,7 +29,7 @@ from typing import Any
 import numpy as np
 
 from recstack.errors import InputError
-from recstack.io import read_json
+from recstack.io import atomic_dir, read_json
 from recstack.models.layout import FeatureLayout
 from recstack.paths import RunPaths
 from recstack.ensembles.model_repo import (
@@ -63,6 +63,11 @@ SETTING_ENV = {"feature_repo": FEATURE_REPO_ENV, "live_items": LIVE_ITEMS_ENV}
 EXPLORATION_SHARE = 0.1
 """Default share of each list given to items added in the exploration window."""
 EXPLORATION_WINDOW_S = 7 * 86400.0
+
+
+def setting_environment(settings: dict[str, str]) -> dict[str, str]:
+    """``{"<op>.<setting>": ENV_VAR}``: where a python model reads each deployment setting."""
+    return {k: SETTING_ENV[k.rsplit(".", 1)[-1]] for k in settings}
 
 
 @dataclass
@@ -277,10 +282,7 @@ def export_ensemble(graph: ServingGraph, repo_dir: Path, name: str = ENSEMBLE_NA
         return export_onnxruntime_ensemble(graph, repo_dir, name, max_batch_size, instances=instances,
                                            instance_kind=onnx_instance_kind, max_queue_delay_us=max_queue_delay_us)
     repo_dir = Path(repo_dir)
-    tmp = repo_dir.with_name(f".{repo_dir.name}.export")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    try:
+    with atomic_dir(repo_dir) as tmp:
         steps = []
         previous = repo_dir / FUSED_NAME if fuse and (repo_dir / FUSED_NAME).is_dir() else None
         versions = model_versions(previous) if previous else []
@@ -290,22 +292,13 @@ def export_ensemble(graph: ServingGraph, repo_dir: Path, name: str = ENSEMBLE_NA
             write_python_model(tmp, op.name, op.step_class, op.params, op.inputs, op.outputs,
                                max_batch_size=max_batch_size, instance_count=instances,
                                max_queue_delay_us=max_queue_delay_us, artifacts=op.artifacts,
-                               environment={k: SETTING_ENV[k.rsplit(".", 1)[-1]] for k in op.settings},
+                               environment=setting_environment(op.settings),
                                version=version, live_version=live, keep_versions_from=previous)
             steps.append((op.name, {s.name: s.name for s in op.inputs}, {s.name: s.name for s in op.outputs}))
         if fuse:
             _prune_versions(tmp / FUSED_NAME, keep_versions, live)
             _write_manifest(tmp / FUSED_NAME / str(version), version, manifest or {})
         write_ensemble_model(tmp, name, ENSEMBLE_INPUTS, ENSEMBLE_OUTPUTS, steps, max_batch_size=max_batch_size)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    old = repo_dir.with_name(f".{repo_dir.name}.old")
-    shutil.rmtree(old, ignore_errors=True)
-    if repo_dir.exists():
-        repo_dir.rename(old)
-    tmp.rename(repo_dir)
-    shutil.rmtree(old, ignore_errors=True)
     return repo_dir
 
 

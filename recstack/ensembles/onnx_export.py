@@ -24,7 +24,6 @@ python steps in the stretch they fall in. Every model is version 1 (numbered ver
 
 from __future__ import annotations
 
-import shutil
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -34,9 +33,10 @@ import numpy as np
 from recstack.errors import InputError
 from recstack.ensembles.fuse_step import LOGITS
 from recstack.ensembles.graph import (
-    ENSEMBLE_INPUTS, ENSEMBLE_NAME, ENSEMBLE_OUTPUTS, MAX_BATCH_SIZE, MAX_QUEUE_DELAY_US, SETTING_ENV, STEPS,
-    ServingGraph, ServingOp,
+    ENSEMBLE_INPUTS, ENSEMBLE_NAME, ENSEMBLE_OUTPUTS, MAX_BATCH_SIZE, MAX_QUEUE_DELAY_US, STEPS,
+    ServingGraph, ServingOp, setting_environment,
 )
+from recstack.io import atomic_dir
 from recstack.ensembles.model_repo import Artifact, TensorSpec, write_ensemble_model, write_python_model
 from recstack.ensembles.onnx_model import onnx_signature, write_onnx_model
 from recstack.ensembles.python_model import VERSION_OUTPUT
@@ -158,10 +158,7 @@ def export_onnxruntime_ensemble(graph: ServingGraph, repo_dir: Path, name: str =
     repository is built in a temporary folder and swapped in whole.
     """
     repo_dir = Path(repo_dir)
-    tmp = repo_dir.with_name(f".{repo_dir.name}.export")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    try:
+    with atomic_dir(repo_dir) as tmp:
         steps = []
         for model in split_graph(graph, outputs):
             if isinstance(model, OnnxOp):
@@ -173,16 +170,7 @@ def export_onnxruntime_ensemble(graph: ServingGraph, repo_dir: Path, name: str =
             write_python_model(tmp, model.name, model.step_class, model.params, model.inputs, model.outputs,
                                max_batch_size=max_batch_size, instance_count=instances,
                                max_queue_delay_us=max_queue_delay_us, artifacts=model.artifacts,
-                               environment={k: SETTING_ENV[k.rsplit(".", 1)[-1]] for k in model.settings})
+                               environment=setting_environment(model.settings))
             steps.append((model.name, {s.name: s.name for s in model.inputs}, {s.name: s.name for s in model.outputs}))
         write_ensemble_model(tmp, name, ENSEMBLE_INPUTS, outputs, steps, max_batch_size=max_batch_size)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    old = repo_dir.with_name(f".{repo_dir.name}.old")
-    shutil.rmtree(old, ignore_errors=True)
-    if repo_dir.exists():
-        repo_dir.rename(old)
-    tmp.rename(repo_dir)
-    shutil.rmtree(old, ignore_errors=True)
     return repo_dir
