@@ -117,7 +117,7 @@ def test_closed_loop_keeps_n_in_flight_and_stops_by_time():
     assert we - ws == pytest.approx(0.3) and max(r.start_s for r in records) < we
     level = summarize(records, ws, we, mode="concurrency", level=3)
     # 3 in flight / 10 ms = 300/s at best; the window arithmetic can land a float ulp above it
-    assert level.errors == 0 and 150 < level.throughput_rps <= pytest.approx(300, rel=1e-9)
+    assert level.errors == 0 and 150 < level.throughput_rps <= 300 * (1 + 1e-9)
     assert len(snaps) == 2 and snaps[0] < snaps[1]
 
 
