@@ -190,7 +190,13 @@ def join_frames(parts: list[pd.DataFrame], index: pd.Index) -> pd.DataFrame:
     if not parts:
         return pd.DataFrame(index=index)
     if all(p.index.equals(parts[0].index) for p in parts):
-        return pd.concat(parts, axis=1) if len(parts) > 1 else parts[0]
+        if len(parts) == 1:
+            return parts[0]
+        names = [c for p in parts for c in p.columns]
+        if len(set(names)) < len(names):
+            return pd.concat(parts, axis=1)
+        # side by side without pd.concat's copy of every column into consolidated blocks
+        return pd.DataFrame({c: p[c] for p in parts for c in p.columns}, index=parts[0].index, copy=False)
     common = parts[0].index
     for p in parts[1:]:
         common = common.intersection(p.index, sort=False)

@@ -257,7 +257,8 @@ class Workflow:
         if keep:
             out = pd.concat([df.loc[out.index, keep], out], axis=1)
         if not self.groups_rows:
-            out.index = labels[out.index.to_numpy()]
+            same_rows = out.index.equals(df.index)  # no Filter: keep the caller's labels as they are
+            out.index = labels if same_rows else labels[out.index.to_numpy()]
         return out
 
     # ------------------------------------------------------------------ serving

@@ -239,21 +239,32 @@ class DifferenceLag(Operator):
             st["keys"] = as_key_array(st["kind"], st["keys"])
 
     def _lag(self, column: str, keys_raw: np.ndarray, ts: np.ndarray, rows: np.ndarray) -> np.ndarray:
-        st = self._stats(column)
-        index = KeyIndex(st["kind"], st["keys"])
-        pos = index.positions(keys_raw, self.partition_col)
-        fitted_last = np.where(pos >= 0, st["last"][np.maximum(pos, 0)] if len(st["last"]) else np.nan, np.nan)
+        # Sized for tens of millions of rows: about five n-length arrays live at once; the fitted
+        # last times are looked up only for the rows that need them (a key's first row here).
         group = pd.factorize(pd.Series(keys_raw), use_na_sentinel=True)[0]
         order = group_time_order(group, ts, rows)
-        g, t = group[order], ts[order]
-        same = np.r_[False, (g[1:] == g[:-1]) & (g[1:] >= 0)]
-        prev = np.r_[np.nan, t[:-1]]
-        fallback = fitted_last[order]
-        fallback = np.where(fallback < t, fallback, np.nan)
-        lag_sorted = np.where(same & ~np.isnan(prev), t - prev, t - fallback)
-        lag_sorted[g < 0] = np.nan
-        out = np.empty(len(ts))
-        out[order] = lag_sorted
+        g = group[order]
+        del group
+        t = ts[order]
+        lag = np.empty(len(t))
+        lag[:1] = np.nan
+        np.subtract(t[1:], t[:-1], out=lag[1:])
+        first = np.empty(len(t), dtype=bool)
+        first[:1] = True
+        np.not_equal(g[1:], g[:-1], out=first[1:])
+        first |= np.isnan(lag)  # after a row without a time, fall back as for a first row
+        at = np.flatnonzero(first)
+        del first
+        st = self._stats(column)
+        pos = KeyIndex(st["kind"], st["keys"]).positions(keys_raw[order[at]], self.partition_col)
+        fitted_last = st["last"][np.maximum(pos, 0)] if len(st["last"]) else np.full(len(at), np.nan)
+        fitted_last = np.where(pos >= 0, fitted_last, np.nan)
+        t_at = t[at]
+        lag[at] = np.where(fitted_last < t_at, t_at - fitted_last, np.nan)
+        lag[g < 0] = np.nan
+        del g, t
+        out = np.empty(len(lag))
+        out[order] = lag
         return out
 
     def transform(self, df: pd.DataFrame, ctx: Context) -> pd.DataFrame:
