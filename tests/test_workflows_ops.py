@@ -336,3 +336,30 @@ def test_groupby_request_equals_batch_group(rows):
         got = wf.transform_request({c: mine[c].tolist() for c in df.columns})
         for name, value in got.items():
             assert same(value, out[name].iloc[i]), name
+
+
+@settings(max_examples=60, deadline=None)
+@given(keys=st.lists(st.integers(-5, 1000), min_size=1, max_size=200, unique=True),
+       values=st.lists(st.integers(-2**40, 2**40) | st.integers(-10, 1010), max_size=300))
+def test_key_index_dense_table_equals_hash_lookup(keys, values):
+    """Compact non-negative int keys take the lookup-table path; any int values (negative,
+    beyond the largest key, huge) get the same positions as the pd.Index lookup."""
+    from recstack.workflows.keys import KeyIndex
+
+    karr = np.asarray(keys, dtype=np.int64)
+    vals = np.asarray(values, dtype=np.int64)
+    index = KeyIndex("int", karr)
+    expected = pd.Index(karr).get_indexer(vals)
+    np.testing.assert_array_equal(index.positions(vals, "c"), expected)
+    assert (index._table is not None) == (karr.min() >= 0)
+
+
+@settings(max_examples=60, deadline=None)
+@given(values=st.lists(st.integers(0, 5000) | st.integers(-2**62, 2**62), min_size=1, max_size=400))
+def test_count_keys_equals_value_counts(values):
+    from recstack.workflows.keys import count_keys
+
+    arr = np.asarray(values, dtype=np.int64)
+    keys, counts = count_keys("int", arr)
+    got = dict(zip(keys.tolist(), counts.tolist()))
+    assert got == pd.Series(arr).value_counts().to_dict()

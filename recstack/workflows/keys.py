@@ -132,6 +132,24 @@ def canonical(kind: str, values: np.ndarray, column: str) -> tuple[np.ndarray, n
     return np.array([0 if k is UNMATCHABLE else k for k in keys], dtype=dtype), unmatched
 
 
+BINCOUNT_MAX_SPAN = 1 << 26
+"""Non-negative integer keys up to this value (and up to 4x the row count) are counted with
+``np.bincount``: no hash table, and a fraction of ``value_counts``' transient memory (which
+costs ~26 bytes a row on int64 columns)."""
+
+
+def count_keys(kind: str, keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Distinct ``keys`` and their counts (in no particular order)."""
+    if kind != "str" and keys.dtype.kind in "iu" and len(keys):
+        lo, hi = int(keys.min()), int(keys.max())
+        if lo >= 0 and hi < min(BINCOUNT_MAX_SPAN, 4 * len(keys) + 1024):
+            counts = np.bincount(keys)
+            present = np.flatnonzero(counts)
+            return present.astype(keys.dtype), counts[present].astype(np.int64)
+    vc = pd.Series(keys, dtype=object if kind == "str" else None).value_counts(sort=False)
+    return vc.index.to_numpy(), vc.to_numpy(dtype=np.int64)
+
+
 def key_dtype(kind: str) -> Any:
     return object if kind == "str" else (np.int64 if kind == "int" else np.float64)
 
@@ -162,9 +180,28 @@ class KeyIndex:
         self.keys = keys
         self._index = pd.Index(keys, dtype=keys.dtype)
         self._dict: dict[Any, int] | None = None
+        self._table = self._dense_table(kind, keys)
+
+    @staticmethod
+    def _dense_table(kind: str, keys: np.ndarray) -> np.ndarray | None:
+        """``table[key] = position`` (-1: absent) for non-negative int keys of a compact range (ids
+        numbered from 0 or 1): one gather per row instead of a hash lookup, at a few times the
+        key array's memory; None for anything else."""
+        if kind != "int" or not len(keys) or int(keys.min()) < 0 or int(keys.max()) > 8 * len(keys) + 1024:
+            return None
+        table = np.full(int(keys.max()) + 1, -1, dtype=np.int64)
+        table[keys] = np.arange(len(keys), dtype=np.int64)
+        return table
 
     def positions(self, values: np.ndarray, column: str) -> np.ndarray:
         """Raw values ``[n]`` (nulls allowed) -> int64 positions, -1 for null / unknown."""
+        if self._table is not None and values.dtype.kind in "iu":
+            top = len(self._table) - 1
+            found = self._table[np.clip(values, 0, top)]
+            outside = (values < 0) | (values > top)
+            if outside.any():
+                found[outside] = -1
+            return found
         pos = np.full(len(values), -1, dtype=np.int64)
         mask = nonnull_mask(values)
         if not mask.any():

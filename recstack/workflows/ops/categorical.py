@@ -20,6 +20,7 @@ from recstack.workflows.keys import (
     as_key_array,
     canonical,
     convert_keys,
+    count_keys,
     infer_kind,
     merge_kinds,
     narrow_objects,
@@ -54,9 +55,6 @@ def combo_token(value: Any) -> str:
     return str(value)
 
 
-def _count(kind: str, keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    vc = pd.Series(keys, dtype=object if kind == "str" else None).value_counts(sort=False)
-    return vc.index.to_numpy(), vc.to_numpy(dtype=np.int64)
 
 
 @register_op
@@ -113,7 +111,7 @@ class Categorify(Operator):
         if self.encode_type == "combo":
             keys = self._combo_keys(df)
             return {self.output_column_names(list(df.columns))[0]: dict(
-                zip(("keys", "counts"), _count("str", keys[keys != None])),  # noqa: E711
+                zip(("keys", "counts"), count_keys("str", keys[keys != None])),  # noqa: E711
                 kind="str", is_list=False, max_length=None)}
         return {c: self._partial_column(df[c]) for c in df.columns}
 
@@ -125,10 +123,11 @@ class Categorify(Operator):
             max_length = int(np.diff(offsets).max()) if len(offsets) > 1 else 0
         else:
             raw = raw_values(series)
-        values = narrow_objects(raw[nonnull_mask(raw)])
+        present = nonnull_mask(raw)
+        values = narrow_objects(raw if present.all() else raw[present])
         kind = infer_kind(values) if len(values) else ""
         keys, unmatched = canonical(kind or "int", values, series.name)
-        keys, counts = _count(kind or "int", keys[~unmatched])
+        keys, counts = count_keys(kind or "int", keys[~unmatched] if unmatched.any() else keys)
         return {"kind": kind, "keys": keys, "counts": counts, "is_list": is_list, "max_length": max_length}
 
     def merge_partials(self, partials: list[Any]) -> Any:
@@ -187,10 +186,10 @@ class Categorify(Operator):
 
     def encode_array(self, column: str, values: np.ndarray) -> np.ndarray:
         """Raw scalar values ``[n]`` (any dtype, nulls allowed) -> int64 codes ``[n]``."""
-        mask = nonnull_mask(values)
-        pos = self.key_index(column).positions(values, column)
-        codes = np.where(pos < 0, OOV, pos + FIRST_CODE)
-        codes[~mask] = PAD
+        codes = self.key_index(column).positions(values, column)
+        codes += FIRST_CODE  # in place: position -1 (unknown) becomes OOV
+        if values.dtype.kind not in "iub":
+            codes[~nonnull_mask(values)] = PAD
         return codes
 
     def encode_value(self, column: str, value: Any) -> int:

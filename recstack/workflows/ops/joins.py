@@ -20,6 +20,7 @@ from recstack.workflows.keys import (
     as_key_array,
     canonical,
     convert_keys,
+    count_keys,
     infer_kind,
     merge_kinds,
     narrow_objects,
@@ -75,13 +76,12 @@ class JoinGroupby(Operator):
         for key in df.columns:
             values = raw_values(df[key])
             ok = nonnull_mask(values)
-            vals = narrow_objects(values[ok])
+            vals = narrow_objects(values if ok.all() else values[ok])
             kind = infer_kind(vals) if len(vals) else ""
             keys, unmatched = canonical(kind or "int", vals, key)
-            if not self.cont_cols:  # counts only: one hash count, no frame to filter and group
-                counts = pd.Series(keys[~unmatched] if unmatched.any() else keys).value_counts(sort=False)
-                out[key] = {"kind": kind, "agg": pd.DataFrame({"_n": counts.to_numpy(np.int64)},
-                                                              index=counts.index.rename("key"))}
+            if not self.cont_cols:  # counts only: one count, no frame to filter and group
+                distinct, counts = count_keys(kind or "int", keys[~unmatched] if unmatched.any() else keys)
+                out[key] = {"kind": kind, "agg": pd.DataFrame({"_n": counts}, index=pd.Index(distinct, name="key"))}
                 continue
             frame = pd.DataFrame({"key": keys}).assign(_n=1)
             for c in self.cont_cols:
@@ -135,7 +135,7 @@ class JoinGroupby(Operator):
         names = iter(self._names(key))
         if "count" in self.stat_names:
             counts = st["count"][p] if len(st["count"]) else np.zeros(len(p), np.int64)
-            out[next(names)] = np.where(known, counts, 0).astype(np.int64)
+            out[next(names)] = np.where(known, counts, 0).astype(np.int64, copy=False)
         for c in self.cont_cols:
             for stat in self.stat_names:
                 if stat != "count":
