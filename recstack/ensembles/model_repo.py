@@ -287,7 +287,7 @@ def live_version(model_dir: Path) -> int | None:
     if not config.is_file():
         return None
     text = config.read_text()
-    marked = re.search(r"^" + re.escape(LIVE_MARK) + r"(\d+)$", text, re.M)
+    marked = re.search(r"^" + re.escape(LIVE_MARK) + r"(\d+)$", text, re.MULTILINE)
     if marked:
         return int(marked.group(1))
     match = re.search(r"version_policy: \{ specific: \{ versions: \[ (\d+) \] \} \}", text)
@@ -311,7 +311,7 @@ def set_live_version(model_dir: Path, version: int, also: Iterable[int] | None =
         raise InputError(f"--version: {version} is not a version of {model_dir.name} ({existing})")
     if also is None:
         also = [v for v in served_versions(model_dir) if v != live_version(model_dir) and v in existing]
-    missing = sorted(set(int(v) for v in also) - set(existing))
+    missing = sorted({int(v) for v in also} - set(existing))
     if missing:
         raise InputError(f"versions: {missing} are not versions of {model_dir.name} ({existing})")
     config = (model_dir / "config.pbtxt").read_text()

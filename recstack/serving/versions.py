@@ -26,7 +26,11 @@ from typing import Any
 from recstack.cliutil import add_dataset_argument
 from recstack.ensembles.graph import ENSEMBLE_NAME, FUSED_NAME, MANIFEST_FILE
 from recstack.ensembles.model_repo import (
-    live_version, model_versions, pin_ensemble_version, served_versions, set_live_version,
+    live_version,
+    model_versions,
+    pin_ensemble_version,
+    served_versions,
+    set_live_version,
 )
 from recstack.errors import InputError
 from recstack.io import read_json, write_json
@@ -72,7 +76,7 @@ def deploy(repo: Path, version: int, url: str | None = None, timeout_s: float = 
     reloaded = False
     pinned = _pin_ensemble(repo)
     if url is not None:
-        import tritonclient.http as http
+        from tritonclient import http
         from tritonclient.utils import InferenceServerException
 
         client = http.InferenceServerClient(url=url, network_timeout=timeout_s, connection_timeout=timeout_s)
@@ -118,7 +122,7 @@ def load_versions(repo: Path, versions: list[int], url: str | None = None, timeo
     loaded = served_versions(model_dir)
     if url is None:
         return {"live": live, "loaded": loaded, "reloaded": False}
-    import tritonclient.http as http
+    from tritonclient import http
     from tritonclient.utils import InferenceServerException
 
     client = http.InferenceServerClient(url=url, network_timeout=timeout_s, connection_timeout=timeout_s)

@@ -70,7 +70,11 @@ def _report(args: argparse.Namespace) -> int:
 
 def _simulate(args: argparse.Namespace) -> int:
     from recstack.io import write_json
-    from recstack.serving.ab.simulate import build_replay, format_simulation, run_experiments
+    from recstack.serving.ab.simulate import (
+        build_replay,
+        format_simulation,
+        run_experiments,
+    )
 
     if args.runs < 1 or args.days < 1 or not 0 < args.alpha < 1:
         raise InputError("--runs and --days must be >= 1 and --alpha in (0, 1)")

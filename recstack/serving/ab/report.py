@@ -18,7 +18,12 @@ import pandas as pd
 
 from recstack.serving.ab.experiments import Experiment
 from recstack.serving.ab.exposures import parse_exposure_id
-from recstack.serving.ab.stats import DEFAULT_TAU, msprt, two_proportion_z_test, wilson_interval
+from recstack.serving.ab.stats import (
+    DEFAULT_TAU,
+    msprt,
+    two_proportion_z_test,
+    wilson_interval,
+)
 
 DAY_S = 86400.0
 
@@ -76,7 +81,7 @@ def build_report(experiment: Experiment, exposure_events: pd.DataFrame, events: 
     daily: dict[str, dict[str, list[tuple[int, int]]]] = {}
     for variant in experiment.variants:
         mine = users[users["variant"] == variant.name]
-        row: dict[str, Any] = {"share": variant.share, "users": int(len(mine)),
+        row: dict[str, Any] = {"share": variant.share, "users": len(mine),
                                "exposures": int(exposures[exposures["variant"] == variant.name]["request_id"].nunique())}
         daily[variant.name] = {}
         for name, times in outcome_times.items():
@@ -107,9 +112,11 @@ def build_report(experiment: Experiment, exposure_events: pd.DataFrame, events: 
 
 def format_report(report: dict[str, Any]) -> str:
     """One screen: a table of variants, then each comparison with the control."""
-    pct = lambda x: f"{100 * x:5.2f}%"  # noqa: E731
-    lines = [f"experiment {report['experiment']}: {report['days']} day(s) of exposures, unit = user, "
-             f"alpha {report['alpha']}"]
+    def pct(x: float) -> str:
+        return f"{100 * x:5.2f}%"
+
+    lines = [(f"experiment {report['experiment']}: {report['days']} day(s) of exposures, unit = user, "
+              f"alpha {report['alpha']}")]
     lines.append(f"{'variant':<16}{'share':>6}{'users':>8}{'lists':>8}   {'click-through (95% CI)':<32}"
                  f"{'conversion (95% CI)':<32}")
     for name, row in report["variants"].items():

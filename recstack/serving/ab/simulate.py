@@ -25,7 +25,12 @@ import pandas as pd
 from recstack.errors import InputError
 from recstack.paths import RunPaths
 from recstack.serving.ab.experiments import unit_hash
-from recstack.serving.ab.stats import DEFAULT_TAU, msprt, two_proportion_z_test, wilson_interval
+from recstack.serving.ab.stats import (
+    DEFAULT_TAU,
+    msprt,
+    two_proportion_z_test,
+    wilson_interval,
+)
 
 ARMS = ("pipeline", "popularity")
 
@@ -116,7 +121,7 @@ def run_experiments(users: np.ndarray, day: np.ndarray, clicks_a: np.ndarray, cl
         counts["fixed"] += daily_p[-1] < alpha
         counts["naive_peeking"] += min(daily_p) < alpha
         counts["sequential"] += msprt(looks, tau)[-1] < alpha
-    return {"runs": runs, "alpha": alpha, "tau": tau, "days": days, "users": int(len(users)),
+    return {"runs": runs, "alpha": alpha, "tau": tau, "days": days, "users": len(users),
             "rate_a": float(clicks_a.mean()) if len(users) else 0.0,
             "rate_b": float(clicks_b.mean()) if len(users) else 0.0,
             "significant": {rule: {"count": int(n), "rate": n / runs, "ci": wilson_interval(int(n), runs)}
@@ -125,8 +130,8 @@ def run_experiments(users: np.ndarray, day: np.ndarray, clicks_a: np.ndarray, cl
 
 def format_simulation(name: str, result: dict[str, Any]) -> str:
     """One markdown table row per decision rule."""
-    lines = [f"{name}: {result['users']} users over {result['days']} days, click rate A {result['rate_a']:.3f} / "
-             f"B {result['rate_b']:.3f}, {result['runs']} experiments, alpha {result['alpha']}",
+    lines = [(f"{name}: {result['users']} users over {result['days']} days, click rate A {result['rate_a']:.3f} / "
+              f"B {result['rate_b']:.3f}, {result['runs']} experiments, alpha {result['alpha']}"),
              "| rule | declared significant | 95% CI |", "|---|---|---|"]
     for rule, row in result["significant"].items():
         lines.append(f"| {rule} | {row['count']}/{result['runs']} = {100 * row['rate']:.1f}% | "

@@ -162,9 +162,8 @@ def create_app(config: GatewayConfig) -> FastAPI:
         excluded = {int(x) for x in exclude.split(",") if x}
         router: ExperimentRouter | None = state["experiment"]
         route = router.route(user_id) if router is not None else None
-        out = await state["recommender"].top_n(user_id, min(MAX_K, k + len(excluded)),
-                                               **(dict(model=route.model, version=route.version, extra=route.inputs)
-                                                  if route is not None else {}))
+        variant = {"model": route.model, "version": route.version, "extra": route.inputs} if route else {}
+        out = await state["recommender"].top_n(user_id, min(MAX_K, k + len(excluded)), **variant)
         catalogue: Catalogue = state["catalogue"]
         if out["explored"].any():
             catalogue.refresh()  # titles of items added since the last refresh
