@@ -38,6 +38,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     simulate.add_argument("-k", type=int, default=10, help="list length shown")
     simulate.add_argument("--alpha", type=float, default=0.05)
     simulate.add_argument("--json-out", type=Path, default=None, help="also write the results as JSON here")
+    simulate.add_argument("--png", type=Path, default=None, help="also plot the rejection rates to this PNG")
     simulate.set_defaults(handler=_simulate)
 
     load = sub.add_parser("load-versions", help="load an experiment's model versions beside the live one",
@@ -73,6 +74,7 @@ def _simulate(args: argparse.Namespace) -> int:
     from recstack.serving.ab.simulate import (
         build_replay,
         format_simulation,
+        plot_simulation,
         run_experiments,
     )
 
@@ -89,6 +91,8 @@ def _simulate(args: argparse.Namespace) -> int:
         print(format_simulation(name, results[name]) + "\n")
     if args.json_out:
         write_json(args.json_out, results)
+    if args.png:
+        plot_simulation(results, args.png)
     return 0
 
 

@@ -137,3 +137,29 @@ def format_simulation(name: str, result: dict[str, Any]) -> str:
         lines.append(f"| {rule} | {row['count']}/{result['runs']} = {100 * row['rate']:.1f}% | "
                      f"[{100 * row['ci'][0]:.1f}%, {100 * row['ci'][1]:.1f}%] |")
     return "\n".join(lines)
+
+
+def plot_simulation(results: dict[str, dict[str, Any]], path) -> None:
+    """Bars: share of experiments declared significant per scenario and rule, with 95% intervals
+    and the nominal α as a line (PNG at ``path``)."""
+    import matplotlib
+
+    matplotlib.use("Agg", force=False)
+    import matplotlib.pyplot as plt
+
+    from recstack.io import save_figure
+
+    rules = ["fixed", "naive_peeking", "sequential"]
+    fig, axes = plt.subplots(1, len(results), figsize=(5 * len(results), 3.6))
+    for ax, (name, result) in zip(np.atleast_1d(axes), results.items()):
+        rates = [result["significant"][r]["rate"] for r in rules]
+        low = [rate - result["significant"][r]["ci"][0] for r, rate in zip(rules, rates)]
+        high = [result["significant"][r]["ci"][1] - rate for r, rate in zip(rules, rates)]
+        bars = ax.bar(rules, rates, yerr=[low, high], capsize=4, color=["#3b6fd8", "#d8553b", "#3bb36f"])
+        ax.bar_label(bars, labels=[f"{100 * r:.1f}%" for r in rates], fontsize=8)
+        ax.axhline(result["alpha"], color="grey", linestyle="--", linewidth=1)
+        ax.set_ylim(0, 1.05 if max(rates) > 0.5 else max(0.35, max(rates) * 1.3))
+        ax.set_title(f"{name}\n{result['runs']} experiments, {result['days']} daily looks", fontsize=9)
+        ax.set_ylabel("declared significant")
+    fig.tight_layout()
+    save_figure(fig, path)

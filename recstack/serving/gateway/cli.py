@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import asyncio
 from pathlib import Path
 
 from recstack.cliutil import add_dataset_argument
@@ -31,6 +32,16 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.set_defaults(handler=run_gateway)
 
 
+async def _check_experiment(config) -> None:
+    from recstack.serving.gateway.app import Recommender, open_experiment
+
+    recommender = Recommender(config.triton_url, config.triton_timeout_s)
+    try:
+        (await open_experiment(config, recommender)).close()
+    finally:
+        await recommender.close()
+
+
 def run_gateway(args: argparse.Namespace) -> int:
     import uvicorn
 
@@ -38,5 +49,7 @@ def run_gateway(args: argparse.Namespace) -> int:
 
     config = GatewayConfig(RunPaths.for_dataset(args.dataset), args.triton_url, event_log=args.event_log,
                            experiments=args.experiments, exposure_log=args.exposure_log)
+    if config.experiments is not None:  # a bad variant: one line and exit code 2, not a startup traceback
+        asyncio.run(_check_experiment(config))
     uvicorn.run(create_app(config), host=args.host, port=args.port, log_level="warning")
     return 0
