@@ -14,7 +14,12 @@ import pytest
 
 from recstack.errors import InputError
 from recstack.serving.ab.experiments import load_experiment, parse_experiment, unit_hash
-from recstack.serving.ab.stats import msprt, msprt_likelihood_ratio, two_proportion_z_test, wilson_interval
+from recstack.serving.ab.stats import (
+    msprt,
+    msprt_likelihood_ratio,
+    two_proportion_z_test,
+    wilson_interval,
+)
 
 EXPERIMENT = {"name": "exp-1", "salt": "salt-1",
               "variants": [{"name": "control", "share": 0.5}, {"name": "b", "share": 0.3, "model_version": 2},
@@ -140,7 +145,11 @@ def test_simulated_aa_tests_reject_at_the_nominal_rate_and_naive_peeking_does_no
 
 def test_version_policy_loads_experiment_versions_and_pins_the_ensemble(tmp_path):
     from recstack.ensembles.model_repo import (
-        live_version, pin_ensemble_version, served_versions, set_live_version, version_policy,
+        live_version,
+        pin_ensemble_version,
+        served_versions,
+        set_live_version,
+        version_policy,
     )
 
     model = tmp_path / "recommend_steps"

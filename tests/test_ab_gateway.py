@@ -32,7 +32,11 @@ def ab_stack(e2e_paths, tmp_path_factory):
     loaded on the running server by `load_versions`; gateway and server share a live-item registry."""
     from conftest import run_gateway
 
-    from recstack.ensembles.graph import export_ensemble, recommendation_graph, run_manifest
+    from recstack.ensembles.graph import (
+        export_ensemble,
+        recommendation_graph,
+        run_manifest,
+    )
     from recstack.serving.gateway import GatewayConfig
     from recstack.serving.server import start_server
     from recstack.serving.versions import load_versions
@@ -70,7 +74,7 @@ def test_ensemble_stays_on_the_live_version_while_the_experiment_version_is_load
     with TritonClient(server.grpc_url) as client:
         assert int(client.infer("recommend", inputs, ["model_version"])["model_version"][0, 0]) == 1
         assert client.is_ready("recommend_steps")
-    import tritonclient.grpc as grpc
+    from tritonclient import grpc
 
     direct = grpc.InferenceServerClient(server.grpc_url)
     try:
@@ -103,6 +107,26 @@ def test_every_recommendation_carries_its_sticky_variant_and_is_served_by_its_ve
                      parse_exposure_id(mine["event_id"].iloc[0]).request_id]
         assert first["item_id"].tolist() == items and first["value"].tolist() == [1.0, 2.0, 3.0, 4.0, 5.0]
         assert {parse_exposure_id(e).variant for e in mine["event_id"]} == {experiment.assign(user).name}
+
+
+def test_ab_report_counts_a_click_on_a_shown_item(ab_stack, cli_env, capsys, e2e_paths):
+    from recstack.cli import main
+
+    _, gateway, experiments, folder = ab_stack
+    user = 3
+    shown = gateway.get(f"/v1/users/{user}/recommendations", params={"k": 5}).json()
+    resp = gateway.post("/v1/events", json={"events": [
+        {"event_id": f"ab-click-{user}", "user": user, "item": shown["items"][1]["item_id"], "type": "click"}]})
+    assert resp.status_code == 200
+    args = ["ab", "report", "--dataset", "ml-100k", "--experiments", str(experiments), "--json",
+            "--event-log", f"sqlite:///{folder / 'log.db'}", "--exposure-log", f"sqlite:///{folder / 'exposures.db'}"]
+    assert main(args) == 0
+    import json
+
+    report = json.loads(capsys.readouterr().out)
+    mine = report["variants"][shown["variant"]]
+    assert mine["click"]["users"] == 1 and mine["users"] >= 1 and report["mismatched"] == 0
+    assert sum(v["users"] for v in report["variants"].values()) == 40  # users 1..40 of the test above
 
 
 def test_variants_are_checked_against_the_served_model_metadata(ab_stack, tmp_path):
