@@ -110,6 +110,7 @@ def run_experiments(users: np.ndarray, day: np.ndarray, clicks_a: np.ndarray, cl
     significant by each decision rule, with Wilson intervals on those rates."""
     days = int(day.max()) + 1 if len(day) else 0
     counts = {"fixed": 0, "naive_peeking": 0, "sequential": 0}
+    stop_days: dict[str, list[int]] = {"naive_peeking": [], "sequential": []}  # 1-based day of the first p < α
     for run in range(runs):
         in_b = assignments(users, f"{salt_prefix}-{run}", share_b)
         looks = []
@@ -119,12 +120,16 @@ def run_experiments(users: np.ndarray, day: np.ndarray, clicks_a: np.ndarray, cl
             looks.append((int(clicks_a[a].sum()), int(a.sum()), int(clicks_b[b].sum()), int(b.sum())))
         daily_p = [two_proportion_z_test(*look, alpha=alpha).p for look in looks]
         counts["fixed"] += daily_p[-1] < alpha
-        counts["naive_peeking"] += min(daily_p) < alpha
-        counts["sequential"] += msprt(looks, tau)[-1] < alpha
+        for rule, p_values in (("naive_peeking", daily_p), ("sequential", msprt(looks, tau))):
+            first = next((d for d, p in enumerate(p_values, start=1) if p < alpha), None)
+            counts[rule] += first is not None
+            if first is not None:
+                stop_days[rule].append(first)
     return {"runs": runs, "alpha": alpha, "tau": tau, "days": days, "users": len(users),
             "rate_a": float(clicks_a.mean()) if len(users) else 0.0,
             "rate_b": float(clicks_b.mean()) if len(users) else 0.0,
-            "significant": {rule: {"count": int(n), "rate": n / runs, "ci": wilson_interval(int(n), runs)}
+            "significant": {rule: {"count": int(n), "rate": n / runs, "ci": wilson_interval(int(n), runs),
+                                   "mean_stop_day": float(np.mean(stop_days[rule])) if stop_days.get(rule) else None}
                             for rule, n in counts.items()}}
 
 
@@ -132,10 +137,12 @@ def format_simulation(name: str, result: dict[str, Any]) -> str:
     """One markdown table row per decision rule."""
     lines = [(f"{name}: {result['users']} users over {result['days']} days, click rate A {result['rate_a']:.3f} / "
               f"B {result['rate_b']:.3f}, {result['runs']} experiments, alpha {result['alpha']}"),
-             "| rule | declared significant | 95% CI |", "|---|---|---|"]
+             "| rule | declared significant | 95% CI | mean day of the decision |", "|---|---|---|---|"]
     for rule, row in result["significant"].items():
+        day = result["days"] if rule == "fixed" else row["mean_stop_day"]
         lines.append(f"| {rule} | {row['count']}/{result['runs']} = {100 * row['rate']:.1f}% | "
-                     f"[{100 * row['ci'][0]:.1f}%, {100 * row['ci'][1]:.1f}%] |")
+                     f"[{100 * row['ci'][0]:.1f}%, {100 * row['ci'][1]:.1f}%] | "
+                     f"{'-' if day is None or not row['count'] else f'{day:.1f}'} |")
     return "\n".join(lines)
 
 
