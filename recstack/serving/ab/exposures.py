@@ -27,7 +27,7 @@ EXPOSURE_FILE = "exposures.db"
 PREFIX = "exp"
 
 
-def open_exposure_log(paths: RunPaths, url: str | None = None, event_log_url: str | None = None):
+def open_exposure_log(paths: RunPaths | None, url: str | None = None, event_log_url: str | None = None):
     """The exposure log: ``url`` (``sqlite:///path`` or ``redis://...``), else a Redis stream next
     to a Redis interaction log (``event_log_url``), else ``runs/<ds>/events/exposures.db``."""
     from recstack.events.log import ENV_URL, SqliteEventLog, events_dir
@@ -35,13 +35,15 @@ def open_exposure_log(paths: RunPaths, url: str | None = None, event_log_url: st
     event_log_url = event_log_url or os.environ.get(ENV_URL)
     url = url or (event_log_url if event_log_url and not event_log_url.startswith("sqlite:") else None)
     if url is None:
+        if paths is None:
+            raise InputError("--exposure-log: give a run or a log url")
         return SqliteEventLog(events_dir(paths) / EXPOSURE_FILE)
     if url.startswith("sqlite:///"):
         return SqliteEventLog(url[len("sqlite:///"):])
     if url.startswith(("redis://", "rediss://", "unix://")):
         from recstack.events.redis_log import RedisEventLog
 
-        return RedisEventLog(url, name=f"{paths.root.name}.exposures")
+        return RedisEventLog(url, name=f"{paths.root.name if paths is not None else 'default'}.exposures")
     raise InputError(f"--exposure-log: {url!r} is not sqlite:///<path> or redis://host:port/db")
 
 
