@@ -172,3 +172,15 @@ def test_version_policy_loads_experiment_versions_and_pins_the_ensemble(tmp_path
     assert pin_ensemble_version(ensemble, "recommend_steps", 2)
     assert "model_version: 2\n" in (ensemble / "config.pbtxt").read_text()
     assert not pin_ensemble_version(ensemble, "recommend_steps", 2)
+
+
+def test_ab_cli_reports_bad_input_in_one_line(tmp_path, capsys):
+    from recstack.cli import main
+
+    assert main(["ab", "report", "--experiments", str(tmp_path / "missing.yaml")]) == 2
+    assert "missing.yaml does not exist" in capsys.readouterr().err
+    assert main(["ab", "load-versions", "--clear", "--experiments", str(tmp_path / "e.yaml")]) == 2
+    assert "give an experiments file, or --clear" in capsys.readouterr().err
+    (tmp_path / "bad.json").write_text(json.dumps({**EXPERIMENT, "salt": ""}))
+    assert main(["ab", "report", "--experiments", str(tmp_path / "bad.json")]) == 2
+    assert "bad.json: salt: required" in capsys.readouterr().err
