@@ -31,6 +31,7 @@ STAGE_CLIS = (
     "recstack.serving.gateway.cli",
     "recstack.serving.versions",
     "recstack.serving.items",
+    "recstack.serving.ab.cli",
     "recstack.pipeline",
     "recstack.retrain",
 )

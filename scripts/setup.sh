@@ -42,6 +42,18 @@ if ! command -v redis-server >/dev/null; then
   fi
 fi
 
+# chromium (Debian package): the browser the web-page test drives through Playwright (Playwright's own
+# browser download needs the internet; Debian's build is used instead, at /usr/bin/chromium).
+if ! command -v chromium >/dev/null; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+    echo "setup: installing chromium (Debian package, for the web-page test)"
+    { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium; } >/dev/null \
+      || fail "apt-get install chromium failed"
+  else
+    fail "chromium is missing: install the Debian/Ubuntu package chromium (apt-get install chromium)"
+  fi
+fi
+
 want=$(cat pyproject.toml scripts/setup.sh | sha256sum | cut -c1-16)
 if [ -f "$STAMP" ] && [ "$(cat "$STAMP")" = "$want" ] && [ -x "$VENV/bin/recstack" ]; then
   exit 0

@@ -257,9 +257,17 @@ def write_python_model(
     return repo_dir / name
 
 
-def version_policy(version: int) -> str:
-    """The config.pbtxt line that makes Triton serve exactly ``version`` of a model."""
-    return f"version_policy: {{ specific: {{ versions: [ {int(version)} ] }} }}\n"
+LIVE_MARK = "# recstack live version: "
+"""Marks the live version in config.pbtxt when more than one version is loaded (an A/B experiment)."""
+
+
+def version_policy(version: int, also: Iterable[int] = ()) -> str:
+    """The config.pbtxt line(s) that make Triton serve exactly ``version`` of a model, plus the
+    versions ``also`` (e.g. an experiment's): then a comment line marks which one is live, the one
+    the ensemble forwards to (:func:`pin_ensemble_version`)."""
+    versions = sorted({int(version), *(int(v) for v in also)})
+    line = f"version_policy: {{ specific: {{ versions: [ {', '.join(map(str, versions))} ] }} }}\n"
+    return line if len(versions) == 1 else f"{LIVE_MARK}{int(version)}\n{line}"
 
 
 def _version_dirs(model_dir: Path | None) -> list[Path]:
@@ -278,18 +286,51 @@ def live_version(model_dir: Path) -> int | None:
     config = Path(model_dir) / "config.pbtxt"
     if not config.is_file():
         return None
-    match = re.search(r"version_policy: \{ specific: \{ versions: \[ (\d+) \] \} \}", config.read_text())
+    text = config.read_text()
+    marked = re.search(r"^" + re.escape(LIVE_MARK) + r"(\d+)$", text, re.MULTILINE)
+    if marked:
+        return int(marked.group(1))
+    match = re.search(r"version_policy: \{ specific: \{ versions: \[ (\d+) \] \} \}", text)
     return int(match.group(1)) if match else None
 
 
-def set_live_version(model_dir: Path, version: int) -> None:
-    """Rewrite the model's version policy to serve ``version`` (atomically); the folder must exist."""
+def served_versions(model_dir: Path) -> list[int]:
+    """Every version the model's policy loads (the live one and any experiment's), ascending."""
+    config = Path(model_dir) / "config.pbtxt"
+    match = re.search(r"version_policy: \{ specific: \{ versions: \[ ([\d, ]+) \] \} \}",
+                      config.read_text() if config.is_file() else "")
+    return sorted(int(v) for v in match.group(1).split(",")) if match else []
+
+
+def set_live_version(model_dir: Path, version: int, also: Iterable[int] | None = None) -> None:
+    """Rewrite the model's version policy to serve ``version`` (atomically); the folder must exist.
+    ``also``: versions loaded beside it (None: keep those loaded now that still exist)."""
     model_dir = Path(model_dir)
-    if int(version) not in model_versions(model_dir):
-        raise InputError(f"--version: {version} is not a version of {model_dir.name} ({model_versions(model_dir)})")
+    existing = model_versions(model_dir)
+    if int(version) not in existing:
+        raise InputError(f"--version: {version} is not a version of {model_dir.name} ({existing})")
+    if also is None:
+        also = [v for v in served_versions(model_dir) if v != live_version(model_dir) and v in existing]
+    missing = sorted({int(v) for v in also} - set(existing))
+    if missing:
+        raise InputError(f"versions: {missing} are not versions of {model_dir.name} ({existing})")
     config = (model_dir / "config.pbtxt").read_text()
-    config = re.sub(r"version_policy: .*\n", "", config) + version_policy(version)
+    config = re.sub(r"(version_policy: .*|" + re.escape(LIVE_MARK) + r".*)\n", "", config)
+    config += version_policy(version, also)
     atomic_write_bytes(model_dir / "config.pbtxt", config.encode())
+
+
+def pin_ensemble_version(ensemble_dir: Path, model: str, version: int) -> bool:
+    """Make the ensemble's step calling ``model`` ask for ``version`` (-1: the newest loaded, the
+    default). Triton's -1 means the highest loaded version, so while an experiment loads versions
+    beside the live one the ensemble is pinned to the live one. Returns whether the file changed."""
+    path = Path(ensemble_dir) / "config.pbtxt"
+    text = path.read_text()
+    pattern = r"(model_name: " + re.escape(_pbtxt_str(model)) + r"\n\s*model_version: )-?\d+"
+    new = re.sub(pattern, lambda m: m.group(1) + str(int(version)), text)
+    if new != text:
+        atomic_write_bytes(path, new.encode())
+    return new != text
 
 
 def _link_or_copy(src: str, dst: str) -> str:

@@ -7,6 +7,13 @@ running server (explicit model-control mode) to reload the model: Triton loads t
 version before it unloads the old one, so requests keep being answered. Each deployment is
 appended to ``recommend_steps/deployments.json``; rollback goes back to the version live
 before the current one.
+
+An A/B experiment over model versions needs them loaded together: :func:`load_versions` sets
+the policy to the live version plus the experiment's (``versions: [ 1, 2 ]`` with a comment
+marking the live one) and pins the ``recommend`` ensemble's step to the live version (Triton's
+default, -1, would forward to the highest loaded one); the gateway asks for an experiment's
+version by number. A deploy keeps the extra versions loaded; ``load_versions(repo, [])``
+unloads them and unpins the ensemble.
 """
 
 from __future__ import annotations
@@ -17,8 +24,14 @@ from pathlib import Path
 from typing import Any
 
 from recstack.cliutil import add_dataset_argument
-from recstack.ensembles.graph import FUSED_NAME, MANIFEST_FILE
-from recstack.ensembles.model_repo import live_version, model_versions, set_live_version
+from recstack.ensembles.graph import ENSEMBLE_NAME, FUSED_NAME, MANIFEST_FILE
+from recstack.ensembles.model_repo import (
+    live_version,
+    model_versions,
+    pin_ensemble_version,
+    served_versions,
+    set_live_version,
+)
 from recstack.errors import InputError
 from recstack.io import read_json, write_json
 from recstack.paths import RunPaths
@@ -61,8 +74,9 @@ def deploy(repo: Path, version: int, url: str | None = None, timeout_s: float = 
     write_json(model_dir / HISTORY_FILE, history(repo) + [{"version": int(version), "previous": before,
                                                            "at": time.time()}])
     reloaded = False
+    pinned = _pin_ensemble(repo)
     if url is not None:
-        import tritonclient.http as http
+        from tritonclient import http
         from tritonclient.utils import InferenceServerException
 
         client = http.InferenceServerClient(url=url, network_timeout=timeout_s, connection_timeout=timeout_s)
@@ -70,6 +84,8 @@ def deploy(repo: Path, version: int, url: str | None = None, timeout_s: float = 
             client.load_model(FUSED_NAME)
             if not client.is_model_ready(FUSED_NAME, str(version)):
                 raise InputError(f"--version: version {version} did not become ready on {url}")
+            if pinned:
+                client.load_model(ENSEMBLE_NAME)
             reloaded = True
         except InferenceServerException as exc:
             set_live_version(model_dir, before)  # the server still serves `before`: keep the files saying so
@@ -78,6 +94,52 @@ def deploy(repo: Path, version: int, url: str | None = None, timeout_s: float = 
         finally:
             client.close()
     return {"version": int(version), "previous": before, "reloaded": reloaded}
+
+
+def _pin_ensemble(repo: Path) -> bool:
+    """Pin the ensemble to the live version while other versions are loaded too, else unpin it
+    (-1); returns whether the ensemble's config changed or is pinned (it must then be reloaded)."""
+    model_dir = _model_dir(repo)
+    extra = len(served_versions(model_dir)) > 1
+    ensemble = Path(repo) / ENSEMBLE_NAME
+    if not (ensemble / "config.pbtxt").is_file():
+        return False
+    changed = pin_ensemble_version(ensemble, FUSED_NAME, live_version(model_dir) if extra else -1)
+    return changed or extra
+
+
+def load_versions(repo: Path, versions: list[int], url: str | None = None, timeout_s: float = 120.0) -> dict[str, Any]:
+    """Load ``versions`` of the fused model beside the live one (``[]``: only the live one), pin
+    the ensemble to the live version, and reload both on the server at ``url`` (HTTP host:port;
+    None: at the next start). Returns ``{"live", "loaded", "reloaded"}``."""
+    model_dir = _model_dir(repo)
+    live = live_version(model_dir)
+    if live is None:
+        raise InputError(f"--repo: {model_dir} has no live version")
+    before = served_versions(model_dir)
+    set_live_version(model_dir, live, also=[v for v in versions if v != live])
+    _pin_ensemble(repo)
+    loaded = served_versions(model_dir)
+    if url is None:
+        return {"live": live, "loaded": loaded, "reloaded": False}
+    from tritonclient import http
+    from tritonclient.utils import InferenceServerException
+
+    client = http.InferenceServerClient(url=url, network_timeout=timeout_s, connection_timeout=timeout_s)
+    try:
+        client.load_model(FUSED_NAME)
+        client.load_model(ENSEMBLE_NAME)
+        not_ready = [v for v in loaded if not client.is_model_ready(FUSED_NAME, str(v))]
+        if not_ready:
+            raise InputError(f"versions: {not_ready} did not become ready on {url}")
+    except InferenceServerException as exc:
+        set_live_version(model_dir, live, also=[v for v in before if v != live])  # what the server still serves
+        _pin_ensemble(repo)
+        reason = " ".join(exc.message().split("\n\nAt:")[0].split())
+        raise InputError(f"--url: {url} could not load versions {loaded}: {reason}") from None
+    finally:
+        client.close()
+    return {"live": live, "loaded": loaded, "reloaded": True}
 
 
 def rollback(repo: Path, url: str | None = None) -> dict[str, Any]:

@@ -19,7 +19,9 @@ from recstack.errors import InputError
 from recstack.features.live_items import DuplicateItem
 from recstack.serving.gateway.catalogue import Catalogue
 from recstack.serving.gateway.config import MAX_K, GatewayConfig
+from recstack.serving.gateway.experiment import ExperimentRouter
 from recstack.serving.gateway.metrics import GatewayMetrics
+from recstack.serving.gateway.web import mount_web_page
 from recstack.serving.gateway.schemas import (
     INT64, EventsIn, EventsOut, Health, NewItem, NewItemOut, NewUser, NewUserOut, RecommendedItem, Recommendations,
     SimilarItems,
@@ -42,18 +44,28 @@ class Recommender:
         self.client = grpc_aio.InferenceServerClient(url=url)
         self.timeout_s = timeout_s
 
-    async def top_n(self, user_id: int, n: int) -> dict[str, np.ndarray]:
-        from tritonclient.utils import InferenceServerException
+    async def top_n(self, user_id: int, n: int, model: str = ENSEMBLE_NAME, version: str = "",
+                    extra: dict[str, np.ndarray] | None = None) -> dict[str, np.ndarray]:
+        """The ensemble's outputs for one user (``model`` / ``version`` / ``extra`` inputs: an experiment's variant)."""
+        from tritonclient.utils import InferenceServerException, np_to_triton_dtype
 
-        inputs = [self._module.InferInput("user_id", [1, 1], "INT64"), self._module.InferInput("top_n", [1, 1], "INT32")]
-        inputs[0].set_data_from_numpy(np.array([[user_id]], np.int64))
-        inputs[1].set_data_from_numpy(np.array([[n]], np.int32))
+        arrays = {"user_id": np.array([[user_id]], np.int64), "top_n": np.array([[n]], np.int32), **(extra or {})}
+        inputs = []
+        for name, array in arrays.items():
+            inputs.append(self._module.InferInput(name, list(array.shape), np_to_triton_dtype(array.dtype)))
+            inputs[-1].set_data_from_numpy(array)
         outputs = [self._module.InferRequestedOutput(name) for name in OUTPUTS]
         try:
-            result = await self.client.infer(ENSEMBLE_NAME, inputs, outputs=outputs, client_timeout=self.timeout_s)
+            result = await self.client.infer(model, inputs, model_version=version, outputs=outputs,
+                                             client_timeout=self.timeout_s)
         except InferenceServerException as exc:
             raise TritonUnavailable(exc.message() if callable(getattr(exc, "message", None)) else str(exc)) from None
         return {name: result.as_numpy(name) for name in OUTPUTS}
+
+    async def input_specs(self, model: str, version: str = "") -> dict[str, str]:
+        """``{input name: Triton datatype}`` from the served model's metadata (raises when not loaded)."""
+        meta = await self.client.get_model_metadata(model, version, as_json=True, client_timeout=self.timeout_s)
+        return {spec["name"]: spec["datatype"] for spec in meta.get("inputs", [])}
 
     async def ready(self) -> bool:
         try:
@@ -63,6 +75,23 @@ class Recommender:
 
     async def close(self) -> None:
         await self.client.close()
+
+
+async def open_experiment(config: GatewayConfig, recommender: Recommender) -> ExperimentRouter | None:
+    """The experiment of ``config.experiments``, checked against the running server (None: no experiment)."""
+    if config.experiments is None:
+        return None
+    from recstack.serving.ab.experiments import load_experiment
+    from recstack.serving.ab.exposures import open_exposure_log
+
+    router = ExperimentRouter(load_experiment(config.experiments),
+                              open_exposure_log(config.paths, config.exposure_log, config.event_log))
+    try:
+        await router.check(recommender)
+    except BaseException:
+        router.close()
+        raise
+    return router
 
 
 def create_app(config: GatewayConfig) -> FastAPI:
@@ -81,9 +110,12 @@ def create_app(config: GatewayConfig) -> FastAPI:
         state["events"] = EventService.for_run(config.paths, config.event_log, live_items=config.live_items).start()
         state["recommender"] = Recommender(config.triton_url, config.triton_timeout_s)
         metrics.watch_events(state["events"])
+        state["experiment"] = await open_experiment(config, state["recommender"])
         try:
             yield
         finally:
+            if state["experiment"] is not None:
+                state["experiment"].close()
             await state["recommender"].close()
             state["events"].close()
             state["items"].close()
@@ -128,7 +160,10 @@ def create_app(config: GatewayConfig) -> FastAPI:
                                       description="comma-separated raw item ids not to return")] = "",
     ) -> Recommendations:
         excluded = {int(x) for x in exclude.split(",") if x}
-        out = await state["recommender"].top_n(user_id, min(MAX_K, k + len(excluded)))
+        router: ExperimentRouter | None = state["experiment"]
+        route = router.route(user_id) if router is not None else None
+        variant = {"model": route.model, "version": route.version, "extra": route.inputs} if route else {}
+        out = await state["recommender"].top_n(user_id, min(MAX_K, k + len(excluded)), **variant)
         catalogue: Catalogue = state["catalogue"]
         if out["explored"].any():
             catalogue.refresh()  # titles of items added since the last refresh
@@ -139,8 +174,12 @@ def create_app(config: GatewayConfig) -> FastAPI:
         cold = bool(out["cold_start"][0, 0])
         explored = sum(item.explored for item in items)
         metrics.recommended(cold, len(items), explored)
+        if route is not None:  # durable before the answer, like any event
+            await run_in_threadpool(router.log_exposure, route, user_id, [item.item_id for item in items])
         return Recommendations(user_id=user_id, items=items, cold_start=cold,
-                               model_version=int(out["model_version"][0, 0]), explored=explored)
+                               model_version=int(out["model_version"][0, 0]), explored=explored,
+                               experiment=router.experiment.name if route is not None else None,
+                               variant=route.variant.name if route is not None else None)
 
     @app.post("/v1/items", response_model=NewItemOut, status_code=201, dependencies=[Depends(require_key)],
               responses={409: {"description": "the item is in the catalogue already"}})
@@ -181,6 +220,13 @@ def create_app(config: GatewayConfig) -> FastAPI:
             raise HTTPException(status_code=404, detail=f"item_id: {item_id} is not in the catalogue") from None
         return SimilarItems(item_id=item_id, items=[RecommendedItem(item_id=i, title=catalogue.title(i), score=s)
                                                     for i, s in found])
+
+    @app.get("/v1/genres", response_model=list[str])
+    async def genres() -> list[str]:
+        """The catalogue's genres (what `POST /v1/users` accepts in ``genres``)."""
+        return state["catalogue"].genre_names
+
+    mount_web_page(app)
 
     @app.get("/healthz", response_model=Health)
     async def healthz() -> Health:

@@ -23,7 +23,9 @@ class GatewayConfig:
     ``X-API-Key`` header of write endpoints (default: $RECSTACK_API_KEY; None: open);
     ``onboarding_per_genre``: items logged as likes per genre a new user picks; ``live_items``: the
     live-item registry new items go to (default: the run's ``items/live.db``, which `recstack serve`
-    points Triton at too)."""
+    points Triton at too); ``experiments``: an A/B experiments file (:mod:`recstack.serving.ab.experiments`;
+    None: no experiment); ``exposure_log``: where shown lists are logged (default: next to the event log,
+    :func:`recstack.serving.ab.exposures.open_exposure_log`)."""
 
     paths: RunPaths
     triton_url: str
@@ -32,6 +34,8 @@ class GatewayConfig:
     onboarding_per_genre: int = 3
     triton_timeout_s: float = 5.0
     live_items: Path | None = None
+    experiments: Path | None = None
+    exposure_log: str | None = None
 
     def __post_init__(self) -> None:
         if not (Path(self.paths.data) / "items.parquet").is_file():
@@ -40,5 +44,9 @@ class GatewayConfig:
             from recstack.features.live_items import live_items_path
 
             self.live_items = live_items_path(self.paths)
+        if self.experiments is not None:
+            from recstack.serving.ab.experiments import load_experiment
+
+            load_experiment(self.experiments)  # a bad file fails here, before anything starts
         if not self.triton_url or "://" in self.triton_url:
             raise InputError(f"--triton-url: expected host:port of Triton's gRPC endpoint, got {self.triton_url!r}")

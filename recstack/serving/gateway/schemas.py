@@ -83,6 +83,8 @@ class Recommendations(BaseModel):
     cold_start: bool = Field(description="true when the user had no history: popular items were served")
     model_version: int = Field(description="version of the served model that ranked the list")
     explored: int = Field(default=0, description="how many items of the list are exploration slots")
+    experiment: str | None = Field(default=None, description="the running A/B experiment (null: none)")
+    variant: str | None = Field(default=None, description="the user's variant in it (sticky per user)")
 
 
 class SimilarItems(BaseModel):
