@@ -7,11 +7,17 @@ through the real tritonserver and the gateway; the trade-off table of ``recstack
 
 from __future__ import annotations
 
+import itertools
+
 import numpy as np
 import pytest
 
 from recstack.evaluation.diversity import (
-    decayed_popularity, genre_intra_list_distance, intra_list_distance, mmr_order, unit_rows,
+    decayed_popularity,
+    genre_intra_list_distance,
+    intra_list_distance,
+    mmr_order,
+    unit_rows,
 )
 
 
@@ -51,7 +57,7 @@ def test_lower_lambda_raises_diversity():
         order = mmr_order(relevance, usable, embeddings, 10, np.full(32, lam))
         assert np.take_along_axis(usable, order, 1).all()  # only usable items while there are enough
         ilds.append(_ild(order, embeddings))
-    assert all(a < b for a, b in zip(ilds, ilds[1:])), ilds
+    assert all(a < b for a, b in itertools.pairwise(ilds)), ilds
     assert ilds[-1] > ilds[0] + 0.2, ilds
 
 
@@ -91,3 +97,79 @@ def test_decayed_popularity_and_genre_ild():
     genres = np.array([[1, 0], [1, 0], [0, 1]], dtype=bool)
     np.testing.assert_allclose(genre_intra_list_distance(np.array([[0, 1], [0, 2], [0, -1]]), genres),
                                [0.0, 1.0, np.nan])
+
+
+# ------------------------------------------------------------------ the ML-100K run (e2e fixtures)
+
+def _unit_embeddings(paths) -> np.ndarray:
+    return unit_rows(np.load(paths.models / "two_tower" / "item_embeddings.npy"))
+
+
+def _code_of_raw(paths) -> dict[int, int]:
+    import pandas as pd
+
+    table = pd.read_parquet(paths.features / "item_features.parquet", columns=["item_key", "item_id"])
+    return dict(zip(table["item_key"].astype(int), table["item_id"].astype(int)))
+
+
+@pytest.mark.e2e
+def test_served_step_batched_equals_single_and_lambda_lowers_similarity(e2e_paths):
+    from recstack.ensembles.graph import recommendation_graph, run_in_process
+
+    graph, cache = recommendation_graph(e2e_paths), {}
+    users = np.arange(1, 9, dtype=np.int64).reshape(-1, 1)
+    lambdas = np.array([1.0, 0.9, 0.7, 0.5, 0.3, 0.0, 0.6, 1.0], np.float32).reshape(-1, 1)
+    inputs = {"user_id": users, "top_n": np.full((8, 1), 10, np.int32), "diversity_lambda": lambdas,
+              "genre_cap": np.array([[0], [0], [2], [0], [0], [0], [1], [0]], np.int32),
+              "freshness_weight": np.array([[0], [0], [0], [0.5], [0], [0], [0], [0]], np.float32)}
+    batched = run_in_process(graph, inputs, cache)
+    chain = cache["chain"]
+    tensors = dict(inputs)
+    for op, step in zip(chain.ops[:-1], chain.steps[:-1]):
+        tensors.update(step.execute({name: tensors[name] for name in op["inputs"]}))
+    rerank_op, rerank = chain.ops[-1], chain.steps[-1]
+    step_inputs = {name: tensors[name] for name in rerank_op["inputs"]}
+    step_batched = rerank.execute(step_inputs)
+    for row in range(8):
+        # the re-ranking step itself: identical outputs batched and one request at a time
+        step_single = rerank.execute({name: value[row:row + 1] for name, value in step_inputs.items()})
+        for name, value in step_single.items():
+            np.testing.assert_array_equal(step_batched[name][row:row + 1], value, err_msg=f"{name}, row {row}")
+        # the whole chain: the same lists (the ONNX ranker's scores move by ~1e-6 with the batch size)
+        single = run_in_process(graph, {name: value[row:row + 1] for name, value in inputs.items()}, cache)
+        for name in ("item_ids", "reason_code", "reason_item"):
+            np.testing.assert_array_equal(batched[name][row:row + 1], single[name], err_msg=f"{name}, row {row}")
+        np.testing.assert_allclose(batched["scores"][row:row + 1], single["scores"], rtol=1e-5)
+    # without the optional inputs: the ranker's order, as lambda 1 gives
+    plain = run_in_process(graph, {"user_id": users, "top_n": inputs["top_n"]}, cache)
+    np.testing.assert_array_equal(plain["item_ids"][[0, 7]], batched["item_ids"][[0, 7]])
+    assert (np.diff(plain["scores"], axis=1) <= 0).all()  # still best first
+    unit, code = _unit_embeddings(e2e_paths), _code_of_raw(e2e_paths)
+    ild = []
+    for lam in (1.0, 0.5, 0.0):
+        out = run_in_process(graph, {**inputs, "diversity_lambda": np.full((8, 1), lam, np.float32),
+                                     "genre_cap": np.zeros((8, 1), np.int32),
+                                     "freshness_weight": np.zeros((8, 1), np.float32)}, cache)
+        lists = np.vectorize(lambda raw: code.get(int(raw), -1))(out["item_ids"])
+        ild.append(float(np.nanmean(intra_list_distance(lists, unit))))
+    assert ild[0] < ild[1] < ild[2], ild
+
+
+@pytest.mark.e2e
+def test_evaluate_reports_the_diversity_tradeoff(e2e_paths, tmp_path):
+    from recstack.evaluation import evaluate_run, write_report
+    from recstack.evaluation.tradeoff import format_tradeoff
+
+    report = evaluate_run(e2e_paths, progress=False, write=False, lambdas=(1.0, 0.7, 0.3, 0.0))
+    rows = report["diversity"]["rows"]
+    assert [row["lambda"] for row in rows] == [1.0, 0.7, 0.3, 0.0]
+    # lambda 1 is the served ranking: the two_tower+dlrm row of the main table
+    assert rows[0]["ndcg@10"] == pytest.approx(report["models"]["two_tower+dlrm"]["ndcg@10"], abs=2e-3)
+    assert rows[-1]["ild_embedding"] > rows[0]["ild_embedding"] + 0.05
+    assert rows[-1]["ndcg@10"] < rows[0]["ndcg@10"]
+    assert all(0 < row["coverage"] <= 1 and 0 <= row["ild_genre"] <= 1 for row in rows)
+    table = format_tradeoff(rows, 10)
+    print(table)
+    assert len(table.splitlines()) == 2 + len(rows)
+    files = write_report(report, tmp_path)
+    assert (tmp_path / "diversity_test.png").stat().st_size > 1000 and files["diversity_png"]

@@ -13,12 +13,14 @@ score), ``genre_cap`` int32 [B, 1] >= 0 (most items per genre in one list; 0 = n
 Explanation outputs, one per list slot: ``reason_code`` int32 [B, N] (:data:`REASONS`),
 ``reason_item`` int64 [B, N] (raw id of the history item behind ``because_you_watched``, else -1)
 and ``reason_score`` float32 [B, N] (that item's cosine similarity in the item tower's space; the
-item's freshness for ``trending``; its popularity share for ``popular_in_genre``; NaN otherwise).
+item's trend ratio for ``trending``; its popularity share for ``popular_in_genre``; NaN otherwise).
+An item is *trending* when its share of the time-decayed interactions is at least
+:data:`TRENDING_RATIO` times its share of all train + valid interactions (it is rising) and its
+freshness is at least :data:`TRENDING_MIN_FRESHNESS` (not a handful of clicks).
 Rules, first match wins: an empty slot is ``none``; an exploration slot is ``new``; with a positive
-``freshness_weight`` an item whose freshness is at least :data:`TRENDING_FRESHNESS` is
-``trending``; for a user with history, the history item (the model's ``history`` input) closest to
-the item in embedding space is named when that similarity is positive; otherwise ``trending`` or
-``popular_in_genre`` by the same freshness threshold.
+``freshness_weight`` a trending item is ``trending``; for a user with history, the history item
+(the model's ``history`` input) closest to the item in embedding space is named when that cosine
+similarity is positive; otherwise ``trending`` for a trending item, else ``popular_in_genre``.
 """
 
 from __future__ import annotations
@@ -30,13 +32,20 @@ import pandas as pd
 
 from recstack.ensembles.steps import FilterTopN, _require
 from recstack.errors import InputError
-from recstack.evaluation.diversity import decayed_popularity, genre_matrix, mmr_order, unit_rows
+from recstack.evaluation.diversity import (
+    decayed_popularity,
+    genre_matrix,
+    mmr_order,
+    unit_rows,
+)
 from recstack.ids import PAD
 
 REASONS = {0: "none", 1: "because_you_watched", 2: "popular_in_genre", 3: "new", 4: "trending"}
 NONE, BECAUSE_YOU_WATCHED, POPULAR_IN_GENRE, NEW, TRENDING = range(5)
-TRENDING_FRESHNESS = 0.5
-"""Freshness (decayed popularity / the catalogue's maximum) from which an item counts as trending."""
+TRENDING_RATIO = 1.5
+"""Decayed-interaction share / overall share from which an item counts as trending."""
+TRENDING_MIN_FRESHNESS = 0.1
+"""Least freshness (decayed popularity / the catalogue's maximum) of a trending item."""
 TRENDS_FILE = "item_trends.parquet"
 GENRE_COLUMN = "genres"
 HALF_LIFE_DAYS = 14.0
@@ -46,7 +55,8 @@ def write_item_trends(data_dir: Path, features_dir: Path, item_id_column: str,
                       half_life_days: float = HALF_LIFE_DAYS) -> Path:
     """``features_dir/item_trends.parquet``: per encoded item id, ``freshness`` (train + valid
     interactions decayed with ``half_life_days`` from the last one, / the maximum) and ``popularity``
-    (share of those interactions). Written at export so the served step reads a small table."""
+    (share of those interactions) and ``trend_ratio`` (share of the decayed interactions / share of
+    all; > 1: rising). Written at export so the served step reads a small table."""
     if half_life_days <= 0:
         raise InputError(f"half_life_days: must be > 0, got {half_life_days}")
     table = pd.read_parquet(Path(features_dir) / "item_features.parquet", columns=["item_key", item_id_column])
@@ -60,8 +70,11 @@ def write_item_trends(data_dir: Path, features_dir: Path, item_id_column: str,
     items, times = codes[known].astype(np.int64), rows["timestamp"].to_numpy(np.float64)[known]
     freshness = decayed_popularity(items, times, n_rows, half_life_days * 86400.0)
     counts = np.bincount(items, minlength=n_rows)[:n_rows]
+    popularity = counts / max(counts.sum(), 1)
+    decayed_share = freshness / max(float(freshness.sum()), 1e-12)
+    ratio = np.divide(decayed_share, popularity, out=np.zeros(n_rows), where=popularity > 0)
     out = pd.DataFrame({item_id_column: np.arange(n_rows), "freshness": freshness,
-                        "popularity": (counts / max(counts.sum(), 1)).astype(np.float32)})
+                        "popularity": popularity.astype(np.float32), "trend_ratio": ratio.astype(np.float32)})
     path = Path(features_dir) / TRENDS_FILE
     out.to_parquet(path, index=False)
     return path
@@ -98,6 +111,8 @@ class RerankTopN(FilterTopN):
         inside = trend_codes < rows - 1
         self.freshness = np.zeros(rows, np.float32)
         self.popularity = np.zeros(rows, np.float32)
+        self.trend_ratio = np.zeros(rows, np.float32)
+        self.trend_ratio[trend_codes[inside]] = trends["trend_ratio"].to_numpy(np.float32)[inside]
         self.freshness[trend_codes[inside]] = trends["freshness"].to_numpy(np.float32)[inside]
         self.popularity[trend_codes[inside]] = trends["popularity"].to_numpy(np.float32)[inside]
 
@@ -145,8 +160,8 @@ class RerankTopN(FilterTopN):
         similarity = np.where(has_vector, similarity, -np.inf)
         closest = np.argmax(similarity, axis=2)                       # first of equals: the older slot
         best = np.take_along_axis(similarity, closest[..., None], axis=2)[..., 0]
-        fresh = self.freshness[items]
-        trending = fresh >= TRENDING_FRESHNESS
+        ratio = self.trend_ratio[items]
+        trending = (ratio >= TRENDING_RATIO) & (self.freshness[items] >= TRENDING_MIN_FRESHNESS)
         watched = best > 0
         code = np.where(trending, TRENDING, POPULAR_IN_GENRE)
         code = np.where(watched, BECAUSE_YOU_WATCHED, code)
@@ -155,7 +170,7 @@ class RerankTopN(FilterTopN):
         code = np.where(item_ids < 0, NONE, code)
         history_raw = self.raw_keys[np.take_along_axis(past, closest, axis=1)]
         score = np.select([code == BECAUSE_YOU_WATCHED, code == TRENDING, code == POPULAR_IN_GENRE],
-                          [best, fresh, self.popularity[items]], np.nan)
+                          [best, ratio, self.popularity[items]], np.nan)
         return {"reason_code": code.astype(np.int32),
                 "reason_item": np.where(code == BECAUSE_YOU_WATCHED, history_raw, -1).astype(np.int64),
                 "reason_score": score.astype(np.float32)}

@@ -20,12 +20,15 @@ from recstack.features.live_items import DuplicateItem
 from recstack.serving.gateway.catalogue import Catalogue
 from recstack.serving.gateway.config import MAX_K, GatewayConfig
 from recstack.serving.gateway.metrics import GatewayMetrics
+from recstack.serving.gateway.reasons import REASON_OUTPUTS, Reasons
 from recstack.serving.gateway.schemas import (
     INT64, EventsIn, EventsOut, Health, NewItem, NewItemOut, NewUser, NewUserOut, RecommendedItem, Recommendations,
     SimilarItems,
 )
 
-OUTPUTS = ["item_ids", "scores", "cold_start", "explored", "model_version"]
+OUTPUTS = ["item_ids", "scores", "cold_start", "explored", "model_version", *REASON_OUTPUTS]
+RERANK_DTYPES = {"diversity_lambda": ("FP32", np.float32), "freshness_weight": ("FP32", np.float32),
+                 "genre_cap": ("INT32", np.int32)}
 
 
 class TritonUnavailable(RuntimeError):
@@ -42,12 +45,17 @@ class Recommender:
         self.client = grpc_aio.InferenceServerClient(url=url)
         self.timeout_s = timeout_s
 
-    async def top_n(self, user_id: int, n: int) -> dict[str, np.ndarray]:
+    async def top_n(self, user_id: int, n: int, rerank: dict[str, float] | None = None) -> dict[str, np.ndarray]:
+        """The ensemble's outputs for one user; ``rerank``: the optional re-ranking inputs given."""
         from tritonclient.utils import InferenceServerException
 
         inputs = [self._module.InferInput("user_id", [1, 1], "INT64"), self._module.InferInput("top_n", [1, 1], "INT32")]
         inputs[0].set_data_from_numpy(np.array([[user_id]], np.int64))
         inputs[1].set_data_from_numpy(np.array([[n]], np.int32))
+        for name, value in (rerank or {}).items():
+            triton_type, dtype = RERANK_DTYPES[name]
+            inputs.append(self._module.InferInput(name, [1, 1], triton_type))
+            inputs[-1].set_data_from_numpy(np.array([[value]], dtype))
         outputs = [self._module.InferRequestedOutput(name) for name in OUTPUTS]
         try:
             result = await self.client.infer(ENSEMBLE_NAME, inputs, outputs=outputs, client_timeout=self.timeout_s)
@@ -77,6 +85,7 @@ def create_app(config: GatewayConfig) -> FastAPI:
     @contextlib.asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
         state["catalogue"] = Catalogue(config.paths, config.live_items)
+        state["reasons"] = Reasons(state["catalogue"])
         state["items"] = ItemAdder(config.paths, config.live_items)
         state["events"] = EventService.for_run(config.paths, config.event_log, live_items=config.live_items).start()
         state["recommender"] = Recommender(config.triton_url, config.triton_timeout_s)
@@ -126,15 +135,24 @@ def create_app(config: GatewayConfig) -> FastAPI:
         k: Annotated[int, Query(ge=1, le=MAX_K)] = 10,
         exclude: Annotated[str, Query(max_length=2000, pattern=r"^(-?\d{1,19}(,-?\d{1,19})*)?$",
                                       description="comma-separated raw item ids not to return")] = "",
+        diversity_lambda: Annotated[float | None, Query(ge=0, le=1, description="MMR lambda: 1 = ranker order, "
+                                                        "lower = more diverse (default: the export's)")] = None,
+        freshness_weight: Annotated[float | None, Query(ge=0, le=100, description="weight of time-decayed "
+                                                        "popularity (default: the export's)")] = None,
+        genre_cap: Annotated[int | None, Query(ge=0, le=MAX_K, description="most items per genre, 0 = no cap "
+                                               "(default: the export's)")] = None,
     ) -> Recommendations:
         excluded = {int(x) for x in exclude.split(",") if x}
-        out = await state["recommender"].top_n(user_id, min(MAX_K, k + len(excluded)))
+        rerank = {name: value for name, value in (("diversity_lambda", diversity_lambda),
+                  ("freshness_weight", freshness_weight), ("genre_cap", genre_cap)) if value is not None}
+        out = await state["recommender"].top_n(user_id, min(MAX_K, k + len(excluded)), rerank)
         catalogue: Catalogue = state["catalogue"]
         if out["explored"].any():
             catalogue.refresh()  # titles of items added since the last refresh
         items = [RecommendedItem(item_id=int(i), title=catalogue.title(i), score=float(s) if np.isfinite(s) else None,
-                                 explored=bool(e))
-                 for i, s, e in zip(out["item_ids"][0], out["scores"][0], out["explored"][0])
+                                 explored=bool(e), reason=r)
+                 for i, s, e, r in zip(out["item_ids"][0], out["scores"][0], out["explored"][0],
+                                       state["reasons"].for_list(out))
                  if i >= 0 and int(i) not in excluded][:k]
         cold = bool(out["cold_start"][0, 0])
         explored = sum(item.explored for item in items)
