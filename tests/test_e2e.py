@@ -147,6 +147,10 @@ def _random_inputs(op, layout: FeatureLayout, rng: np.random.Generator, batch: i
             out[spec.name] = rng.integers(0, 2, shape).astype(np.int32)
         elif spec.name == "top_n":
             out[spec.name] = rng.integers(1, 20, shape).astype(np.int32)
+        elif spec.name in ("diversity_lambda", "freshness_weight"):
+            out[spec.name] = rng.random(shape).astype(np.float32)
+        elif spec.name == "genre_cap":
+            out[spec.name] = rng.integers(0, 4, shape).astype(np.int32)
         else:
             out[spec.name] = rng.integers(0, bounds[spec.name], shape).astype(spec.dtype)
     return out
