@@ -237,11 +237,12 @@ def FilterTopN(paths: RunPaths, top_k: int = 100, max_top_n: int = 100,  # noqa:
     genre caps / freshness (:class:`~recstack.ensembles.rerank.RerankTopN`; the three settings are
     the defaults of the optional per-request inputs), top N with ``exploration_share`` of the
     slots for items added in the last ``exploration_window_s``, and a reason per item."""
-    from recstack.ensembles.rerank import write_item_trends
+    from recstack.ensembles.rerank import check_settings, write_item_trends
     if not 0.0 <= exploration_share <= 1.0:
         raise InputError(f"exploration_share: must be between 0 and 1, got {exploration_share}")
     if exploration_window_s <= 0:
         raise InputError(f"exploration_window_s: must be > 0, got {exploration_window_s}")
+    check_settings(diversity_lambda, freshness_weight, genre_cap)
     k = (top_k,)
     layout = _layout(paths, "two_tower")
     write_item_trends(paths.data, paths.features, layout.item.id_column.name)
@@ -263,14 +264,16 @@ def FilterTopN(paths: RunPaths, top_k: int = 100, max_top_n: int = 100,  # noqa:
 
 
 def recommendation_graph(paths: RunPaths, top_k: int = 100, exploration_share: float = EXPLORATION_SHARE,
-                         exploration_window_s: float = EXPLORATION_WINDOW_S) -> ServingGraph:
-    """The full retrieval + ranking chain of DESIGN.md for one run."""
+                         exploration_window_s: float = EXPLORATION_WINDOW_S,
+                         rerank: dict[str, float] | None = None) -> ServingGraph:
+    """The full retrieval + ranking chain of DESIGN.md for one run; ``rerank``: export-time defaults
+    of ``diversity_lambda`` / ``freshness_weight`` / ``genre_cap`` (see :func:`FilterTopN`)."""
     if top_k <= 0:
         raise InputError(f"top_k: must be > 0, got {top_k}")
     return (QueryUserFeatures(paths) >> EmbedUser(paths) >> QueryIndex(paths, top_k)
             >> QueryItemFeatures(paths, top_k) >> Rank(paths, top_k)
             >> FilterTopN(paths, top_k, exploration_share=exploration_share,
-                          exploration_window_s=exploration_window_s))
+                          exploration_window_s=exploration_window_s, **(rerank or {})))
 
 
 def export_ensemble(graph: ServingGraph, repo_dir: Path, name: str = ENSEMBLE_NAME,

@@ -93,7 +93,7 @@ class RerankTopN(FilterTopN):
     def __init__(self, embeddings_dir: str, features_dir: str, diversity_lambda: float = 1.0,
                  freshness_weight: float = 0.0, genre_cap: int = 0, item_id_column: str = "item_id", **kwargs):
         super().__init__(**kwargs)
-        self.defaults = _check_settings(np.float32(diversity_lambda), np.float32(freshness_weight), np.int32(genre_cap))
+        self.defaults = check_settings(np.float32(diversity_lambda), np.float32(freshness_weight), np.int32(genre_cap))
         self.embeddings = unit_rows(np.load(Path(embeddings_dir) / "item_embeddings.npy", allow_pickle=False))
         rows = len(self.embeddings) + 1  # the last row: zeros, for padding / items added after training
         self.embeddings = np.concatenate([self.embeddings, np.zeros((1, self.embeddings.shape[1]), np.float32)])
@@ -127,7 +127,7 @@ class RerankTopN(FilterTopN):
                                            ("genre_cap", np.int32)), self.defaults):
             given = _require(inputs, name, dtype, 2)[:, 0] if name in inputs else None
             values.append(np.full(batch, default, dtype) if given is None else given)
-        return _check_settings(*values)
+        return check_settings(*values)
 
     def _order(self, masked: np.ndarray, n: int, inputs: dict[str, np.ndarray]) -> np.ndarray:
         lambdas, fresh_weight, cap = self._settings(inputs, len(masked))
@@ -176,7 +176,7 @@ class RerankTopN(FilterTopN):
                 "reason_score": score.astype(np.float32)}
 
 
-def _check_settings(lambdas, freshness_weight, genre_cap):
+def check_settings(lambdas, freshness_weight, genre_cap):
     """The re-ranking settings, checked: InputError naming the field when out of range."""
     lambdas, freshness_weight, genre_cap = (np.asarray(v) for v in (lambdas, freshness_weight, genre_cap))
     inside = (lambdas >= 0) & (lambdas <= 1)
