@@ -38,7 +38,7 @@ from recstack.evaluation.diversity import (
     mmr_order,
     unit_rows,
 )
-from recstack.ids import PAD
+from recstack.ids import FIRST_CODE, PAD
 
 REASONS = {0: "none", 1: "because_you_watched", 2: "popular_in_genre", 3: "new", 4: "trending"}
 NONE, BECAUSE_YOU_WATCHED, POPULAR_IN_GENRE, NEW, TRENDING = range(5)
@@ -117,9 +117,10 @@ class RerankTopN(FilterTopN):
         self.popularity[trend_codes[inside]] = trends["popularity"].to_numpy(np.float32)[inside]
 
     def _rows(self, codes: np.ndarray) -> np.ndarray:
-        """Encoded ids -> rows of the step's tables (unknown / padding -> the zero row)."""
+        """Encoded ids -> rows of the step's tables (padding, out-of-vocabulary and items added after
+        training -> the zero row: no embedding, no genres, no trend)."""
         last = len(self.embeddings) - 1
-        return np.where((codes > PAD) & (codes < last), codes, last)
+        return np.where((codes >= FIRST_CODE) & (codes < last), codes, last)
 
     def _settings(self, inputs: dict[str, np.ndarray], batch: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         values = []
@@ -145,10 +146,8 @@ class RerankTopN(FilterTopN):
 
     def encode(self, raw_ids: np.ndarray) -> np.ndarray:
         """Raw item ids -> encoded ids (PAD for ids the trained catalogue lacks)."""
-        at = np.clip(np.searchsorted(self.sorted_keys, raw_ids), 0, max(len(self.sorted_keys) - 1, 0))
-        found = len(self.sorted_keys) > 0
-        return np.where(found & (self.sorted_keys[at] == raw_ids), self.sorted_codes[at], PAD) if found else \
-            np.full(raw_ids.shape, PAD, np.int64)
+        at = np.minimum(np.searchsorted(self.sorted_keys, raw_ids), len(self.sorted_keys) - 1)
+        return np.where((raw_ids >= 0) & (self.sorted_keys[at] == raw_ids), self.sorted_codes[at], PAD)
 
     def reasons(self, item_ids: np.ndarray, explored: np.ndarray, history: np.ndarray,
                 freshness_weight: np.ndarray) -> dict[str, np.ndarray]:
