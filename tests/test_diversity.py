@@ -45,9 +45,15 @@ def test_lambda_one_is_the_ranker_order(seed):
     usable[0, 3] = usable[0, 7] = True
     masked = np.where(usable, relevance, -np.inf)
     want = np.argsort(-masked, axis=1, kind="stable")[:, :10]
-    got = mmr_order(masked, usable, embeddings, 10, np.ones(len(relevance)))
-    np.testing.assert_array_equal(got[np.take_along_axis(usable, want, 1)], want[np.take_along_axis(usable, want, 1)])
-    np.testing.assert_array_equal(got, want)
+    np.testing.assert_array_equal(mmr_order(masked, usable, embeddings, 10, np.ones(len(relevance))), want)
+    # the greedy loop too (one row below 1 makes the batch take it): the lambda-1 rows keep the ranker's order
+    lambdas = np.ones(len(relevance))
+    lambdas[-1] = 0.5
+    np.testing.assert_array_equal(mmr_order(masked, usable, embeddings, 10, lambdas)[:-1], want[:-1])
+    zero_weight = mmr_order(masked, usable, embeddings, 10, lambdas, freshness=np.random.default_rng(seed).random(
+        masked.shape), freshness_weight=np.zeros(len(relevance)), genres=np.zeros(masked.shape + (3,), bool),
+        genre_cap=np.full(len(relevance), 2))
+    np.testing.assert_array_equal(zero_weight[:-1], want[:-1])
 
 
 def test_lower_lambda_raises_diversity():

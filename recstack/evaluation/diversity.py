@@ -52,13 +52,18 @@ def mmr_order(relevance: np.ndarray, usable: np.ndarray, embeddings: np.ndarray,
     batch, k = relevance.shape
     steps = min(int(n), k)
     lambdas = np.asarray(lambdas, dtype=np.float64).reshape(batch, 1)
+    capped = genres is not None and genre_cap is not None and bool(np.any(np.asarray(genre_cap) > 0))
+    fresh = (freshness is not None and freshness_weight is not None
+             and bool(np.any(np.asarray(freshness_weight) != 0)))
+    if not capped and not fresh and bool(np.all(lambdas == 1.0)):
+        # the ranker's order (what the loop below gives for these settings), without the K x K work
+        return np.argsort(-np.where(usable, relevance, -np.inf), axis=1, kind="stable")[:, :steps]
     gain = scale_relevance(relevance, usable)
-    if freshness is not None and freshness_weight is not None:
+    if fresh:
         gain = gain + np.asarray(freshness_weight, np.float64).reshape(batch, 1) * np.asarray(freshness, np.float64)
     unit = unit_rows(embeddings)
     similarity = np.matmul(unit, np.swapaxes(unit, 1, 2)).astype(np.float64)  # [B, K, K] cosine
     max_similarity = np.zeros((batch, k))
-    capped = genres is not None and genre_cap is not None
     if capped:
         genres = np.asarray(genres, dtype=bool)
         cap = np.asarray(genre_cap, np.int64).reshape(batch, 1)
