@@ -26,7 +26,7 @@ def _case(seed: int, batch: int = 6, k: int = 40, dim: int = 8, genres: int = 5)
     centres = rng.standard_normal((4, dim))
     # candidates in 4 tight clusters: the ranker's head is mostly one cluster
     cluster = rng.integers(0, 4, (batch, k))
-    embeddings = (centres[cluster] + 0.1 * rng.standard_normal((batch, k, dim))).astype(np.float32)
+    embeddings = unit_rows(centres[cluster] + 0.1 * rng.standard_normal((batch, k, dim)))
     relevance = (rng.standard_normal((batch, k)) + 2.0 * (cluster == 0)).astype(np.float32)
     usable = rng.random((batch, k)) > 0.15
     genre = rng.random((batch, k, genres)) < 0.3

@@ -133,7 +133,7 @@ class RerankTopN(FilterTopN):
     def _order(self, masked: np.ndarray, n: int, inputs: dict[str, np.ndarray]) -> np.ndarray:
         lambdas, fresh_weight, cap = self._settings(inputs, len(masked))
         rows = self._rows(_require(inputs, "candidate_ids", np.int64, 2))
-        return mmr_order(masked, np.isfinite(masked), self.embeddings[rows], n, lambdas,
+        return mmr_order(masked, np.isfinite(masked), self.embeddings[rows], n, lambdas,  # unit rows
                          genres=self.genres[rows], genre_cap=cap, freshness=self.freshness[rows],
                          freshness_weight=fresh_weight)
 

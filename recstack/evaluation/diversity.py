@@ -45,7 +45,8 @@ def mmr_order(relevance: np.ndarray, usable: np.ndarray, embeddings: np.ndarray,
     """Greedy MMR lists: candidate indices [B, min(n, K)], best first.
 
     ``relevance`` [B, K] ranker scores; ``usable`` [B, K] bool (unusable candidates come last, in
-    index order); ``embeddings`` [B, K, d] candidate item embeddings (normalised here); ``lambdas``
+    index order); ``embeddings`` [B, K, d] unit-normalised candidate item embeddings
+    (:func:`unit_rows`; a zero row is similar to nothing); ``lambdas``
     [B] in [0, 1]; ``genres`` [B, K, G] bool multi-hot with ``genre_cap`` [B] int (0 = no cap);
     ``freshness`` [B, K] in [0, 1] with ``freshness_weight`` [B] >= 0.
     """
@@ -61,11 +62,11 @@ def mmr_order(relevance: np.ndarray, usable: np.ndarray, embeddings: np.ndarray,
     gain = scale_relevance(relevance, usable)
     if fresh:
         gain = gain + np.asarray(freshness_weight, np.float64).reshape(batch, 1) * np.asarray(freshness, np.float64)
-    unit = unit_rows(embeddings)
-    similarity = np.matmul(unit, np.swapaxes(unit, 1, 2)).astype(np.float64)  # [B, K, K] cosine
+    unit = np.asarray(embeddings, dtype=np.float32)
     max_similarity = np.zeros((batch, k))
     if capped:
         genres = np.asarray(genres, dtype=bool)
+        genre_weights = genres.astype(np.float32)  # for a mat-vec: does a candidate carry a full genre?
         cap = np.asarray(genre_cap, np.int64).reshape(batch, 1)
         genre_counts = np.zeros((batch, genres.shape[2]), np.int64)
     free = np.ones((batch, k), dtype=bool)
@@ -76,14 +77,15 @@ def mmr_order(relevance: np.ndarray, usable: np.ndarray, embeddings: np.ndarray,
         open_ = free & usable
         if capped:
             full = (genre_counts >= cap) & (cap > 0)  # [B, G]
-            allowed = open_ & ~(genres & full[:, None, :]).any(axis=2)
+            allowed = open_ & ~(np.matmul(genre_weights, full.astype(np.float32)[:, :, None])[:, :, 0] > 0)
             open_ = np.where(allowed.any(axis=1, keepdims=True), allowed, open_)
         # rows with nothing usable left take their remaining candidates in index order
         pick = np.where(open_.any(axis=1), np.argmax(np.where(open_, score, -np.inf), axis=1), np.argmax(free, axis=1))
         order[:, position] = pick
         free[rows, pick] = False
-        max_similarity = np.where(position == 0, similarity[rows, pick],
-                                  np.maximum(max_similarity, similarity[rows, pick]))
+        # cosine of every candidate to the one just picked: one batched mat-vec per position
+        to_pick = np.matmul(unit, unit[rows, pick][:, :, None])[:, :, 0].astype(np.float64)
+        max_similarity = to_pick if position == 0 else np.maximum(max_similarity, to_pick)
         if capped:
             genre_counts += genres[rows, pick] & usable[rows, pick][:, None]
     return order
