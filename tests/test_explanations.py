@@ -97,3 +97,15 @@ def test_optional_rerank_inputs_through_triton(e2e_server, model_view):
     ild = [float(np.nanmean(intra_list_distance(to_codes(out["item_ids"]), model_view["unit"])))
            for out in (plain, diverse)]
     assert ild[1] > ild[0] + 0.05, ild
+
+
+def test_gateway_passes_the_rerank_parameters(gateway):
+    default = gateway.get("/v1/users/3/recommendations", params={"k": 10}).json()["items"]
+    same = gateway.get("/v1/users/3/recommendations", params={"k": 10, "diversity_lambda": 1}).json()["items"]
+    diverse = gateway.get("/v1/users/3/recommendations",
+                          params={"k": 10, "diversity_lambda": 0, "genre_cap": 2}).json()["items"]
+    assert [i["item_id"] for i in same] == [i["item_id"] for i in default]
+    assert [i["item_id"] for i in diverse] != [i["item_id"] for i in default]
+    for params in ({"diversity_lambda": 1.5}, {"freshness_weight": -1}, {"genre_cap": -2}):
+        response = gateway.get("/v1/users/3/recommendations", params=params)
+        assert response.status_code == 422 and next(iter(params)) in response.text, params
