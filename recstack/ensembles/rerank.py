@@ -25,6 +25,7 @@ similarity is positive; otherwise ``trending`` for a trending item, else ``popul
 
 from __future__ import annotations
 
+import io
 from pathlib import Path
 
 import numpy as np
@@ -39,6 +40,7 @@ from recstack.evaluation.diversity import (
     unit_rows,
 )
 from recstack.ids import FIRST_CODE, PAD
+from recstack.io import atomic_write_bytes
 
 REASONS = {0: "none", 1: "because_you_watched", 2: "popular_in_genre", 3: "new", 4: "trending"}
 NONE, BECAUSE_YOU_WATCHED, POPULAR_IN_GENRE, NEW, TRENDING = range(5)
@@ -76,7 +78,9 @@ def write_item_trends(data_dir: Path, features_dir: Path, item_id_column: str,
     out = pd.DataFrame({item_id_column: np.arange(n_rows), "freshness": freshness,
                         "popularity": popularity.astype(np.float32), "trend_ratio": ratio.astype(np.float32)})
     path = Path(features_dir) / TRENDS_FILE
-    out.to_parquet(path, index=False)
+    buffer = io.BytesIO()
+    out.to_parquet(buffer, index=False)
+    atomic_write_bytes(path, buffer.getvalue())  # an export running beside a server never shows half a file
     return path
 
 
