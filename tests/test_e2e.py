@@ -135,7 +135,9 @@ def _random_inputs(op, layout: FeatureLayout, rng: np.random.Generator, batch: i
     out = {}
     for spec in op.inputs:
         shape = (batch,) + tuple(7 if d == -1 else d for d in spec.dims)
-        if spec.dtype == np.float32:
+        if spec.name in ("diversity_lambda", "freshness_weight"):  # valid: 0..1
+            out[spec.name] = rng.random(shape).astype(np.float32)
+        elif spec.dtype == np.float32:
             out[spec.name] = rng.normal(size=shape).astype(np.float32)
         elif spec.name in ("user_cat", "item_cat"):
             side = layout.user if spec.name == "user_cat" else layout.item
@@ -147,6 +149,8 @@ def _random_inputs(op, layout: FeatureLayout, rng: np.random.Generator, batch: i
             out[spec.name] = rng.integers(0, 2, shape).astype(np.int32)
         elif spec.name == "top_n":
             out[spec.name] = rng.integers(1, 20, shape).astype(np.int32)
+        elif spec.name == "genre_cap":
+            out[spec.name] = rng.integers(0, 4, shape).astype(np.int32)
         else:
             out[spec.name] = rng.integers(0, bounds[spec.name], shape).astype(spec.dtype)
     return out
@@ -217,7 +221,9 @@ def test_malformed_requests_get_errors_and_server_keeps_serving(sqlite_client):
     good = {"user_id": np.array([[1]], np.int64), "top_n": np.array([[5]], np.int32)}
     bad_requests = {  # reason: (request, what the error message must say)
         "wrong dtype": ({"user_id": np.array([[1.0]], np.float32), "top_n": good["top_n"]}, "FP32.*INT64"),
-        "missing input": ({"user_id": good["user_id"]}, "expected 2 inputs but got 1"),
+        "missing input": ({"user_id": good["user_id"]}, "missing required input.*top_n"),
+        "lambda out of range": ({**good, "diversity_lambda": np.array([[2.0]], np.float32)},
+                                "diversity_lambda.*between 0 and 1, got 2"),
         "batch too large": ({"user_id": np.ones((MAX_BATCH_SIZE + 1, 1), np.int64),
                              "top_n": np.full((MAX_BATCH_SIZE + 1, 1), 5, np.int32)}, f"<= {MAX_BATCH_SIZE}"),
         "top_n <= 0": ({"user_id": good["user_id"], "top_n": np.array([[0]], np.int32)},

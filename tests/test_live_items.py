@@ -220,7 +220,9 @@ def test_a_posted_item_is_served_within_a_second_and_found_by_similar(live_stack
         time.sleep(0.02)
     print(f"item added -> served: {1000 * (time.perf_counter() - added_at):.0f} ms")
     (slot,) = [i for i in body["items"] if i["explored"]]
-    assert slot == {"item_id": 990_001, "title": NEW_ITEM["title"], "score": None, "explored": True}
+    assert slot == {"item_id": 990_001, "title": NEW_ITEM["title"], "score": None, "explored": True,
+                    "reason": {"kind": "new", "text": "new: recently added", "item_id": None, "title": None,
+                               "similarity": None, "genre": None, "score": None}}
     assert body["items"][:9] == before["items"][:9]  # the ranked head is untouched (share 0.1 of 10)
 
     similar = gateway.get("/v1/items/990001/similar", params={"k": 5}).json()["items"]

@@ -33,6 +33,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--exploration-window-hours", type=float, default=EXPLORATION_WINDOW_S / 3600,
                         help="how long an added item stays in the exploration pool "
                              f"(default {EXPLORATION_WINDOW_S / 3600:.0f})")
+    parser.add_argument("--diversity-lambda", type=float, default=1.0,
+                        help="MMR lambda when a request gives none: 1 = the ranker's order (default), lower = "
+                             "more diverse lists (0..1; see `recstack evaluate`'s trade-off table)")
+    parser.add_argument("--freshness-weight", type=float, default=0.0,
+                        help="weight of the items' time-decayed popularity when a request gives none (default 0)")
+    parser.add_argument("--genre-cap", type=int, default=0,
+                        help="most items of one genre per list when a request gives none (default 0: no cap)")
     parser.add_argument("--backend", choices=("python", "onnxruntime"), default="python",
                         help="python (default): every step a python model, ONNX run by onnxruntime inside "
                              "them (what this machine's tritonserver serves); onnxruntime: the user tower and "
@@ -57,7 +64,9 @@ def run_export(args: argparse.Namespace) -> int:
                          "between the ONNX models are fused, every model is version 1)")
     start = time.perf_counter()
     graph = recommendation_graph(paths, top_k=args.top_k, exploration_share=args.exploration_share,
-                                 exploration_window_s=args.exploration_window_hours * 3600)
+                                 exploration_window_s=args.exploration_window_hours * 3600,
+                                 rerank={"diversity_lambda": args.diversity_lambda,
+                                         "freshness_weight": args.freshness_weight, "genre_cap": args.genre_cap})
     delay = None if args.max_queue_delay_us < 0 else args.max_queue_delay_us
     repo = export_ensemble(graph, paths.triton_repo, fuse=not args.per_step, instances=args.instances,
                            max_queue_delay_us=delay, manifest=run_manifest(paths), deploy=not args.no_deploy,

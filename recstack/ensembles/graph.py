@@ -10,11 +10,14 @@ FAISS index, popularity, item keys) are exported inside its model folder; the on
 feature store is a deployment setting (``RECSTACK_FEATURE_REPO``, set by ``recstack serve``),
 so the repository can be copied to a serving host. Tensors are wired by name: an op's input is the
 output of the latest earlier op with that name, or an ensemble input
-(``user_id`` int64 [1], ``top_n`` int32 [1]). The ensemble's outputs are
+(``user_id`` int64 [1], ``top_n`` int32 [1]; optional: ``diversity_lambda`` float32 [1],
+``freshness_weight`` float32 [1], ``genre_cap`` int32 [1], see :mod:`recstack.ensembles.rerank`).
+The ensemble's outputs are
 ``item_ids`` int64 [-1] and ``scores`` float32 [-1] (raw item ids, best first; NaN score for an
 exploration slot), ``cold_start`` int32 [1] (1 when the user had no history and got popular
 items), ``explored`` int32 [-1] (1 where a new item was placed to collect feedback) and
-``model_version`` int64 [1]. Items added after training (the live-item registry,
+``model_version`` int64 [1], and per item a reason: ``reason_code`` int32 [-1], ``reason_item``
+int64 [-1], ``reason_score`` float32 [-1]. Items added after training (the live-item registry,
 ``RECSTACK_LIVE_ITEMS``) are picked up by the retrieval, item-feature and filter steps while
 they serve.
 """
@@ -38,10 +41,16 @@ from recstack.ensembles.model_repo import (
 from recstack.ensembles.python_model import VERSION_OUTPUT
 
 ENSEMBLE_NAME = "recommend"
-ENSEMBLE_INPUTS = [TensorSpec("user_id", np.int64, (1,)), TensorSpec("top_n", np.int32, (1,))]
+RERANK_INPUTS = [TensorSpec("diversity_lambda", np.float32, (1,)), TensorSpec("freshness_weight", np.float32, (1,)),
+                 TensorSpec("genre_cap", np.int32, (1,))]
+"""Per-request re-ranking settings (:mod:`recstack.ensembles.rerank`): optional, absent = export defaults."""
+OPTIONAL_INPUTS = frozenset(s.name for s in RERANK_INPUTS)
+ENSEMBLE_INPUTS = [TensorSpec("user_id", np.int64, (1,)), TensorSpec("top_n", np.int32, (1,)), *RERANK_INPUTS]
+REASON_OUTPUTS = [TensorSpec("reason_code", np.int32, (-1,)), TensorSpec("reason_item", np.int64, (-1,)),
+                  TensorSpec("reason_score", np.float32, (-1,))]
 ENSEMBLE_OUTPUTS = [TensorSpec("item_ids", np.int64, (-1,)), TensorSpec("scores", np.float32, (-1,)),
                     TensorSpec("cold_start", np.int32, (1,)), TensorSpec("explored", np.int32, (-1,)),
-                    TensorSpec(VERSION_OUTPUT, np.int64, (1,))]
+                    TensorSpec(VERSION_OUTPUT, np.int64, (1,)), *REASON_OUTPUTS]
 MAX_BATCH_SIZE = 64
 STEPS = "recstack.ensembles.steps"
 CHAIN_STEP = "recstack.ensembles.chain:ChainStep"
@@ -113,7 +122,8 @@ class ServingGraph:
             inputs.update({s.name: s for s in op.inputs if s.name not in produced and s.name not in inputs})
             produced.update(s.name for s in op.outputs)
         chain = [{"name": op.name, "step_class": op.step_class, "params": op.params,
-                  "inputs": [s.name for s in op.inputs], "outputs": [s.name for s in op.outputs]} for op in self.ops]
+                  "inputs": [s.name for s in op.inputs], "outputs": [s.name for s in op.outputs],
+                  "optional": [s.name for s in op.inputs if s.name in OPTIONAL_INPUTS]} for op in self.ops]
         return ServingOp(
             name, CHAIN_STEP, {"ops": chain, "outputs": [s.name for s in outputs if s.name != VERSION_OUTPUT]},
             list(inputs.values()), list(outputs),
@@ -221,35 +231,49 @@ def Rank(paths: RunPaths, top_k: int = 100) -> ServingOp:  # noqa: N802
 
 def FilterTopN(paths: RunPaths, top_k: int = 100, max_top_n: int = 100,  # noqa: N802
                exploration_share: float = EXPLORATION_SHARE,
-               exploration_window_s: float = EXPLORATION_WINDOW_S) -> ServingOp:
-    """Seen/padding filter, sort by ranker score (popularity for cold users), top N, with
-    ``exploration_share`` of the slots for items added in the last ``exploration_window_s``."""
+               exploration_window_s: float = EXPLORATION_WINDOW_S, diversity_lambda: float = 1.0,
+               freshness_weight: float = 0.0, genre_cap: int = 0) -> ServingOp:
+    """Seen/padding filter, order by ranker score (popularity for cold users) re-ranked by MMR /
+    genre caps / freshness (:class:`~recstack.ensembles.rerank.RerankTopN`; the three settings are
+    the defaults of the optional per-request inputs), top N with ``exploration_share`` of the
+    slots for items added in the last ``exploration_window_s``, and a reason per item."""
+    from recstack.ensembles.rerank import check_settings, write_item_trends
     if not 0.0 <= exploration_share <= 1.0:
         raise InputError(f"exploration_share: must be between 0 and 1, got {exploration_share}")
     if exploration_window_s <= 0:
         raise InputError(f"exploration_window_s: must be > 0, got {exploration_window_s}")
+    check_settings(diversity_lambda, freshness_weight, genre_cap)
     k = (top_k,)
+    layout = _layout(paths, "two_tower")
+    write_item_trends(paths.data, paths.features, layout.item.id_column.name)
     return ServingOp(
-        "filter_top_n", f"{STEPS}:FilterTopN",
+        "filter_top_n", "recstack.ensembles.rerank:RerankTopN",
         {"max_top_n": int(max_top_n), "exploration_share": float(exploration_share),
-         "exploration_window_s": float(exploration_window_s)},
+         "exploration_window_s": float(exploration_window_s), "diversity_lambda": float(diversity_lambda),
+         "freshness_weight": float(freshness_weight), "genre_cap": int(genre_cap),
+         "item_id_column": layout.item.id_column.name},
         [TensorSpec("candidate_keys", np.int64, k), TensorSpec("candidate_ids", np.int64, k),
          TensorSpec("rank_scores", np.float32, k), TensorSpec("retrieval_scores", np.float32, k),
-         SEEN, KNOWN, ENSEMBLE_INPUTS[1]],
+         SEEN, KNOWN, ENSEMBLE_INPUTS[1], TensorSpec("history", np.int64, (layout.history_length,)),
+         *RERANK_INPUTS],
         ENSEMBLE_OUTPUTS,
-        artifacts={"workflow_dir": Artifact(paths.workflow), "model_dir": _model_files(paths, "dlrm")},
+        artifacts={"workflow_dir": Artifact(paths.workflow), "model_dir": _model_files(paths, "dlrm"),
+                   "embeddings_dir": Artifact(paths.models / "two_tower", ("item_embeddings.npy",)),
+                   "features_dir": Artifact(paths.features, ("item_features.parquet", "item_trends.parquet"))},
         settings=_live_items(paths))
 
 
 def recommendation_graph(paths: RunPaths, top_k: int = 100, exploration_share: float = EXPLORATION_SHARE,
-                         exploration_window_s: float = EXPLORATION_WINDOW_S) -> ServingGraph:
-    """The full retrieval + ranking chain of DESIGN.md for one run."""
+                         exploration_window_s: float = EXPLORATION_WINDOW_S,
+                         rerank: dict[str, float] | None = None) -> ServingGraph:
+    """The full retrieval + ranking chain of DESIGN.md for one run; ``rerank``: export-time defaults
+    of ``diversity_lambda`` / ``freshness_weight`` / ``genre_cap`` (see :func:`FilterTopN`)."""
     if top_k <= 0:
         raise InputError(f"top_k: must be > 0, got {top_k}")
     return (QueryUserFeatures(paths) >> EmbedUser(paths) >> QueryIndex(paths, top_k)
             >> QueryItemFeatures(paths, top_k) >> Rank(paths, top_k)
             >> FilterTopN(paths, top_k, exploration_share=exploration_share,
-                          exploration_window_s=exploration_window_s))
+                          exploration_window_s=exploration_window_s, **(rerank or {})))
 
 
 def export_ensemble(graph: ServingGraph, repo_dir: Path, name: str = ENSEMBLE_NAME,
@@ -293,12 +317,14 @@ def export_ensemble(graph: ServingGraph, repo_dir: Path, name: str = ENSEMBLE_NA
                                max_batch_size=max_batch_size, instance_count=instances,
                                max_queue_delay_us=max_queue_delay_us, artifacts=op.artifacts,
                                environment=setting_environment(op.settings),
+                               optional_inputs=[s.name for s in op.inputs if s.name in OPTIONAL_INPUTS],
                                version=version, live_version=live, keep_versions_from=previous)
             steps.append((op.name, {s.name: s.name for s in op.inputs}, {s.name: s.name for s in op.outputs}))
         if fuse:
             _prune_versions(tmp / FUSED_NAME, keep_versions, live)
             _write_manifest(tmp / FUSED_NAME / str(version), version, manifest or {})
-        write_ensemble_model(tmp, name, ENSEMBLE_INPUTS, ENSEMBLE_OUTPUTS, steps, max_batch_size=max_batch_size)
+        write_ensemble_model(tmp, name, ENSEMBLE_INPUTS, ENSEMBLE_OUTPUTS, steps, max_batch_size=max_batch_size,
+                             optional_inputs=OPTIONAL_INPUTS)
     return repo_dir
 
 

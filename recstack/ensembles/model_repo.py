@@ -379,6 +379,7 @@ def write_ensemble_model(
     outputs: Sequence[TensorSpec],
     steps: Sequence[Step],
     max_batch_size: int = 64,
+    optional_inputs: Iterable[str] = (),
 ) -> Path:
     """Write an ``ensemble`` model wiring ``steps`` = [(model_name, {model_input: tensor}, {model_output: tensor})].
 
@@ -386,6 +387,8 @@ def write_ensemble_model(
     produced by an earlier step, that no tensor is produced twice, and that every ensemble
     output is produced. Where a step's model folder already holds a model written by
     :func:`write_python_model`, its input/output names, dtypes and max_batch_size are checked too.
+    ``optional_inputs`` (names of ``inputs``) may be left out of a request (Triton 2.51 passes an
+    absent optional ensemble input on as absent; the step's model must declare it optional too).
     """
     _check_model_name(name)
     inputs, outputs = _check_specs(name, inputs, outputs)
@@ -464,7 +467,7 @@ def write_ensemble_model(
         f"name: {_pbtxt_str(name)}\n"
         'platform: "ensemble"\n'
         f"max_batch_size: {int(max_batch_size)}\n"
-        + _tensor_block("input", inputs)
+        + _tensor_block("input", inputs, optional_inputs)
         + _tensor_block("output", outputs)
         + "ensemble_scheduling {\n  step [\n"
         + ",\n".join(blocks)

@@ -449,6 +449,11 @@ class FilterTopN:
             item_ids[row, at], scores[row, at], explored[row, at] = picks, np.nan, 1
         return explored
 
+    def _order(self, masked: np.ndarray, n: int, inputs: dict[str, np.ndarray]) -> np.ndarray:
+        """Candidate indices [B, min(n, K)] of each list, best first (unusable ones are -inf in
+        ``masked``); here the score order. :class:`recstack.ensembles.rerank.RerankTopN` re-ranks."""
+        return np.argsort(-masked, axis=1, kind="stable")[:, :n]
+
     def execute(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         keys = _require(inputs, "candidate_keys", np.int64, 2)
         encoded = _require(inputs, "candidate_ids", np.int64, 2)
@@ -466,7 +471,7 @@ class FilterTopN:
         usable &= ~_rows_isin(encoded, seen)
         score = np.where(known[:, None], rank_scores, retrieval_scores)
         masked = np.where(usable, score, -np.inf)
-        order = np.argsort(-masked, axis=1, kind="stable")[:, :n]
+        order = self._order(masked, n, inputs)
         picked = np.take_along_axis(masked, order, axis=1)
         if picked.shape[1] < n:  # fewer candidates than asked for: pad to N
             pad = n - picked.shape[1]

@@ -43,5 +43,13 @@ def _evaluate(args: argparse.Namespace) -> int:
     print(f"{report['dataset']} {report['split']}: {report['users']:,} users, {report['catalogue']:,} items, "
           f"{report['protocol']} ({report['wall_s']:.1f} s)")
     print(format_table(report))
+    if report.get("diversity"):
+        from recstack.evaluation.tradeoff import format_tradeoff
+
+        print(f"\ndiversity trade-off (MMR over the top {report['diversity']['candidates']} candidates; "
+              "ILD(emb) = mean pairwise 1 - cosine of item-tower embeddings, ILD(genre) = mean pairwise "
+              "Jaccard distance of genre sets):")
+        print(format_tradeoff(report["diversity"]["rows"], report["k"]))
+        print(f"plot:   {report['files']['diversity_png']}")
     print(f"report: {report['files']['json']}\nplot:   {report['files']['png']}")
     return 0

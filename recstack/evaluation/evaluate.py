@@ -17,6 +17,10 @@ item is ranked, ties pessimistically (:mod:`recstack.ranking`, the protocol trai
   read from ``models/dlrm/config.json`` ``"fusion"``); the other items follow in two-tower order;
 * ``dlrm_only``: the same candidates reranked by the DLRM logit alone (the ranker by itself).
 
+With the DLRM, ``report["diversity"]`` holds the diversity trade-off of the served re-ranking
+(:mod:`recstack.evaluation.tradeoff`: NDCG@K, intra-list distance and coverage per MMR lambda),
+plotted to ``diversity_<split>.png``.
+
 The report goes to ``runs/<ds>/reports/evaluation_<split>.json`` and ``.png`` (bar chart).
 """
 
@@ -39,6 +43,7 @@ from recstack.models.fusion import LEGACY_FUSION, check_fusion, fuse_scores
 from recstack.models.predict import dlrm_scores, rerank, user_embeddings
 from recstack.models.validation import split_view
 from recstack.paths import RunPaths
+from recstack.ids import FIRST_CODE
 from recstack.ranking import RankingAccumulator, mask_unrankable, row_batches, score_batch_rows, top_k
 
 METRIC_COLUMNS = ("recall@{k}", "ndcg@{k}", "hr@{k}", "mrr", "coverage")
@@ -46,12 +51,15 @@ METRIC_COLUMNS = ("recall@{k}", "ndcg@{k}", "hr@{k}", "mrr", "coverage")
 
 def evaluate_run(paths: RunPaths, k: int = 10, split: str = "test", *, candidates: int = 100,
                  device: str = "cpu", batch_size: int = 512, progress: bool = True,
-                 write: bool = True) -> dict[str, Any]:
+                 write: bool = True, lambdas: tuple[float, ...] | None = None) -> dict[str, Any]:
     """Score popularity, two_tower, two_tower+dlrm (fused) and dlrm_only on ``split``; write the JSON + PNG report.
 
     Returns ``{"dataset", "split", "k", "users", "models": {name: metrics}, "files": {...}}``.
-    Models whose folder is missing are reported under ``"skipped"``.
+    Models whose folder is missing are reported under ``"skipped"``. ``lambdas``: the MMR lambdas
+    of the diversity trade-off (default :data:`recstack.evaluation.tradeoff.LAMBDAS`; ``()``: none).
     """
+    from recstack.evaluation.tradeoff import LAMBDAS, DiversityTradeoff
+
     if split not in ("test", "valid"):
         raise InputError(f"--split: expected test or valid, got {split!r}")
     if k < 1:
@@ -64,7 +72,7 @@ def evaluate_run(paths: RunPaths, k: int = 10, split: str = "test", *, candidate
     accs: dict[str, RankingAccumulator] = {"popularity": RankingAccumulator(n_items, k)}
     skipped: dict[str, str] = {}
 
-    two_tower = dlrm = item_emb = fusion = None
+    two_tower = dlrm = item_emb = fusion = tradeoff = None
     tt_dir, dlrm_dir = paths.models / "two_tower", paths.models / "dlrm"
     if (tt_dir / "config.json").exists():
         two_tower, _ = load_two_tower(tt_dir, dev)
@@ -79,6 +87,9 @@ def evaluate_run(paths: RunPaths, k: int = 10, split: str = "test", *, candidate
             check_fusion(fusion)
             accs["two_tower+dlrm"] = RankingAccumulator(n_items, k)
             accs["dlrm_only"] = RankingAccumulator(n_items, k)
+            lambdas = LAMBDAS if lambdas is None else lambdas
+            tradeoff = (DiversityTradeoff(item_emb, _item_genres(paths, n_items, data), n_items - FIRST_CODE, k,
+                                          lambdas) if lambdas else None)
         else:
             skipped["two_tower+dlrm"] = skipped["dlrm_only"] = f"{dlrm_dir} missing"
     else:
@@ -101,7 +112,10 @@ def evaluate_run(paths: RunPaths, k: int = 10, split: str = "test", *, candidate
                 cands = top_k(first, candidates)
                 logits = dlrm_scores(dlrm, data, users, view.history[rows], cands)
                 retrieval = np.take_along_axis(first, cands, axis=1)  # inner products of unit vectors
-                accs["two_tower+dlrm"].add(rerank(first, cands, fuse_scores(logits, retrieval, fusion)), targets)
+                fused = fuse_scores(logits, retrieval, fusion)
+                accs["two_tower+dlrm"].add(rerank(first, cands, fused), targets)
+                if tradeoff is not None:
+                    tradeoff.add(cands, np.where(np.isfinite(retrieval), fused, -np.inf), targets)
                 accs["dlrm_only"].add(rerank(first, cands, logits), targets)
 
     report: dict[str, Any] = {
@@ -110,6 +124,10 @@ def evaluate_run(paths: RunPaths, k: int = 10, split: str = "test", *, candidate
         "protocol": "leave-one-out, full catalogue, seen items excluded, ties ranked below",
         "models": {name: acc.result() for name, acc in accs.items()},
         "fusion": fusion,
+        "diversity": ({"candidates": candidates, "rows": tradeoff.result(),
+                       "ild": "ild_embedding: mean pairwise 1 - cosine of item-tower embeddings; "
+                              "ild_genre: mean pairwise Jaccard distance of genre sets"}
+                      if tradeoff is not None else None),
         "skipped": skipped, "wall_s": round(time.perf_counter() - start, 2),
     }
     if write:
@@ -124,9 +142,34 @@ def write_report(report: dict[str, Any], reports_dir: Path) -> dict[str, str]:
     stem = f"evaluation_{report['split']}"
     json_path, png_path = reports_dir / f"{stem}.json", reports_dir / f"{stem}.png"
     files = {"json": str(json_path), "png": str(png_path)}
+    if report.get("diversity"):
+        from recstack.evaluation.tradeoff import plot_tradeoff
+
+        files["diversity_png"] = str(reports_dir / f"diversity_{report['split']}.png")
+        plot_tradeoff(report["diversity"]["rows"], report["k"],
+                      f"{report['dataset']} {report['split']}: MMR re-ranking of {report['candidates']} candidates",
+                      Path(files["diversity_png"]))
     write_json(json_path, {**report, "files": files})
     _plot(report, png_path)
     return files
+
+
+def _item_genres(paths: RunPaths, n_items: int, data) -> np.ndarray | None:
+    """Multi-hot genres [n_items, G] by encoded item id from the item feature table (None without genres)."""
+    import pandas as pd
+
+    from recstack.evaluation.diversity import genre_matrix
+
+    table_path = paths.features / "item_features.parquet"
+    id_column = data.layout.item.id_column.name
+    if not table_path.is_file():
+        return None
+    table = pd.read_parquet(table_path)
+    if "genres" not in table:
+        return None
+    codes = table[id_column].to_numpy(np.int64)
+    keep = codes < n_items
+    return genre_matrix(codes[keep], table["genres"].to_numpy()[keep].tolist(), n_items)
 
 
 def _plot(report: dict[str, Any], path: Path) -> None:

@@ -9,7 +9,7 @@ here, outside the ensemble (strings do not cross the python backend safely).
 from __future__ import annotations
 
 import argparse
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import pandas as pd
@@ -31,6 +31,8 @@ class Recommendation:
     item_ids: list[int]
     scores: list[float]
     cold_start: bool
+    reasons: list[tuple[int, int]] = field(default_factory=list)
+    """Per item (reason code, raw history item id or -1): see :mod:`recstack.ensembles.rerank`."""
 
 
 def check_top_n(k: int) -> int:
@@ -39,17 +41,24 @@ def check_top_n(k: int) -> int:
     return int(k)
 
 
-def recommend(client, user_ids: list[int] | np.ndarray, k: int = 10) -> list[Recommendation]:
-    """Ask the ensemble for the top ``k`` items of each user (one request, batch = len(user_ids))."""
+def recommend(client, user_ids: list[int] | np.ndarray, k: int = 10,
+              diversity_lambda: float | None = None) -> list[Recommendation]:
+    """Ask the ensemble for the top ``k`` items of each user (one request, batch = len(user_ids));
+    ``diversity_lambda`` (optional input; None: the export's default) re-ranks for diversity."""
     k = check_top_n(k)
     users = np.asarray(user_ids, dtype=np.int64).reshape(-1, 1)
     inputs = {"user_id": users, "top_n": np.full((len(users), 1), k, dtype=np.int32)}
-    out = client.infer(ENSEMBLE_NAME, inputs, ["item_ids", "scores", "cold_start"])
+    if diversity_lambda is not None:
+        if not 0.0 <= diversity_lambda <= 1.0:
+            raise InputError(f"--diversity-lambda: must be between 0 and 1, got {diversity_lambda}")
+        inputs["diversity_lambda"] = np.full((len(users), 1), diversity_lambda, dtype=np.float32)
+    out = client.infer(ENSEMBLE_NAME, inputs, ["item_ids", "scores", "cold_start", "reason_code", "reason_item"])
     results = []
     for row, user in enumerate(users[:, 0]):
         keep = out["item_ids"][row] >= 0
+        reasons = list(zip(out["reason_code"][row][keep][:k].tolist(), out["reason_item"][row][keep][:k].tolist()))
         results.append(Recommendation(int(user), out["item_ids"][row][keep][:k].tolist(),
-                                      out["scores"][row][keep][:k].tolist(), bool(out["cold_start"][row, 0])))
+                                      out["scores"][row][keep][:k].tolist(), bool(out["cold_start"][row, 0]), reasons))
     return results
 
 
@@ -67,8 +76,11 @@ class ItemTitles:
 def format_recommendation(rec: Recommendation, titles: ItemTitles) -> str:
     head = f"user {rec.user_id}" + (" (cold start: most popular items)" if rec.cold_start else "")
     lines = [head]
+    words = {2: "popular", 3: "new", 4: "trending"}
     for rank, (item, score) in enumerate(zip(rec.item_ids, rec.scores), start=1):
-        lines.append(f"  {rank:2d}. {titles[item]}  [item {item}, score {score:.3f}]")
+        code, because = rec.reasons[rank - 1] if rank <= len(rec.reasons) else (0, -1)
+        why = f"because you watched {titles[because]}" if code == 1 else words.get(code, "")
+        lines.append(f"  {rank:2d}. {titles[item]}  [item {item}, score {score:.3f}]" + (f"  ({why})" if why else ""))
     return "\n".join(lines)
 
 
@@ -81,6 +93,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     rec.add_argument("-k", type=int, default=10, help=f"how many items (1..{MAX_TOP_N}, default 10)")
     rec.add_argument("--http", action="store_true", help="use HTTP instead of gRPC")
     rec.add_argument("--url", default=None, help="server address (default 127.0.0.1:8001 gRPC / :8000 HTTP)")
+    rec.add_argument("--diversity-lambda", type=float, default=None,
+                     help="MMR lambda 0..1 (1 = the ranker's order; default: the export's setting)")
     rec.add_argument("--new-user", action="store_true",
                      help="accept a user the online store does not know (cold start: popular items)")
     rec.set_defaults(handler=_recommend)
@@ -96,7 +110,7 @@ def _recommend(args: argparse.Namespace) -> int:
     with TritonClient(url, protocol=protocol) as client:
         if not client.is_ready():
             raise InputError(f"--url: no ready tritonserver at {url} (start it with `recstack serve`)")
-        (rec,) = recommend(client, [args.user], args.k)
+        (rec,) = recommend(client, [args.user], args.k, args.diversity_lambda)
     if rec.cold_start and not args.new_user:
         raise InputError(f"--user: user {args.user} is unknown to the online store "
                          "(pass --new-user for cold-start recommendations)")

@@ -21,13 +21,15 @@ from recstack.serving.gateway.catalogue import Catalogue
 from recstack.serving.gateway.config import MAX_K, GatewayConfig
 from recstack.serving.gateway.experiment import ExperimentRouter
 from recstack.serving.gateway.metrics import GatewayMetrics
-from recstack.serving.gateway.web import mount_web_page
+from recstack.serving.gateway.reasons import REASON_OUTPUTS, Reasons
 from recstack.serving.gateway.schemas import (
     INT64, EventsIn, EventsOut, Health, NewItem, NewItemOut, NewUser, NewUserOut, RecommendedItem, Recommendations,
     SimilarItems,
 )
+from recstack.serving.gateway.web import mount_web_page
 
-OUTPUTS = ["item_ids", "scores", "cold_start", "explored", "model_version"]
+OUTPUTS = ["item_ids", "scores", "cold_start", "explored", "model_version", *REASON_OUTPUTS]
+RERANK_DTYPES = {"diversity_lambda": np.float32, "freshness_weight": np.float32, "genre_cap": np.int32}
 
 
 class TritonUnavailable(RuntimeError):
@@ -46,7 +48,8 @@ class Recommender:
 
     async def top_n(self, user_id: int, n: int, model: str = ENSEMBLE_NAME, version: str = "",
                     extra: dict[str, np.ndarray] | None = None) -> dict[str, np.ndarray]:
-        """The ensemble's outputs for one user (``model`` / ``version`` / ``extra`` inputs: an experiment's variant)."""
+        """The ensemble's outputs for one user; ``model`` / ``version``: an experiment's variant;
+        ``extra``: further inputs ([1, 1] arrays: re-ranking settings, a variant's params)."""
         from tritonclient.utils import InferenceServerException, np_to_triton_dtype
 
         arrays = {"user_id": np.array([[user_id]], np.int64), "top_n": np.array([[n]], np.int32), **(extra or {})}
@@ -106,6 +109,7 @@ def create_app(config: GatewayConfig) -> FastAPI:
     @contextlib.asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
         state["catalogue"] = Catalogue(config.paths, config.live_items)
+        state["reasons"] = Reasons(state["catalogue"])
         state["items"] = ItemAdder(config.paths, config.live_items)
         state["events"] = EventService.for_run(config.paths, config.event_log, live_items=config.live_items).start()
         state["recommender"] = Recommender(config.triton_url, config.triton_timeout_s)
@@ -158,18 +162,30 @@ def create_app(config: GatewayConfig) -> FastAPI:
         k: Annotated[int, Query(ge=1, le=MAX_K)] = 10,
         exclude: Annotated[str, Query(max_length=2000, pattern=r"^(-?\d{1,19}(,-?\d{1,19})*)?$",
                                       description="comma-separated raw item ids not to return")] = "",
+        diversity_lambda: Annotated[float | None, Query(ge=0, le=1, description="MMR lambda: 1 = ranker order, "
+                                                        "lower = more diverse (default: the export's)")] = None,
+        freshness_weight: Annotated[float | None, Query(ge=0, le=100, description="weight of time-decayed "
+                                                        "popularity (default: the export's)")] = None,
+        genre_cap: Annotated[int | None, Query(ge=0, le=MAX_K, description="most items per genre, 0 = no cap "
+                                               "(default: the export's)")] = None,
     ) -> Recommendations:
         excluded = {int(x) for x in exclude.split(",") if x}
+        rerank = {name: np.array([[value]], RERANK_DTYPES[name]) for name, value in (
+            ("diversity_lambda", diversity_lambda), ("freshness_weight", freshness_weight), ("genre_cap", genre_cap))
+            if value is not None}
         router: ExperimentRouter | None = state["experiment"]
         route = router.route(user_id) if router is not None else None
-        variant = {"model": route.model, "version": route.version, "extra": route.inputs} if route else {}
+        # an experiment's params win over the query's: a variant is what its users are served
+        variant = {"model": route.model, "version": route.version, "extra": {**rerank, **route.inputs}} if route \
+            else {"extra": rerank}
         out = await state["recommender"].top_n(user_id, min(MAX_K, k + len(excluded)), **variant)
         catalogue: Catalogue = state["catalogue"]
         if out["explored"].any():
             catalogue.refresh()  # titles of items added since the last refresh
         items = [RecommendedItem(item_id=int(i), title=catalogue.title(i), score=float(s) if np.isfinite(s) else None,
-                                 explored=bool(e))
-                 for i, s, e in zip(out["item_ids"][0], out["scores"][0], out["explored"][0])
+                                 explored=bool(e), reason=r)
+                 for i, s, e, r in zip(out["item_ids"][0], out["scores"][0], out["explored"][0],
+                                       state["reasons"].for_list(out))
                  if i >= 0 and int(i) not in excluded][:k]
         cold = bool(out["cold_start"][0, 0])
         explored = sum(item.explored for item in items)

@@ -70,11 +70,25 @@ class NewItemOut(BaseModel):
     added_at: float = Field(description="unix seconds")
 
 
+class Reason(BaseModel):
+    """Why an item is on the list (true of the model's inputs; see recstack.ensembles.rerank)."""
+
+    kind: str = Field(description="because_you_watched | popular_in_genre | new | trending")
+    text: str
+    item_id: int | None = Field(default=None, description="the history item (because_you_watched)")
+    title: str | None = Field(default=None, description="its title")
+    similarity: float | None = Field(default=None, description="cosine similarity of the two items' embeddings")
+    genre: str | None = Field(default=None, description="the genre (popular_in_genre)")
+    score: float | None = Field(default=None, description="recent / usual interaction share (trending) or popularity share "
+                                                              "(popular_in_genre)")
+
+
 class RecommendedItem(BaseModel):
     item_id: int
     title: str
     score: float | None = Field(description="ranker score (null for an exploration slot, which was not ranked)")
     explored: bool = Field(default=False, description="placed to collect feedback on a new item")
+    reason: Reason | None = Field(default=None, description="why the item is shown")
 
 
 class Recommendations(BaseModel):
