@@ -9,6 +9,7 @@ import time
 from pathlib import Path
 
 import httpx
+import numpy as np
 import pytest
 
 from recstack.errors import InputError
@@ -153,6 +154,9 @@ def test_variants_are_checked_against_the_served_model_metadata(ab_stack, tmp_pa
     assert (routes["b"].model, routes["b"].version) == ("recommend_steps", "2") and routes["a"].model == "recommend"
     with pytest.raises(InputError, match="variant b: model recommend_steps version 3 is not loaded"):
         asyncio.run(check({"model_version": 3}))
+    routes = asyncio.run(check({"params": {"diversity_lambda": 0.3}}))  # an optional input of the ensemble
+    sent = routes["b"].inputs["diversity_lambda"]
+    assert sent.dtype == np.float32 and sent.shape == (1, 1) and sent[0, 0] == np.float32(0.3)
     with pytest.raises(InputError, match=r"variant b: params.no_such_input is not an input of model recommend "
                                          r"\(inputs: .*top_n, user_id"):
         asyncio.run(check({"params": {"no_such_input": 0.5}}))
