@@ -13,8 +13,9 @@ output of the latest earlier op with that name, or an ensemble input
 (``user_id`` int64 [1], ``top_n`` int32 [1]). The ensemble's outputs are
 ``item_ids`` int64 [-1] and ``scores`` float32 [-1] (raw item ids, best first; NaN score for an
 exploration slot), ``cold_start`` int32 [1] (1 when the user had no history and got popular
-items), ``explored`` int32 [-1] (1 where a new item was placed to collect feedback) and
-``model_version`` int64 [1]. Items added after training (the live-item registry,
+items), ``explored`` int32 [-1] (1 where a new item was placed to collect feedback),
+``store_fallback`` int32 [1] (1 when the online store could not be reached and the popularity
+list was served instead of a personal one) and ``model_version`` int64 [1]. Items added after training (the live-item registry,
 ``RECSTACK_LIVE_ITEMS``) are picked up by the retrieval, item-feature and filter steps while
 they serve.
 """
@@ -41,7 +42,7 @@ ENSEMBLE_NAME = "recommend"
 ENSEMBLE_INPUTS = [TensorSpec("user_id", np.int64, (1,)), TensorSpec("top_n", np.int32, (1,))]
 ENSEMBLE_OUTPUTS = [TensorSpec("item_ids", np.int64, (-1,)), TensorSpec("scores", np.float32, (-1,)),
                     TensorSpec("cold_start", np.int32, (1,)), TensorSpec("explored", np.int32, (-1,)),
-                    TensorSpec(VERSION_OUTPUT, np.int64, (1,))]
+                    TensorSpec("store_fallback", np.int32, (1,)), TensorSpec(VERSION_OUTPUT, np.int64, (1,))]
 MAX_BATCH_SIZE = 64
 STEPS = "recstack.ensembles.steps"
 CHAIN_STEP = "recstack.ensembles.chain:ChainStep"
@@ -154,6 +155,7 @@ def _item_block_specs(layout: FeatureLayout, top_k: int) -> list[TensorSpec]:
 
 SEEN = TensorSpec("seen_items", np.int64, (-1,))
 KNOWN = TensorSpec("user_known", np.int32, (1,))
+FALLBACK = TensorSpec("store_fallback", np.int32, (1,))
 
 
 def QueryUserFeatures(paths: RunPaths) -> ServingOp:  # noqa: N802 (reads like a Merlin op)
@@ -161,7 +163,7 @@ def QueryUserFeatures(paths: RunPaths) -> ServingOp:  # noqa: N802 (reads like a
     layout = _layout(paths, "two_tower")
     return ServingOp(
         "query_user_features", f"{STEPS}:QueryUserFeatures", {},
-        [ENSEMBLE_INPUTS[0]], _user_block_specs(layout) + [SEEN, KNOWN],
+        [ENSEMBLE_INPUTS[0]], _user_block_specs(layout) + [SEEN, KNOWN, FALLBACK],
         artifacts={"workflow_dir": Artifact(paths.workflow), "model_dir": _model_files(paths, "two_tower")},
         settings={"feature_repo": str(paths.feature_repo)})
 
@@ -235,7 +237,7 @@ def FilterTopN(paths: RunPaths, top_k: int = 100, max_top_n: int = 100,  # noqa:
          "exploration_window_s": float(exploration_window_s)},
         [TensorSpec("candidate_keys", np.int64, k), TensorSpec("candidate_ids", np.int64, k),
          TensorSpec("rank_scores", np.float32, k), TensorSpec("retrieval_scores", np.float32, k),
-         SEEN, KNOWN, ENSEMBLE_INPUTS[1]],
+         SEEN, KNOWN, ENSEMBLE_INPUTS[1], FALLBACK],
         ENSEMBLE_OUTPUTS,
         artifacts={"workflow_dir": Artifact(paths.workflow), "model_dir": _model_files(paths, "dlrm")},
         settings=_live_items(paths))

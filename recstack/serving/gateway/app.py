@@ -25,7 +25,7 @@ from recstack.serving.gateway.schemas import (
     SimilarItems,
 )
 
-OUTPUTS = ["item_ids", "scores", "cold_start", "explored", "model_version"]
+OUTPUTS = ["item_ids", "scores", "cold_start", "explored", "store_fallback", "model_version"]
 
 
 class TritonUnavailable(RuntimeError):
@@ -138,9 +138,10 @@ def create_app(config: GatewayConfig) -> FastAPI:
                  if i >= 0 and int(i) not in excluded][:k]
         cold = bool(out["cold_start"][0, 0])
         explored = sum(item.explored for item in items)
-        metrics.recommended(cold, len(items), explored)
+        fallback = "popularity" if out["store_fallback"][0, 0] else None
+        metrics.recommended(cold, len(items), explored, fallback)
         return Recommendations(user_id=user_id, items=items, cold_start=cold,
-                               model_version=int(out["model_version"][0, 0]), explored=explored)
+                               model_version=int(out["model_version"][0, 0]), explored=explored, fallback=fallback)
 
     @app.post("/v1/items", response_model=NewItemOut, status_code=201, dependencies=[Depends(require_key)],
               responses={409: {"description": "the item is in the catalogue already"}})
@@ -195,8 +196,11 @@ def create_app(config: GatewayConfig) -> FastAPI:
         except Exception as exc:  # noqa: BLE001  report, never raise
             checks["online_store"] = f"error: {type(exc).__name__}"
         checks["event_log"] = "ok" if state["events"].running else "consumer stopped"
-        ready = all(v == "ok" for v in checks.values())
-        body = Health(status="ready" if ready else "not ready", checks=checks)
+        # an unreachable online store degrades the lists (popularity fallback) but does not stop them
+        # and events stay durable in the log until it is back, so the gateway stays in rotation
+        ready = all(v == "ok" for name, v in checks.items() if name != "online_store")
+        status = "not ready" if not ready else "ready" if checks["online_store"] == "ok" else "degraded"
+        body = Health(status=status, checks=checks)
         return JSONResponse(body.model_dump(), status_code=200 if ready else 503)
 
     @app.get("/metrics")

@@ -83,6 +83,9 @@ class Recommendations(BaseModel):
     cold_start: bool = Field(description="true when the user had no history: popular items were served")
     model_version: int = Field(description="version of the served model that ranked the list")
     explored: int = Field(default=0, description="how many items of the list are exploration slots")
+    fallback: Literal["popularity"] | None = Field(
+        default=None, description="set when the list is not personal because the online store could not be "
+                                  "reached: \"popularity\" = the most popular items were served")
 
 
 class SimilarItems(BaseModel):
