@@ -14,7 +14,6 @@ import os
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import pandas as pd
 import pytest
@@ -30,7 +29,6 @@ EVENTS_PER_PROCESS = 60
 
 PRODUCER = """
 import json, sys, time
-from pathlib import Path
 from recstack.events import EventService
 from recstack.paths import RunPaths
 

@@ -23,6 +23,7 @@ import time
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Self
 
 import httpx
 import numpy as np
@@ -84,7 +85,7 @@ def known_users(e2e_paths) -> list[int]:
 
 def _metric(gateway: str, name: str, labels: str = "") -> float:
     text = httpx.get(f"{gateway}/metrics", timeout=10).text
-    match = re.search(rf"^{name}{re.escape(labels)} (\S+)$", text, re.M)
+    match = re.search(rf"^{name}{re.escape(labels)} (\S+)$", text, re.MULTILINE)
     return float(match.group(1)) if match else 0.0
 
 
@@ -107,7 +108,7 @@ class Load:
                 body = resp.json() if resp.headers.get("content-type", "").startswith("application/json") else {}
                 self.records.append((time.monotonic(), user, resp.status_code, body))
 
-    def __enter__(self) -> "Load":
+    def __enter__(self) -> Self:
         for thread in self._threads:
             thread.start()
         return self
@@ -195,8 +196,8 @@ def test_a_step_raising_fails_only_its_own_requests(stack, known_users, e2e_path
     """A user whose stored id code is beyond the user tower's embedding table makes the tower's
     ONNX Gather raise: a real exception inside a step, not an InputError."""
     from recstack.features import open_store
-    from recstack.models.layout import FeatureLayout
     from recstack.io import read_json
+    from recstack.models.layout import FeatureLayout
 
     layout = FeatureLayout.from_dict(read_json(e2e_paths.models / "two_tower" / "config.json")["layout"])
     row = pd.read_parquet(e2e_paths.features / "user_features.parquet").iloc[[0]].copy()
