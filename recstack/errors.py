@@ -28,7 +28,8 @@ def storage_error(exc: BaseException) -> str | None:
     while exc is not None and id(exc) not in seen:  # the error itself or what it wraps
         seen.add(id(exc))
         if isinstance(exc, OSError) and exc.errno in STORAGE_ERRNOS:
-            where = f"{exc.filename}: " if exc.filename else ""
+            path = exc.filename2 or exc.filename  # a copy's destination, else the file written
+            where = f"{path}: " if path else ""
             return f"{where}{STORAGE_ERRNOS[exc.errno]}"
         text = " ".join(str(exc).split())
         if isinstance(exc, (OSError, RuntimeError)) and any(t in text.lower() for t in _STORAGE_TEXTS):
