@@ -155,7 +155,7 @@ def _item_block_specs(layout: FeatureLayout, top_k: int) -> list[TensorSpec]:
 
 SEEN = TensorSpec("seen_items", np.int64, (-1,))
 KNOWN = TensorSpec("user_known", np.int32, (1,))
-FALLBACK = TensorSpec("store_fallback", np.int32, (1,))
+STORE_UNAVAILABLE = TensorSpec("store_unavailable", np.int32, (1,))
 
 
 def QueryUserFeatures(paths: RunPaths) -> ServingOp:  # noqa: N802 (reads like a Merlin op)
@@ -163,7 +163,7 @@ def QueryUserFeatures(paths: RunPaths) -> ServingOp:  # noqa: N802 (reads like a
     layout = _layout(paths, "two_tower")
     return ServingOp(
         "query_user_features", f"{STEPS}:QueryUserFeatures", {},
-        [ENSEMBLE_INPUTS[0]], _user_block_specs(layout) + [SEEN, KNOWN, FALLBACK],
+        [ENSEMBLE_INPUTS[0]], _user_block_specs(layout) + [SEEN, KNOWN, STORE_UNAVAILABLE],
         artifacts={"workflow_dir": Artifact(paths.workflow), "model_dir": _model_files(paths, "two_tower")},
         settings={"feature_repo": str(paths.feature_repo)})
 
@@ -237,7 +237,7 @@ def FilterTopN(paths: RunPaths, top_k: int = 100, max_top_n: int = 100,  # noqa:
          "exploration_window_s": float(exploration_window_s)},
         [TensorSpec("candidate_keys", np.int64, k), TensorSpec("candidate_ids", np.int64, k),
          TensorSpec("rank_scores", np.float32, k), TensorSpec("retrieval_scores", np.float32, k),
-         SEEN, KNOWN, ENSEMBLE_INPUTS[1], FALLBACK],
+         SEEN, KNOWN, ENSEMBLE_INPUTS[1], STORE_UNAVAILABLE],
         ENSEMBLE_OUTPUTS,
         artifacts={"workflow_dir": Artifact(paths.workflow), "model_dir": _model_files(paths, "dlrm")},
         settings=_live_items(paths))

@@ -9,7 +9,7 @@ the batch as their first dimension. The same class runs in-process (tests,
 Flow for a batch of B requests (K candidates, N results)::
 
     user_id [B,1] ─► QueryUserFeatures ─► user_cat/user_cont/history, seen_items [B,S], user_known [B,1],
-                                          store_fallback [B,1]
+                                          store_unavailable [B,1]
                   ─► EmbedUser         ─► user_embedding [B,d]
                   ─► QueryIndex        ─► candidate_ids [B,K] (encoded), retrieval_scores [B,K]
                   ─► QueryItemFeatures ─► item_cat/item_lists/item_cont [B,K,*], candidate_keys [B,K] (raw)
@@ -22,7 +22,7 @@ ids (the Workflow's Categorify indices) stay inside. A user with no history in t
 online store is a cold-start user: retrieval returns the train + valid window's most
 popular items and FilterTopN keeps them in popularity order. When the online store cannot be
 reached (Redis down), every user of the batch takes that same popularity path and the
-``store_fallback`` output says so.
+``store_fallback`` output says so (``store_unavailable`` inside the ensemble).
 """
 
 from __future__ import annotations
@@ -84,10 +84,11 @@ class QueryUserFeatures:
     ``user_lists`` int64 [B, Lu] (if the layout has user lists), ``user_cont`` float32
     [B, Du] (if any), ``history`` int64 [B, L] (encoded, oldest -> newest, 0 = pad),
     ``seen_items`` int64 [B, S] (every encoded item seen, 0-padded), ``user_known`` int32
-    [B, 1] (1 if the online store has a history for the user), ``store_fallback`` int32 [B, 1]
+    [B, 1] (1 if the online store has a history for the user), ``store_unavailable`` int32 [B, 1]
     (1 when the store could not be reached: every user of the batch is served as unknown, i.e.
-    the popularity list, and the flag travels to the ensemble's output). Live items in the history
-    (codes beyond the trained vocabulary) enter ``history`` as the out-of-vocabulary code.
+    the popularity list; FilterTopN turns it into the ensemble's ``store_fallback``). Live items
+    in the history (codes beyond the trained vocabulary) enter ``history`` as the
+    out-of-vocabulary code.
 
     The raw id's code comes from the store with the other side features (the Workflow wrote
     it there); a user the store lacks is encoded with the saved Workflow (the same object the
@@ -130,7 +131,7 @@ class QueryUserFeatures:
             names.append("user_lists")
         if self.cont_columns:
             names.append("user_cont")
-        return names + ["history", "seen_items", "user_known", "store_fallback"]
+        return names + ["history", "seen_items", "user_known", "store_unavailable"]
 
     def execute(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         user_ids = _require(inputs, "user_id", np.int64, 2)
@@ -177,7 +178,7 @@ class QueryUserFeatures:
         out["seen_items"] = pad_lists(seen, width, keep="first")
         known = np.array([len(r) > 0 for r in recent]) & np.asarray(has_history, dtype=bool)
         out["user_known"] = known.astype(np.int32).reshape(batch, 1)
-        out["store_fallback"] = np.full((batch, 1), int(fallback), np.int32)
+        out["store_unavailable"] = np.full((batch, 1), int(fallback), np.int32)
         return out
 
 
@@ -397,12 +398,12 @@ class FilterTopN:
     Inputs: ``candidate_keys`` int64 [B, K] (raw ids, -1 = none), ``candidate_ids`` int64
     [B, K] (encoded), ``rank_scores`` and ``retrieval_scores`` float32 [B, K], ``seen_items``
     int64 [B, S], ``user_known`` int32 [B, 1], ``top_n`` int32 [B, 1] (1..max_top_n), and
-    ``store_fallback`` int32 [B, 1] (optional, passed through).
+    ``store_unavailable`` int32 [B, 1] (optional: 1 when QueryUserFeatures could not reach the store).
     Outputs: ``item_ids`` int64 [B, N] (raw ids, -1 past the end), ``scores`` float32 [B, N]
     (NaN for an exploration slot: it was not ranked), ``cold_start`` int32 [B, 1] (1 when the
     user had no history, or the store was unreachable: popular items were served), ``explored``
     int32 [B, N] (1 for an exploration slot), ``store_fallback`` int32 [B, 1] (1 when the online
-    store was unreachable: the list is the popularity fallback; 0 when the input is absent).
+    store was unreachable: the list is the popularity fallback; ``store_unavailable``, 0 when absent).
 
     Exploration: with the live-item registry (``live_items``, ``workflow_dir``, ``model_dir``),
     items added in the last ``exploration_window_s`` seconds form a pool; each request gets
@@ -496,7 +497,7 @@ class FilterTopN:
         explored = (self._explore(item_ids, scores, seen, top_n) if self.live is not None
                     else np.zeros(item_ids.shape, np.int32))
         cold_start = (~known).astype(np.int32).reshape(batch, 1)
-        fallback = (_require(inputs, "store_fallback", np.int32, 2) if "store_fallback" in inputs
+        fallback = (_require(inputs, "store_unavailable", np.int32, 2) if "store_unavailable" in inputs
                     else np.zeros((batch, 1), np.int32))
         return {"item_ids": item_ids, "scores": scores, "cold_start": cold_start, "explored": explored,
                 "store_fallback": fallback}
