@@ -32,6 +32,14 @@ class TritonUnavailable(RuntimeError):
     """Triton could not answer (down, restarting, timed out): a 503 for the app."""
 
 
+class RecommendationFailed(RuntimeError):
+    """Triton answered with an error (a step of the ensemble raised for this request): a 500."""
+
+
+UNAVAILABLE_STATUSES = ("StatusCode.UNAVAILABLE", "StatusCode.DEADLINE_EXCEEDED", "StatusCode.CANCELLED")
+"""gRPC statuses meaning Triton did not answer, as opposed to a request its models failed."""
+
+
 RECONNECT_BACKOFF_MS = (100, 1000)
 """gRPC's first and longest wait between reconnects to Triton. Its defaults (1 s growing to 120 s)
 kept the gateway failing for 2.6 s after a restarted tritonserver was ready (measured); capped
@@ -74,7 +82,11 @@ class Recommender:
         try:
             result = await self.client.infer(ENSEMBLE_NAME, inputs, outputs=outputs, client_timeout=self.timeout_s)
         except InferenceServerException as exc:
-            raise TritonUnavailable(exc.message() if callable(getattr(exc, "message", None)) else str(exc)) from None
+            text = exc.message() if callable(getattr(exc, "message", None)) else str(exc)
+            status = str(exc.status()) if callable(getattr(exc, "status", None)) else ""
+            if status and status not in UNAVAILABLE_STATUSES:
+                raise RecommendationFailed(text) from None
+            raise TritonUnavailable(text) from None
         return {name: result.as_numpy(name) for name in OUTPUTS}
 
     async def ready(self) -> bool:
@@ -131,6 +143,11 @@ def create_app(config: GatewayConfig) -> FastAPI:
     async def input_error(_: Request, exc: InputError) -> JSONResponse:
         metrics.error("input")
         return JSONResponse({"detail": str(exc)}, status_code=422)
+
+    @app.exception_handler(RecommendationFailed)
+    async def recommendation_failed(_: Request, exc: RecommendationFailed) -> JSONResponse:
+        metrics.error("recommendation")
+        return JSONResponse({"detail": f"recommendation failed: {exc}"}, status_code=500)
 
     @app.exception_handler(TritonUnavailable)
     async def triton_error(_: Request, exc: TritonUnavailable) -> JSONResponse:

@@ -20,8 +20,8 @@ class GatewayMetrics:
         r = self.registry
         self.latency = Histogram("recstack_gateway_request_seconds", "Request latency by endpoint",
                                  ["endpoint", "method", "status"], buckets=LATENCY_BUCKETS_S, registry=r)
-        self.errors = Counter("recstack_gateway_errors_total", "Errors by kind (input, auth, triton)", ["kind"],
-                              registry=r)
+        self.errors = Counter("recstack_gateway_errors_total", "Errors by kind (input, auth, triton = "
+                              "unreachable, recommendation = a step failed)", ["kind"], registry=r)
         self.accepted = Counter("recstack_events_accepted_total", "Events stored in the log", registry=r)
         self.duplicates = Counter("recstack_events_duplicates_total", "Events whose id was already stored",
                                   registry=r)
