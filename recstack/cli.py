@@ -2,7 +2,8 @@
 
 Each stage's ``recstack/<stage>/cli.py`` exposes ``register(subparsers)``, which adds its
 subcommand(s) with ``set_defaults(handler=fn)``; ``fn(args) -> int`` returns an exit code.
-Bad input raises :class:`recstack.errors.InputError`: printed as one line, exit code 2.
+Bad input raises :class:`recstack.errors.InputError`: printed as one line, exit code 2. A full or
+read-only disk (:func:`recstack.errors.storage_error`) is one line too, exit code 1.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ import importlib
 import os
 import sys
 
-from recstack.errors import InputError
+from recstack.errors import InputError, storage_error
 
 # Stage modules that contribute subcommands, in pipeline order.
 STAGE_CLIS = (
@@ -65,6 +66,14 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         sys.stderr.write("recstack: interrupted\n")
         return 130
+    except (OSError, RuntimeError) as exc:
+        reason = storage_error(exc)
+        if reason is None:
+            raise
+        # stages write through recstack.io.atomic_dir / atomic_write_bytes: nothing was replaced
+        sys.stderr.write(f"recstack: error: {reason}; {args.command} did not finish and left the "
+                         "previous files as they were\n")
+        return 1
 
 
 def entry() -> None:

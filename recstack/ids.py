@@ -18,3 +18,10 @@ FIRST_CODE = 2
 
 HISTORY_LENGTH = 50
 """Default number of a user's most recent items kept as the model input ``history`` (oldest -> newest)."""
+
+SEEN_LIMIT = 1000
+"""Most distinct items kept in a user's online ``seen_items`` (the newest first-interactions; older
+ones drop out and may be recommended again). It bounds what one request carries through the
+ensemble (``seen_items`` [B, S], S <= this) and the over-fetch of a non-flat FAISS index
+(``k + S`` results to have ``k`` left after excluding the seen ones); ML-100K's heaviest user has
+737 training items, so its lists are unchanged."""

@@ -145,7 +145,7 @@ def _random_inputs(op, layout: FeatureLayout, rng: np.random.Generator, batch: i
             out[spec.name] = np.stack(cols, axis=-1).astype(np.int64)
         elif spec.name == "item_lists":
             out[spec.name] = rng.integers(0, layout.item.lists[0].cardinality, shape).astype(np.int64)
-        elif spec.name == "user_known":
+        elif spec.name in ("user_known", "store_unavailable"):
             out[spec.name] = rng.integers(0, 2, shape).astype(np.int32)
         elif spec.name == "top_n":
             out[spec.name] = rng.integers(1, 20, shape).astype(np.int32)

@@ -249,3 +249,17 @@ def test_cli_build_and_get(tmp_path, monkeypatch, capsys):
     assert got["seen_items"] == list(tables["user_history"]["seen_items"][1])
     assert cli_main(["features", "get", "--dataset", "toy", "--user", "1"]) == 2
     assert capsys.readouterr().err.strip() == "recstack: error: user 1 is not in the online store"
+
+
+def test_seen_items_are_bounded(built):
+    """A user's stored seen list keeps the newest SEEN_LIMIT distinct items (first-interaction order)."""
+    from recstack.ids import SEEN_LIMIT
+
+    root, _, _ = built
+    online = OnlineFeatures(root / "repo")
+    user, extra = 77_777, 7
+    items = list(range(2, SEEN_LIMIT + extra + 2))
+    push_interactions(online, [user] * len(items), items, [1e9 + n for n in range(len(items))], HISTORY)
+    push_interactions(online, [user], [items[-1]], [2e9], HISTORY)  # a repeat changes nothing
+    _, seen, _ = online.histories([user])
+    assert seen[0].tolist() == items[extra:]

@@ -88,6 +88,7 @@ def test_acknowledged_events_survive_a_sigkill_before_they_are_applied(run_home,
     _, seen, known = online.histories(users)
     assert not known.any()  # nothing was applied before the kill
 
+    restarted = time.time()
     gateway = _start_gateway(run_home, e2e_server.grpc_url, port)
     try:
         deadline = time.time() + 60
@@ -97,13 +98,14 @@ def test_acknowledged_events_survive_a_sigkill_before_they_are_applied(run_home,
                 break
             assert time.time() < deadline, "the restarted gateway did not catch up"
             time.sleep(0.2)
+        caught_up = time.time() - restarted
         applied = _metric(metrics, "recstack_events_applied")
         with open_event_log(paths) as log:
             committed, last = log.committed("online-store"), log.last_offset()
         _, seen, known = online.histories(users)
         lost = sum(ITEMS_PER_USER - len(s) for s in seen)
         print(f"acknowledged {acknowledged}, applied after restart {applied:.0f}, lost {lost}, "
-              f"log offsets committed {committed}/{last}")
+              f"log offsets committed {committed}/{last}; caught up {caught_up:.1f} s after the restart began")
         assert known.all() and applied == acknowledged and committed == last == acknowledged
         assert all(len(s) == len(set(s.tolist())) == ITEMS_PER_USER for s in seen)
         # exactly once: a second restart finds nothing left to apply

@@ -15,9 +15,11 @@ output of the latest earlier op with that name, or an ensemble input
 The ensemble's outputs are
 ``item_ids`` int64 [-1] and ``scores`` float32 [-1] (raw item ids, best first; NaN score for an
 exploration slot), ``cold_start`` int32 [1] (1 when the user had no history and got popular
-items), ``explored`` int32 [-1] (1 where a new item was placed to collect feedback) and
-``model_version`` int64 [1], and per item a reason: ``reason_code`` int32 [-1], ``reason_item``
-int64 [-1], ``reason_score`` float32 [-1]. Items added after training (the live-item registry,
+items), ``explored`` int32 [-1] (1 where a new item was placed to collect feedback),
+``store_fallback`` int32 [1] (1 when the online store could not be reached and the popularity
+list was served instead of a personal one) and ``model_version`` int64 [1], and per item a
+reason: ``reason_code`` int32 [-1], ``reason_item`` int64 [-1], ``reason_score`` float32 [-1].
+Items added after training (the live-item registry,
 ``RECSTACK_LIVE_ITEMS``) are picked up by the retrieval, item-feature and filter steps while
 they serve.
 """
@@ -50,7 +52,8 @@ REASON_OUTPUTS = [TensorSpec("reason_code", np.int32, (-1,)), TensorSpec("reason
                   TensorSpec("reason_score", np.float32, (-1,))]
 ENSEMBLE_OUTPUTS = [TensorSpec("item_ids", np.int64, (-1,)), TensorSpec("scores", np.float32, (-1,)),
                     TensorSpec("cold_start", np.int32, (1,)), TensorSpec("explored", np.int32, (-1,)),
-                    TensorSpec(VERSION_OUTPUT, np.int64, (1,)), *REASON_OUTPUTS]
+                    TensorSpec("store_fallback", np.int32, (1,)), TensorSpec(VERSION_OUTPUT, np.int64, (1,)),
+                    *REASON_OUTPUTS]
 MAX_BATCH_SIZE = 64
 STEPS = "recstack.ensembles.steps"
 CHAIN_STEP = "recstack.ensembles.chain:ChainStep"
@@ -164,6 +167,7 @@ def _item_block_specs(layout: FeatureLayout, top_k: int) -> list[TensorSpec]:
 
 SEEN = TensorSpec("seen_items", np.int64, (-1,))
 KNOWN = TensorSpec("user_known", np.int32, (1,))
+STORE_UNAVAILABLE = TensorSpec("store_unavailable", np.int32, (1,))
 
 
 def QueryUserFeatures(paths: RunPaths) -> ServingOp:  # noqa: N802 (reads like a Merlin op)
@@ -171,7 +175,7 @@ def QueryUserFeatures(paths: RunPaths) -> ServingOp:  # noqa: N802 (reads like a
     layout = _layout(paths, "two_tower")
     return ServingOp(
         "query_user_features", f"{STEPS}:QueryUserFeatures", {},
-        [ENSEMBLE_INPUTS[0]], _user_block_specs(layout) + [SEEN, KNOWN],
+        [ENSEMBLE_INPUTS[0]], _user_block_specs(layout) + [SEEN, KNOWN, STORE_UNAVAILABLE],
         artifacts={"workflow_dir": Artifact(paths.workflow), "model_dir": _model_files(paths, "two_tower")},
         settings={"feature_repo": str(paths.feature_repo)})
 
@@ -254,8 +258,8 @@ def FilterTopN(paths: RunPaths, top_k: int = 100, max_top_n: int = 100,  # noqa:
          "item_id_column": layout.item.id_column.name},
         [TensorSpec("candidate_keys", np.int64, k), TensorSpec("candidate_ids", np.int64, k),
          TensorSpec("rank_scores", np.float32, k), TensorSpec("retrieval_scores", np.float32, k),
-         SEEN, KNOWN, ENSEMBLE_INPUTS[1], TensorSpec("history", np.int64, (layout.history_length,)),
-         *RERANK_INPUTS],
+         SEEN, KNOWN, ENSEMBLE_INPUTS[1], STORE_UNAVAILABLE,
+         TensorSpec("history", np.int64, (layout.history_length,)), *RERANK_INPUTS],
         ENSEMBLE_OUTPUTS,
         artifacts={"workflow_dir": Artifact(paths.workflow), "model_dir": _model_files(paths, "dlrm"),
                    "embeddings_dir": Artifact(paths.models / "two_tower", ("item_embeddings.npy",)),

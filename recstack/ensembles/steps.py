@@ -8,17 +8,21 @@ the batch as their first dimension. The same class runs in-process (tests,
 
 Flow for a batch of B requests (K candidates, N results)::
 
-    user_id [B,1] ─► QueryUserFeatures ─► user_cat/user_cont/history, seen_items [B,S], user_known [B,1]
+    user_id [B,1] ─► QueryUserFeatures ─► user_cat/user_cont/history, seen_items [B,S], user_known [B,1],
+                                          store_unavailable [B,1]
                   ─► EmbedUser         ─► user_embedding [B,d]
                   ─► QueryIndex        ─► candidate_ids [B,K] (encoded), retrieval_scores [B,K]
                   ─► QueryItemFeatures ─► item_cat/item_lists/item_cont [B,K,*], candidate_keys [B,K] (raw)
                   ─► Rank              ─► rank_scores [B,K] (DLRM fused with retrieval score)
-                  ─► FilterTopN        ─► item_ids [B,N] (raw, -1 = none), scores [B,N], cold_start [B,1]
+                  ─► FilterTopN        ─► item_ids [B,N] (raw, -1 = none), scores [B,N], cold_start [B,1],
+                                          store_fallback [B,1]
 
 Ids are int64 throughout: ``user_id``/``item_ids`` are the dataset's raw ids; encoded
 ids (the Workflow's Categorify indices) stay inside. A user with no history in the
 online store is a cold-start user: retrieval returns the train + valid window's most
-popular items and FilterTopN keeps them in popularity order.
+popular items and FilterTopN keeps them in popularity order. When the online store cannot be
+reached (Redis down), every user of the batch takes that same popularity path and the
+``store_fallback`` output says so (``store_unavailable`` inside the ensemble).
 """
 
 from __future__ import annotations
@@ -80,8 +84,11 @@ class QueryUserFeatures:
     ``user_lists`` int64 [B, Lu] (if the layout has user lists), ``user_cont`` float32
     [B, Du] (if any), ``history`` int64 [B, L] (encoded, oldest -> newest, 0 = pad),
     ``seen_items`` int64 [B, S] (every encoded item seen, 0-padded), ``user_known`` int32
-    [B, 1] (1 if the online store has a history for the user). Live items in the history
-    (codes beyond the trained vocabulary) enter ``history`` as the out-of-vocabulary code.
+    [B, 1] (1 if the online store has a history for the user), ``store_unavailable`` int32 [B, 1]
+    (1 when the store could not be reached: every user of the batch is served as unknown, i.e.
+    the popularity list; FilterTopN turns it into the ensemble's ``store_fallback``). Live items
+    in the history (codes beyond the trained vocabulary) enter ``history`` as the
+    out-of-vocabulary code.
 
     The raw id's code comes from the store with the other side features (the Workflow wrote
     it there); a user the store lacks is encoded with the saved Workflow (the same object the
@@ -91,9 +98,11 @@ class QueryUserFeatures:
 
     def __init__(self, feature_repo: str, workflow_dir: str, model_dir: str):
         from recstack.features import OnlineFeatures
+        from recstack.features.online import store_unavailable_errors
         from recstack.workflows import Workflow
 
         self.online = OnlineFeatures(feature_repo)
+        self.store_unavailable = store_unavailable_errors()
         self.workflow = Workflow.load(workflow_dir)
         self.layout, _ = _model_layout(Path(model_dir))
         self.item_codes = int(self.layout.item.id_column.cardinality)
@@ -122,7 +131,7 @@ class QueryUserFeatures:
             names.append("user_lists")
         if self.cont_columns:
             names.append("user_cont")
-        return names + ["history", "seen_items", "user_known"]
+        return names + ["history", "seen_items", "user_known", "store_unavailable"]
 
     def execute(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         user_ids = _require(inputs, "user_id", np.int64, 2)
@@ -130,7 +139,14 @@ class QueryUserFeatures:
             raise InputError(f"input 'user_id': expected shape [batch, 1], got {list(user_ids.shape)}")
         keys = user_ids[:, 0]
         batch = len(keys)
-        features, has_features, recent, seen, has_history = self.online.users_with_histories(keys)
+        try:
+            features, has_features, recent, seen, has_history = self.online.users_with_histories(keys)
+            fallback = False
+        except self.store_unavailable:
+            # the store is down: serve these users as unknown (popular items, flagged) rather than
+            # fail; the next batch asks the store again, so personalisation resumes when it is back
+            features, has_features, recent, seen, has_history = self.online.nothing_known(batch)
+            fallback = True
         has_features = np.asarray(has_features, dtype=bool)
         if self.id_column in features:  # the store holds the Workflow's code: encode only the users it lacks
             encoded_ids = np.where(has_features, np.asarray(features[self.id_column], dtype=np.int64), 0)
@@ -162,6 +178,7 @@ class QueryUserFeatures:
         out["seen_items"] = pad_lists(seen, width, keep="first")
         known = np.array([len(r) > 0 for r in recent]) & np.asarray(has_history, dtype=bool)
         out["user_known"] = known.astype(np.int32).reshape(batch, 1)
+        out["store_unavailable"] = np.full((batch, 1), int(fallback), np.int32)
         return out
 
 
@@ -380,11 +397,13 @@ class FilterTopN:
 
     Inputs: ``candidate_keys`` int64 [B, K] (raw ids, -1 = none), ``candidate_ids`` int64
     [B, K] (encoded), ``rank_scores`` and ``retrieval_scores`` float32 [B, K], ``seen_items``
-    int64 [B, S], ``user_known`` int32 [B, 1], ``top_n`` int32 [B, 1] (1..max_top_n).
+    int64 [B, S], ``user_known`` int32 [B, 1], ``top_n`` int32 [B, 1] (1..max_top_n), and
+    ``store_unavailable`` int32 [B, 1] (optional: 1 when QueryUserFeatures could not reach the store).
     Outputs: ``item_ids`` int64 [B, N] (raw ids, -1 past the end), ``scores`` float32 [B, N]
     (NaN for an exploration slot: it was not ranked), ``cold_start`` int32 [B, 1] (1 when the
-    user had no history: popular items were served), ``explored`` int32 [B, N] (1 for an
-    exploration slot).
+    user had no history, or the store was unreachable: popular items were served), ``explored``
+    int32 [B, N] (1 for an exploration slot), ``store_fallback`` int32 [B, 1] (1 when the online
+    store was unreachable: the list is the popularity fallback; ``store_unavailable``, 0 when absent).
 
     Exploration: with the live-item registry (``live_items``, ``workflow_dir``, ``model_dir``),
     items added in the last ``exploration_window_s`` seconds form a pool; each request gets
@@ -483,4 +502,7 @@ class FilterTopN:
         explored = (self._explore(item_ids, scores, seen, top_n) if self.live is not None
                     else np.zeros(item_ids.shape, np.int32))
         cold_start = (~known).astype(np.int32).reshape(batch, 1)
-        return {"item_ids": item_ids, "scores": scores, "cold_start": cold_start, "explored": explored}
+        fallback = (_require(inputs, "store_unavailable", np.int32, 2) if "store_unavailable" in inputs
+                    else np.zeros((batch, 1), np.int32))
+        return {"item_ids": item_ids, "scores": scores, "cold_start": cold_start, "explored": explored,
+                "store_fallback": fallback}

@@ -1,7 +1,8 @@
 """Real-time updates of the users' online histories (the ``user_history`` feature view).
 
 ``recent_items`` keeps a user's last ``history_length`` encoded items (oldest -> newest; a
-repeated item moves to the end), ``seen_items`` every item once. A batch costs one online read
+repeated item moves to the end), ``seen_items`` every item once, the newest
+:data:`recstack.ids.SEEN_LIMIT` of them (in first-interaction order). A batch costs one online read
 and one Feast ``push`` whatever its size.
 
 Idempotent application: repositories built by :func:`recstack.features.build_feature_repo`
@@ -29,6 +30,7 @@ import pandas as pd
 
 from recstack.errors import InputError
 from recstack.features.repo import APPLIED_OFFSET, PUSH_SOURCE
+from recstack.ids import SEEN_LIMIT
 
 _ONE_TICK = timedelta(microseconds=1)
 
@@ -93,6 +95,8 @@ class _UserState:
         if item not in self.seen_set:
             self.seen_set.add(item)
             self.seen.append(item)
+            if len(self.seen) > SEEN_LIMIT:  # bounded: the oldest first-interaction drops out
+                self.seen_set.discard(self.seen.pop(0))
         # Online stores keep the newest write by event time (Redis drops a write that is not
         # newer than the stored one): keep each user's timestamps strictly increasing.
         if self.when is not None and when <= self.when:

@@ -73,6 +73,20 @@ def _as_keys(keys: Any, field: str) -> list[int]:
     return arr.astype(np.int64, copy=False).tolist()
 
 
+def store_unavailable_errors() -> tuple[type[BaseException], ...]:
+    """The exceptions meaning "the online store cannot be reached" (Redis down, refusing or timing
+    out; the SQLite file unreadable), as opposed to a bad request: what a reader may answer with a
+    fallback instead of an error."""
+    import sqlite3
+
+    errors: list[type[BaseException]] = [ConnectionError, TimeoutError, sqlite3.OperationalError]
+    try:
+        import redis.exceptions
+    except ImportError:  # the SQLite-only install
+        return tuple(errors)
+    return tuple(errors + [redis.exceptions.ConnectionError, redis.exceptions.TimeoutError])
+
+
 def open_store(repo_dir: Path | str) -> Any:
     """A ``feast.FeatureStore`` for a repository built by :func:`build_feature_repo`."""
     from feast import FeatureStore
@@ -155,6 +169,15 @@ class OnlineFeatures:
         (features, has_features, _), (history, has_history, _) = self._lookup_views(
             ("user_features", "user_history"), "user_key", _as_keys(user_keys, "user_keys"))
         return features, has_features, history["recent_items"], history["seen_items"], has_history
+
+    def nothing_known(self, count: int) -> tuple[dict[str, Any], np.ndarray, list[np.ndarray],
+                                                 list[np.ndarray], np.ndarray]:
+        """What :meth:`users_with_histories` returns for ``count`` keys the store knows nothing of
+        (proto defaults, nothing known): the answer to serve when the store cannot be reached."""
+        features = {c.name: ([np.zeros(0, dtype=c.dtype)] * count if c.is_list else np.zeros(count, dtype=c.dtype))
+                    for c in self.columns["user_features"]}
+        empty = [np.zeros(0, dtype=np.int64)] * count
+        return features, np.zeros(count, dtype=bool), empty, list(empty), np.zeros(count, dtype=bool)
 
     def _histories_with_ts(self, keys: list[int]) -> tuple[list[np.ndarray], list[np.ndarray], np.ndarray, list[Any]]:
         out, known, ts = self._lookup("user_history", "user_key", keys)

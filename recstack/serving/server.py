@@ -28,6 +28,9 @@ def _check_port_free(option: str, port: int) -> None:
     if port == 0:
         return
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        # as the servers bind: connections of a server that just stopped linger in TIME_WAIT on
+        # its port, which stops a plain bind but not a restart of the server on the same port
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             probe.bind(("127.0.0.1", port))
         except OSError:

@@ -16,7 +16,7 @@ import pyarrow.parquet as pq
 from tqdm.auto import tqdm
 
 from recstack.errors import InputError
-from recstack.ids import HISTORY_LENGTH
+from recstack.ids import HISTORY_LENGTH, SEEN_LIMIT
 from recstack.io import atomic_dir, write_json
 from recstack.workflows.defaults import default_workflow
 from recstack.workflows.schema import Schema, Tags
@@ -146,7 +146,8 @@ def fit_and_export(data_dir: str | Path, workflow_dir: str | Path, features_dir:
                                             "timestamp": history_src["timestamp"].to_numpy()}), history_length)
         hist_df = pd.DataFrame({"user_key": hist["user_id"].to_numpy(dtype=np.int64),
                                 "event_timestamp": pd.Series(event_ts, index=range(len(hist))),
-                                "recent_items": hist["recent_items"], "seen_items": hist["seen_items"]})
+                                "recent_items": hist["recent_items"],
+                                "seen_items": [s[-SEEN_LIMIT:] for s in hist["seen_items"]]})
         _write(hist_df, tmp / "user_history.parquet",
                {"user_key": pa.int64(), "event_timestamp": pa.timestamp("us", tz="UTC"),
                 "recent_items": pa.list_(pa.int64()), "seen_items": pa.list_(pa.int64())})

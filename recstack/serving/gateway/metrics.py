@@ -11,7 +11,7 @@ LATENCY_BUCKETS_S = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.
 
 class GatewayMetrics:
     """Request latency per endpoint, errors by kind, events accepted / duplicates / applied / lag,
-    recommendations by cold start, recommended items by exploration, items added."""
+    recommendations by cold start and by fallback, recommended items by exploration, items added."""
 
     content_type = CONTENT_TYPE_LATEST
 
@@ -20,8 +20,8 @@ class GatewayMetrics:
         r = self.registry
         self.latency = Histogram("recstack_gateway_request_seconds", "Request latency by endpoint",
                                  ["endpoint", "method", "status"], buckets=LATENCY_BUCKETS_S, registry=r)
-        self.errors = Counter("recstack_gateway_errors_total", "Errors by kind (input, auth, triton)", ["kind"],
-                              registry=r)
+        self.errors = Counter("recstack_gateway_errors_total", "Errors by kind (input, auth, triton = "
+                              "unreachable, recommendation = a step failed)", ["kind"], registry=r)
         self.accepted = Counter("recstack_events_accepted_total", "Events stored in the log", registry=r)
         self.duplicates = Counter("recstack_events_duplicates_total", "Events whose id was already stored",
                                   registry=r)
@@ -32,6 +32,9 @@ class GatewayMetrics:
                               registry=r)
         self.items_served = Counter("recstack_recommended_items_total", "Items in served lists, by whether "
                                     "they were exploration slots", ["explored"], registry=r)
+        self.fallbacks = Counter("recstack_recommendation_fallbacks_total", "Recommendation lists served by a "
+                                 "fallback (kind: popularity = the online store was unreachable)", ["kind"],
+                                 registry=r)
         self.items_added = Counter("recstack_items_added_total", "Items added after training", registry=r)
         self._service: Any = None
 
@@ -45,10 +48,12 @@ class GatewayMetrics:
         self.accepted.inc(accepted)
         self.duplicates.inc(duplicates)
 
-    def recommended(self, cold_start: bool, items: int = 0, explored: int = 0) -> None:
+    def recommended(self, cold_start: bool, items: int = 0, explored: int = 0, fallback: str | None = None) -> None:
         """One list served: ``items`` long, ``explored`` of them exploration slots (the exploration
-        share is explored / all items)."""
+        share is explored / all items); ``fallback``: which fallback served it, if any."""
         self.served.labels("true" if cold_start else "false").inc()
+        if fallback is not None:
+            self.fallbacks.labels(fallback).inc()
         self.items_served.labels("false").inc(items - explored)
         self.items_served.labels("true").inc(explored)
 

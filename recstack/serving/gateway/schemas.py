@@ -99,6 +99,9 @@ class Recommendations(BaseModel):
     explored: int = Field(default=0, description="how many items of the list are exploration slots")
     experiment: str | None = Field(default=None, description="the running A/B experiment (null: none)")
     variant: str | None = Field(default=None, description="the user's variant in it (sticky per user)")
+    fallback: Literal["popularity"] | None = Field(
+        default=None, description="set when the list is not personal because the online store could not be "
+                                  "reached: \"popularity\" = the most popular items were served")
 
 
 class SimilarItems(BaseModel):
