@@ -277,7 +277,9 @@ def test_served_ranking_equals_offline_evaluation_ranking(client, e2e_paths):
     """What `recstack evaluate` measures for two_tower+dlrm is what the ensemble serves (same users,
     histories, seen items, candidates and fusion; PyTorch in float64 offline vs ONNX and FAISS in
     float32 in Triton). The top-10 lists are equal; two items may trade places only where their
-    offline scores tie to 1e-4, and every served score equals the offline one to 1e-4."""
+    offline scores tie to 1e-4, and every served score equals the offline one to 1e-4. The request
+    is sent at each user's test interaction time, so the ranker's context (hour, weekday) computed by
+    the serving step from ``request_time`` is the one evaluation computed from that timestamp."""
     import torch
 
     from recstack.models.data import load_training_data
@@ -305,11 +307,13 @@ def test_served_ranking_equals_offline_evaluation_ranking(client, e2e_paths):
     mask_unrankable(first, view.users[rows], view.seen, view.targets[rows], catalogue_mask(data.n_items))
     cands = top_k(first, 100)
     with torch.no_grad():
-        logits = dlrm_scores(dlrm, data, view.users[rows], view.history[rows], cands)
+        logits = dlrm_scores(dlrm, data, view.users[rows], view.history[rows], cands, view.context[rows])
     fused = fuse_scores(logits, np.take_along_axis(first, cands, axis=1), dlrm_config["fusion"])
     final = rerank(first, cands, fused)  # the candidates in fused order, ahead of every other item
 
-    served = recommend(client, raw_users, k=10)
+    test_rows = pd.read_parquet(e2e_paths.data / "test.parquet", columns=["user_id", "timestamp"])
+    when = test_rows.set_index("user_id").loc[raw_users, "timestamp"].to_numpy(np.int64)
+    served = recommend(client, raw_users, k=10, request_time=when)
     swaps = 0
     for user, rec, row, cand_row, fused_row in zip(raw_users, served, final, cands, fused):
         want = [raw_of[i] for i in np.argsort(-row, kind="stable")[:10]]

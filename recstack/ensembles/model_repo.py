@@ -338,16 +338,19 @@ def write_ensemble_model(
     outputs: Sequence[TensorSpec],
     steps: Sequence[Step],
     max_batch_size: int = 64,
+    optional_inputs: Iterable[str] = (),
 ) -> Path:
     """Write an ``ensemble`` model wiring ``steps`` = [(model_name, {model_input: tensor}, {model_output: tensor})].
 
     Checks, with a clear InputError, that each tensor a step reads is an ensemble input or
     produced by an earlier step, that no tensor is produced twice, and that every ensemble
-    output is produced. Where a step's model folder already holds a model written by
+    output is produced. ``optional_inputs``: ensemble inputs a request may leave out (passed on to
+    the steps as absent, so they must be optional inputs of the models reading them). Where a step's model folder already holds a model written by
     :func:`write_python_model`, its input/output names, dtypes and max_batch_size are checked too.
     """
     _check_model_name(name)
     inputs, outputs = _check_specs(name, inputs, outputs)
+    optional_inputs = list(optional_inputs)
     if not steps:
         raise InputError(f"ensemble {name}: needs at least one step")
     repo_dir = Path(repo_dir)
@@ -423,7 +426,7 @@ def write_ensemble_model(
         f"name: {_pbtxt_str(name)}\n"
         'platform: "ensemble"\n'
         f"max_batch_size: {int(max_batch_size)}\n"
-        + _tensor_block("input", inputs)
+        + _tensor_block("input", inputs, optional_inputs)
         + _tensor_block("output", outputs)
         + "ensemble_scheduling {\n  step [\n"
         + ",\n".join(blocks)
@@ -432,5 +435,5 @@ def write_ensemble_model(
     with atomic_dir(repo_dir / name) as tmp:
         (tmp / "config.pbtxt").write_text(config)
         (tmp / "1").mkdir()
-        _write_signature(tmp, "ensemble", inputs, outputs, max_batch_size)
+        _write_signature(tmp, "ensemble", inputs, outputs, max_batch_size, optional_inputs)
     return repo_dir / name

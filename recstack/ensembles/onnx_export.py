@@ -33,7 +33,7 @@ import numpy as np
 from recstack.errors import InputError
 from recstack.ensembles.fuse_step import LOGITS
 from recstack.ensembles.graph import (
-    ENSEMBLE_INPUTS, ENSEMBLE_NAME, ENSEMBLE_OUTPUTS, MAX_BATCH_SIZE, MAX_QUEUE_DELAY_US, STEPS,
+    ENSEMBLE_INPUTS, ENSEMBLE_NAME, ENSEMBLE_OUTPUTS, MAX_BATCH_SIZE, MAX_QUEUE_DELAY_US, OPTIONAL_INPUTS, STEPS,
     ServingGraph, ServingOp, setting_environment,
 )
 from recstack.io import atomic_dir
@@ -170,7 +170,8 @@ def export_onnxruntime_ensemble(graph: ServingGraph, repo_dir: Path, name: str =
             write_python_model(tmp, model.name, model.step_class, model.params, model.inputs, model.outputs,
                                max_batch_size=max_batch_size, instance_count=instances,
                                max_queue_delay_us=max_queue_delay_us, artifacts=model.artifacts,
-                               environment=setting_environment(model.settings))
+                               environment=setting_environment(model.settings), optional_inputs=model.optional)
             steps.append((model.name, {s.name: s.name for s in model.inputs}, {s.name: s.name for s in model.outputs}))
-        write_ensemble_model(tmp, name, ENSEMBLE_INPUTS, outputs, steps, max_batch_size=max_batch_size)
+        write_ensemble_model(tmp, name, ENSEMBLE_INPUTS, outputs, steps, max_batch_size=max_batch_size,
+                             optional_inputs=OPTIONAL_INPUTS)
     return repo_dir

@@ -4,9 +4,11 @@ ensemble (pooled async gRPC), the event log and the run's catalogue. OpenAPI at 
 from __future__ import annotations
 
 import contextlib
+import logging
 import time
 from collections.abc import AsyncIterator
-from typing import Annotated, Any
+from datetime import datetime
+from typing import Annotated, Any, Literal
 
 import numpy as np
 from fastapi import Depends, FastAPI, Header, HTTPException, Query, Request
@@ -16,16 +18,20 @@ from fastapi.responses import JSONResponse, Response
 
 from recstack.ensembles.graph import ENSEMBLE_NAME
 from recstack.errors import InputError
+from recstack.ids import FIRST_CODE
 from recstack.features.live_items import DuplicateItem
 from recstack.serving.gateway.catalogue import Catalogue
 from recstack.serving.gateway.config import MAX_K, GatewayConfig
 from recstack.serving.gateway.metrics import GatewayMetrics
 from recstack.serving.gateway.schemas import (
     INT64, EventsIn, EventsOut, Health, NewItem, NewItemOut, NewUser, NewUserOut, RecommendedItem, Recommendations,
-    SimilarItems,
+    RequestContextOut, SimilarItems,
 )
+from recstack.workflows.request_context import DEVICES, MAX_REQUEST_TIME, context_codes, device_code
 
 OUTPUTS = ["item_ids", "scores", "cold_start", "explored", "model_version"]
+Device = Literal[DEVICES]  # type: ignore[valid-type]
+log = logging.getLogger("recstack.gateway")
 
 
 class TritonUnavailable(RuntimeError):
@@ -42,12 +48,19 @@ class Recommender:
         self.client = grpc_aio.InferenceServerClient(url=url)
         self.timeout_s = timeout_s
 
-    async def top_n(self, user_id: int, n: int) -> dict[str, np.ndarray]:
+    async def top_n(self, user_id: int, n: int, request_time: int | None = None,
+                    device: int | None = None) -> dict[str, np.ndarray]:
+        """The ensemble's outputs for one user; ``request_time`` (unix s) and ``device`` (code) are
+        the request context, sent only when given (the ensemble's optional inputs)."""
         from tritonclient.utils import InferenceServerException
 
         inputs = [self._module.InferInput("user_id", [1, 1], "INT64"), self._module.InferInput("top_n", [1, 1], "INT32")]
         inputs[0].set_data_from_numpy(np.array([[user_id]], np.int64))
         inputs[1].set_data_from_numpy(np.array([[n]], np.int32))
+        for name, value in (("request_time", request_time), ("device", device)):
+            if value is not None:
+                inputs.append(self._module.InferInput(name, [1, 1], "INT64"))
+                inputs[-1].set_data_from_numpy(np.array([[value]], np.int64))
         outputs = [self._module.InferRequestedOutput(name) for name in OUTPUTS]
         try:
             result = await self.client.infer(ENSEMBLE_NAME, inputs, outputs=outputs, client_timeout=self.timeout_s)
@@ -63,6 +76,18 @@ class Recommender:
 
     async def close(self) -> None:
         await self.client.close()
+
+
+def _request_seconds(value: datetime | None) -> int:
+    """The request time as unix seconds (now when not given); InputError (422) for a naive or out-of-range time."""
+    if value is None:
+        return int(time.time())
+    if value.tzinfo is None:
+        raise InputError("request_time: give a time zone (e.g. 2026-11-26T18:00:00Z) or unix seconds")
+    seconds = int(value.timestamp())
+    if not 0 <= seconds <= MAX_REQUEST_TIME:
+        raise InputError(f"request_time: {value.isoformat()} is outside 1970-01-01 .. 2100-01-01 UTC")
+    return seconds
 
 
 def create_app(config: GatewayConfig) -> FastAPI:
@@ -126,9 +151,15 @@ def create_app(config: GatewayConfig) -> FastAPI:
         k: Annotated[int, Query(ge=1, le=MAX_K)] = 10,
         exclude: Annotated[str, Query(max_length=2000, pattern=r"^(-?\d{1,19}(,-?\d{1,19})*)?$",
                                       description="comma-separated raw item ids not to return")] = "",
+        request_time: Annotated[datetime | None, Query(
+            description="when the request happens: ISO 8601 with a time zone or unix seconds (default: now); "
+                        "its hour and weekday in UTC are the ranker's context")] = None,
+        device: Annotated[Device | None, Query(description="the app's device / platform")] = None,
     ) -> Recommendations:
         excluded = {int(x) for x in exclude.split(",") if x}
-        out = await state["recommender"].top_n(user_id, min(MAX_K, k + len(excluded)))
+        when = _request_seconds(request_time)
+        out = await state["recommender"].top_n(user_id, min(MAX_K, k + len(excluded)), when,
+                                               device_code(device) if device else None)
         catalogue: Catalogue = state["catalogue"]
         if out["explored"].any():
             catalogue.refresh()  # titles of items added since the last refresh
@@ -139,8 +170,13 @@ def create_app(config: GatewayConfig) -> FastAPI:
         cold = bool(out["cold_start"][0, 0])
         explored = sum(item.explored for item in items)
         metrics.recommended(cold, len(items), explored)
+        hour, weekday, _ = context_codes([when])[0] - FIRST_CODE
+        log.info("recommendations user=%d request_time=%d device=%s items=%d", user_id, when, device or "-", len(items))
+        metrics.context(device)
         return Recommendations(user_id=user_id, items=items, cold_start=cold,
-                               model_version=int(out["model_version"][0, 0]), explored=explored)
+                               model_version=int(out["model_version"][0, 0]), explored=explored,
+                               context=RequestContextOut(request_time=when, hour=int(hour), weekday=int(weekday),
+                                                         device=device))
 
     @app.post("/v1/items", response_model=NewItemOut, status_code=201, dependencies=[Depends(require_key)],
               responses={409: {"description": "the item is in the catalogue already"}})
