@@ -38,9 +38,10 @@ def _requests(graph, user_ids: np.ndarray) -> dict[str, list[dict[str, np.ndarra
     per_op: dict[str, list[dict[str, np.ndarray]]] = {op.name: [] for op in graph.ops}
     steps = {op.name: ChainStep([_op_dict(op)], _outputs(op), **_prefixed(op)) for op in graph.ops}
     for i, user in enumerate(user_ids):
-        tensors = {"user_id": np.array([[user]], np.int64), "top_n": np.array([[1 + i % 10]], np.int32)}
+        tensors = {"user_id": np.array([[user]], np.int64), "top_n": np.array([[1 + i % 10]], np.int32),
+                   "request_time": np.array([[1_700_000_000 + 7_000 * i]], np.int64)}  # hours differ per user
         for op in graph.ops:
-            inputs = {s.name: tensors[s.name] for s in op.inputs}
+            inputs = {s.name: tensors[s.name] for s in op.inputs if s.name in tensors}  # device: optional
             per_op[op.name].append(inputs)
             tensors.update(steps[op.name].execute(inputs))
     return per_op
@@ -89,12 +90,13 @@ def test_every_step_gives_the_same_rows_batched_and_alone(graph, user_ids):
 
 
 def test_fused_chain_equals_the_graph_step_by_step(graph, user_ids):
-    inputs = {"user_id": user_ids.reshape(-1, 1), "top_n": np.full((len(user_ids), 1), 10, np.int32)}
+    inputs = {"user_id": user_ids.reshape(-1, 1), "top_n": np.full((len(user_ids), 1), 10, np.int32),
+              "request_time": np.full((len(user_ids), 1), 1_700_000_000, np.int64)}
     fused = run_in_process(graph, inputs)
     tensors = dict(inputs)
     for op in graph.ops:
         step = ChainStep([_op_dict(op)], _outputs(op), **_prefixed(op))
-        tensors.update(step.execute({s.name: tensors[s.name] for s in op.inputs}))
+        tensors.update(step.execute({s.name: tensors[s.name] for s in op.inputs if s.name in tensors}))
     for name, got in fused.items():
         _assert_same(got, tensors[name], name)
     assert fused["cold_start"][-2:, 0].tolist() == [1, 1] and not fused["cold_start"][:-2].any()

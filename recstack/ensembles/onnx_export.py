@@ -6,8 +6,9 @@ runs) runs the user tower and the DLRM inside python steps through onnxruntime. 
 become ``platform: "onnxruntime_onnx"`` models and the python steps between them are fused into
 one python model per stretch (:meth:`ServingGraph.fused`), so a request makes five hops::
 
-    user_id [B,1], top_n [B,1]
-      -> query_user_features             python       online store read, Workflow encoding
+    user_id [B,1], top_n [B,1] (+ optional request_time [B,1], device [B,1])
+      -> request_context__query_user_features
+                                         python       request context codes, online store read, Workflow encoding
       -> user_tower                      onnxruntime  user_tower.onnx: user blocks -> user_embedding [B,d]
       -> retrieve__query_item_features   python       FAISS top-K + item features from memory
       -> dlrm                            onnxruntime  dlrm.onnx: user [B,*] + item [B,K,*] -> score [B,K]
