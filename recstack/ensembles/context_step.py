@@ -21,7 +21,11 @@ import time
 import numpy as np
 
 from recstack.errors import InputError
-from recstack.workflows.request_context import check_device_codes, check_request_times, context_codes
+from recstack.workflows.request_context import (
+    check_device_codes,
+    check_request_times,
+    context_codes,
+)
 
 
 def _column(inputs: dict[str, np.ndarray], name: str, batch: int) -> np.ndarray | None:

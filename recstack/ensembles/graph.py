@@ -169,7 +169,7 @@ SEEN = TensorSpec("seen_items", np.int64, (-1,))
 KNOWN = TensorSpec("user_known", np.int32, (1,))
 
 
-def RequestContextOp() -> ServingOp:  # noqa: N802
+def RequestContextOp() -> ServingOp:
     """Request time (default now) and device -> the ``context`` codes the ranker reads."""
     return ServingOp("request_context", "recstack.ensembles.context_step:RequestContext", {},
                      [ENSEMBLE_INPUTS[0], ENSEMBLE_INPUTS[2], ENSEMBLE_INPUTS[3]], [CONTEXT],

@@ -31,7 +31,7 @@ from recstack.io import read_json
 from recstack.models.layout import FeatureLayout
 from recstack.paths import RunPaths
 from recstack.workflows import Workflow, history_before_each
-from recstack.workflows.request_context import context_codes
+from recstack.workflows.request_context import CONTEXT_COLUMNS, context_codes
 
 
 @dataclass
@@ -48,8 +48,6 @@ class Interactions:
 
     def __post_init__(self) -> None:
         if self.context is None:
-            from recstack.workflows.request_context import CONTEXT_COLUMNS
-
             self.context = np.zeros((len(self.users), len(CONTEXT_COLUMNS)), np.int64)
 
     def __len__(self) -> int:

@@ -34,6 +34,7 @@ from recstack.models.device import to_tensors
 from recstack.models.dlrm import DLRM, DLRMConfig
 from recstack.models.layout import FeatureLayout
 from recstack.models.two_tower import TwoTower, TwoTowerConfig
+from recstack.workflows.request_context import CONTEXT_CARDINALITY, CONTEXT_COLUMNS
 
 ONNX_TOLERANCE = 1e-4
 OPSET = 18
@@ -71,8 +72,6 @@ def random_inputs(layout: FeatureLayout, names: list[str], batch: int, seed: int
     for name in names:
         side = layout.user if name.startswith("user") or name == "history" else layout.item
         if name == "context":
-            from recstack.workflows.request_context import CONTEXT_CARDINALITY, CONTEXT_COLUMNS
-
             out[name] = np.stack([rng.integers(0, CONTEXT_CARDINALITY[c], batch) for c in CONTEXT_COLUMNS],
                                  1).astype(np.int64)
         elif name.endswith("_cat"):

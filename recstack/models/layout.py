@@ -31,6 +31,7 @@ import numpy as np
 import pandas as pd
 
 from recstack.errors import InputError
+from recstack.workflows.request_context import CONTEXT_CARDINALITY, CONTEXT_COLUMNS
 
 DEFAULT_LIST_LENGTH = 16  # used only when a LIST column's schema has no max_length
 
@@ -166,10 +167,8 @@ class FeatureLayout:
                    history_length=int(d["history_length"]),
                    context=[CatColumn(**c) for c in d.get("context", [])])
 
-    def with_context(self, names: Iterable[str]) -> "FeatureLayout":
+    def with_context(self, names: Iterable[str]) -> FeatureLayout:
         """This layout reading the context columns ``names`` (e.g. ``("hour", "weekday")``) too."""
-        from recstack.workflows.request_context import CONTEXT_CARDINALITY, CONTEXT_COLUMNS
-
         unknown = [n for n in names if n not in CONTEXT_COLUMNS]
         if unknown:
             raise InputError(f"context: unknown column(s) {unknown}, expected among {list(CONTEXT_COLUMNS)}")
@@ -179,8 +178,6 @@ class FeatureLayout:
     @property
     def context_index(self) -> list[int]:
         """Positions of the model's context columns in the ``context`` block."""
-        from recstack.workflows.request_context import CONTEXT_COLUMNS
-
         return [CONTEXT_COLUMNS.index(c.name) for c in self.context]
 
     # ------------------------------------------------------------- properties

@@ -20,9 +20,9 @@ from recstack.cliutil import add_dataset_argument
 from recstack.ensembles.graph import ENSEMBLE_NAME
 from recstack.errors import InputError
 from recstack.ids import OOV
-from recstack.workflows.request_context import DEVICES, check_request_times, device_code
 from recstack.paths import RunPaths
 from recstack.serving.server import DEFAULT_GRPC_PORT, DEFAULT_HTTP_PORT
+from recstack.workflows.request_context import DEVICES, check_request_times, device_code
 
 MAX_TOP_N = 100
 
