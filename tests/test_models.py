@@ -407,3 +407,28 @@ def test_score_batches_stay_under_the_memory_bound():
     assert score_batch_rows(1024, 3_706) == 1024
     assert score_batch_rows(1024, 1_000_000) == 33 and 33 * 1_000_000 * 8 <= SCORE_BATCH_BYTES
     assert score_batch_rows(1024, 10**12) == 1
+
+
+def test_dlrm_reads_device_only_when_training_data_has_one(layout):
+    """No device in the training interactions: the DLRM's context is hour + weekday. With devices in
+    train, device joins the layout and a request's device code changes the score."""
+    from recstack.models.dlrm_training import context_columns
+    from recstack.workflows.request_context import context_codes
+
+    data = synthetic_data(layout)
+    assert context_columns(data) == ("hour", "weekday") and not data.has_device
+    rng = np.random.default_rng(1)
+    for split in (data.train, data.valid, data.test):
+        split.context = context_codes(rng.integers(0, 2_000_000_000, len(split)),
+                                      rng.choice(["ios", "web", None], len(split)))
+    assert data.has_device and context_columns(data) == ("hour", "weekday", "device")
+    model, _ = fit_dlrm(data, DLRMConfig(embedding_dim=8, dense_hidden=[8], over_hidden=[16]), epochs=1,
+                        batch_size=128, patience=10, progress=False)
+    assert [c.name for c in model.layout.context] == ["hour", "weekday", "device"]
+    rows = np.arange(6)
+    ios = context_codes(np.full(6, 1_700_000_000), ["ios"] * 6)
+    web = context_codes(np.full(6, 1_700_000_000), ["web"] * 6)
+    cands = np.tile(np.arange(FIRST_CODE, FIRST_CODE + 5), (6, 1))
+    a = dlrm_scores(model, data, data.test.users[rows], data.test.history[rows], cands, ios)
+    b = dlrm_scores(model, data, data.test.users[rows], data.test.history[rows], cands, web)
+    assert not np.allclose(a, b)
