@@ -124,9 +124,11 @@ def train_all(paths: RunPaths, device: str = "auto", epochs: int | None = None, 
             context_ablation = len(data.train) < ABLATION_MAX_ROWS
         ablation = None
         if context_ablation:
-            ablation = train_dlrm(paths, data, device=device, epochs=epochs or DLRM_EPOCHS, seed=seed, refit=refit,
+            # as many epochs as the served ranker ran (its time budget may have cut them), no budget of its
+            # own: the two rankers differ by the context block only
+            ablation = train_dlrm(paths, data, device=device, epochs=dl["epochs_run"], seed=seed, refit=refit,
                                   progress=progress, two_tower=tt["_model"], onnx=False, batch_size=dl_batch,
-                                  time_budget_s=budgets[1], model_name=ABLATION_MODEL, context=False,
+                                  time_budget_s=None, model_name=ABLATION_MODEL, context=False,
                                   **dlrm_train, **sampled)
         elif (paths.models / ABLATION_MODEL).exists():  # a stale ablation of earlier models is not comparable
             import shutil
