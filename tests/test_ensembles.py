@@ -54,7 +54,8 @@ def _outputs(op) -> list[str]:
 
 def _op_dict(op) -> dict:
     return {"name": op.name, "step_class": op.step_class, "params": op.params,
-            "inputs": [s.name for s in op.inputs], "outputs": [s.name for s in op.outputs]}
+            "inputs": [s.name for s in op.inputs], "outputs": [s.name for s in op.outputs],
+            "optional": list(op.optional)}
 
 
 def _prefixed(op) -> dict:

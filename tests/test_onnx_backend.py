@@ -92,7 +92,11 @@ def test_the_ensemble_wiring_is_complete_and_consistent(onnx_repo):
         backends.append((step.model_name, model.backend))
         inputs = {t.name: _type_name(t.data_type) for t in model.input}
         outputs = {t.name: _type_name(t.data_type) for t in model.output}
-        assert set(step.input_map) == {t.name for t in model.input if not t.optional}, step.model_name
+        required = {t.name for t in model.input if not t.optional}
+        assert required <= set(step.input_map) <= set(inputs), step.model_name
+        # an optional model input is fed only from an optional ensemble input (absent when the request omits it)
+        optional_in = {t.name for t in ensemble.input if t.optional}
+        assert {step.input_map[k] for k in set(step.input_map) - required} <= optional_in, step.model_name
         for key, tensor in step.input_map.items():
             assert tensor in tensors, f"{step.model_name} reads {tensor}, produced by no earlier step"
             assert tensors[tensor] == inputs[key], (step.model_name, key)
