@@ -125,7 +125,7 @@ def test_evaluate_reports_the_context_ablation(e2e_paths):
     ablation = json.loads((e2e_paths.models / "dlrm_no_context" / "config.json").read_text())
     assert ablation["layout"]["context"] == [] and ablation["training"]["context"] is False
     rows = report["models"]
-    assert {"two_tower+dlrm", "two_tower+dlrm_no_context"} <= set(rows)
-    for name in ("two_tower+dlrm", "two_tower+dlrm_no_context"):
+    assert {"two_tower+dlrm", "two_tower+dlrm_no_context", "dlrm_only", "dlrm_only_no_context"} <= set(rows)
+    for name in ("two_tower+dlrm", "two_tower+dlrm_no_context", "dlrm_only", "dlrm_only_no_context"):
         assert 0 < rows[name]["ndcg@10"] <= rows[name]["hr@10"] <= 1
     assert "two_tower+dlrm_no_context" in format_table(report)

@@ -19,7 +19,8 @@ item is ranked, ties pessimistically (:mod:`recstack.ranking`, the protocol trai
 * ``two_tower+dlrm_no_context`` (the context ablation, when ``models/dlrm_no_context`` exists):
   ``two_tower+dlrm`` with a ranker trained the same way (same data, seed, recipe) but without the
   request context (hour / weekday of the interaction, :mod:`recstack.workflows.request_context`),
-  with its own fusion weights chosen on valid. The served ranker scores each test row with the
+  with its own fusion weights chosen on valid; ``dlrm_only_no_context``: that ranker alone. The
+  served ranker scores each test row with the
   context of the test interaction's own timestamp, what a request at that time gets.
 
 The report goes to ``runs/<ds>/reports/evaluation_<split>.json`` and ``.png`` (bar chart).
@@ -49,6 +50,7 @@ from recstack.ranking import RankingAccumulator, mask_unrankable, row_batches, s
 
 METRIC_COLUMNS = ("recall@{k}", "ndcg@{k}", "hr@{k}", "mrr", "coverage")
 ABLATION_ROW = "two_tower+dlrm_no_context"
+ABLATION_ALONE_ROW = "dlrm_only_no_context"
 
 
 def evaluate_run(paths: RunPaths, k: int = 10, split: str = "test", *, candidates: int = 100,
@@ -89,6 +91,7 @@ def evaluate_run(paths: RunPaths, k: int = 10, split: str = "test", *, candidate
             ablation = _load_ablation(paths.models / ABLATION_MODEL, dev)
             if ablation is not None:
                 accs[ABLATION_ROW] = RankingAccumulator(n_items, k)
+                accs[ABLATION_ALONE_ROW] = RankingAccumulator(n_items, k)
         else:
             skipped["two_tower+dlrm"] = skipped["dlrm_only"] = f"{dlrm_dir} missing"
     else:
@@ -116,6 +119,7 @@ def evaluate_run(paths: RunPaths, k: int = 10, split: str = "test", *, candidate
                 if ablation is not None:
                     plain = dlrm_scores(ablation[0], data, users, view.history[rows], cands, view.context[rows])
                     accs[ABLATION_ROW].add(rerank(first, cands, fuse_scores(plain, retrieval, ablation[1])), targets)
+                    accs[ABLATION_ALONE_ROW].add(rerank(first, cands, plain), targets)
 
     report: dict[str, Any] = {
         "dataset": paths.root.name, "split": split, "k": k, "users": int(len(view.users)),
