@@ -158,8 +158,9 @@ def create_app(config: GatewayConfig) -> FastAPI:
     ) -> Recommendations:
         excluded = {int(x) for x in exclude.split(",") if x}
         when = _request_seconds(request_time)
-        out = await state["recommender"].top_n(user_id, min(MAX_K, k + len(excluded)), when,
-                                               device_code(device) if device else None)
+        # both context inputs always sent (device 0 = none): Triton's dynamic batching joins only
+        # requests that carry the same inputs
+        out = await state["recommender"].top_n(user_id, min(MAX_K, k + len(excluded)), when, device_code(device))
         catalogue: Catalogue = state["catalogue"]
         if out["explored"].any():
             catalogue.refresh()  # titles of items added since the last refresh
