@@ -218,7 +218,9 @@ def test_malformed_requests_get_errors_and_server_keeps_serving(sqlite_client):
     good = {"user_id": np.array([[1]], np.int64), "top_n": np.array([[5]], np.int32)}
     bad_requests = {  # reason: (request, what the error message must say)
         "wrong dtype": ({"user_id": np.array([[1.0]], np.float32), "top_n": good["top_n"]}, "FP32.*INT64"),
-        "missing input": ({"user_id": good["user_id"]}, "expected 2 inputs but got 1"),
+        "missing input": ({"user_id": good["user_id"]}, r"missing required input\(s\) \['top_n'\]"),
+        "bad request_time": ({**good, "request_time": np.array([[-1]], np.int64)}, "request_time.*outside"),
+        "bad device": ({**good, "device": np.array([[99]], np.int64)}, "device.*outside"),
         "batch too large": ({"user_id": np.ones((MAX_BATCH_SIZE + 1, 1), np.int64),
                              "top_n": np.full((MAX_BATCH_SIZE + 1, 1), 5, np.int32)}, f"<= {MAX_BATCH_SIZE}"),
         "top_n <= 0": ({"user_id": good["user_id"], "top_n": np.array([[0]], np.int32)},
