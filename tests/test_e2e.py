@@ -131,7 +131,8 @@ def test_two_tower_plus_dlrm_beats_popularity(e2e_paths):
 def _random_inputs(op, layout: FeatureLayout, rng: np.random.Generator, batch: int) -> dict[str, np.ndarray]:
     """Random but valid values for every input of one serving step."""
     bounds = {"history": layout.n_items, "seen_items": layout.n_items, "candidate_ids": layout.n_items,
-              "candidate_keys": 1683, "user_id": 1000}
+              "candidate_keys": 1683, "user_id": 1000, "request_time": 4_000_000_000,
+              "device": 8, "context": 8}  # context: codes below every context column's cardinality
     out = {}
     for spec in op.inputs:
         shape = (batch,) + tuple(7 if d == -1 else d for d in spec.dims)
@@ -224,6 +225,8 @@ def test_malformed_requests_get_errors_and_server_keeps_serving(sqlite_client):
         "missing input": ({"user_id": good["user_id"]}, "missing required input.*top_n"),
         "lambda out of range": ({**good, "diversity_lambda": np.array([[2.0]], np.float32)},
                                 "diversity_lambda.*between 0 and 1, got 2"),
+        "bad request_time": ({**good, "request_time": np.array([[-1]], np.int64)}, "request_time.*outside"),
+        "bad device": ({**good, "device": np.array([[99]], np.int64)}, "device.*outside"),
         "batch too large": ({"user_id": np.ones((MAX_BATCH_SIZE + 1, 1), np.int64),
                              "top_n": np.full((MAX_BATCH_SIZE + 1, 1), 5, np.int32)}, f"<= {MAX_BATCH_SIZE}"),
         "top_n <= 0": ({"user_id": good["user_id"], "top_n": np.array([[0]], np.int32)},
@@ -283,7 +286,9 @@ def test_served_ranking_equals_offline_evaluation_ranking(client, e2e_paths):
     """What `recstack evaluate` measures for two_tower+dlrm is what the ensemble serves (same users,
     histories, seen items, candidates and fusion; PyTorch in float64 offline vs ONNX and FAISS in
     float32 in Triton). The top-10 lists are equal; two items may trade places only where their
-    offline scores tie to 1e-4, and every served score equals the offline one to 1e-4."""
+    offline scores tie to 1e-4, and every served score equals the offline one to 1e-4. The request
+    is sent at each user's test interaction time, so the ranker's context (hour, weekday) computed by
+    the serving step from ``request_time`` is the one evaluation computed from that timestamp."""
     import torch
 
     from recstack.models.data import load_training_data
@@ -311,11 +316,13 @@ def test_served_ranking_equals_offline_evaluation_ranking(client, e2e_paths):
     mask_unrankable(first, view.users[rows], view.seen, view.targets[rows], catalogue_mask(data.n_items))
     cands = top_k(first, 100)
     with torch.no_grad():
-        logits = dlrm_scores(dlrm, data, view.users[rows], view.history[rows], cands)
+        logits = dlrm_scores(dlrm, data, view.users[rows], view.history[rows], cands, view.context[rows])
     fused = fuse_scores(logits, np.take_along_axis(first, cands, axis=1), dlrm_config["fusion"])
     final = rerank(first, cands, fused)  # the candidates in fused order, ahead of every other item
 
-    served = recommend(client, raw_users, k=10)
+    test_rows = pd.read_parquet(e2e_paths.data / "test.parquet", columns=["user_id", "timestamp"])
+    when = test_rows.set_index("user_id").loc[raw_users, "timestamp"].to_numpy(np.int64)
+    served = recommend(client, raw_users, k=10, request_time=when)
     swaps = 0
     for user, rec, row, cand_row, fused_row in zip(raw_users, served, final, cands, fused):
         want = [raw_of[i] for i in np.argsort(-row, kind="stable")[:10]]

@@ -14,7 +14,6 @@ import pytest
 
 from recstack.ensembles import recommendation_graph, run_in_process
 from recstack.ensembles.chain import ChainStep
-from recstack.ensembles.graph import OPTIONAL_INPUTS
 from recstack.ensembles.python_model import VERSION_OUTPUT, concat_requests, split_rows
 from recstack.errors import InputError
 
@@ -39,7 +38,8 @@ def _requests(graph, user_ids: np.ndarray) -> dict[str, list[dict[str, np.ndarra
     per_op: dict[str, list[dict[str, np.ndarray]]] = {op.name: [] for op in graph.ops}
     steps = {op.name: ChainStep([_op_dict(op)], _outputs(op), **_prefixed(op)) for op in graph.ops}
     for i, user in enumerate(user_ids):
-        tensors = {"user_id": np.array([[user]], np.int64), "top_n": np.array([[1 + i % 10]], np.int32)}
+        tensors = {"user_id": np.array([[user]], np.int64), "top_n": np.array([[1 + i % 10]], np.int32),
+                   "request_time": np.array([[1_700_000_000 + 7_000 * i]], np.int64)}  # hours differ per user
         for op in graph.ops:
             inputs = {s.name: tensors[s.name] for s in op.inputs if s.name in tensors}  # optional ones absent
             per_op[op.name].append(inputs)
@@ -55,7 +55,7 @@ def _outputs(op) -> list[str]:
 def _op_dict(op) -> dict:
     return {"name": op.name, "step_class": op.step_class, "params": op.params,
             "inputs": [s.name for s in op.inputs], "outputs": [s.name for s in op.outputs],
-            "optional": [s.name for s in op.inputs if s.name in OPTIONAL_INPUTS]}
+            "optional": list(op.optional)}
 
 
 def _prefixed(op) -> dict:
@@ -95,7 +95,8 @@ def test_every_step_gives_the_same_rows_batched_and_alone(graph, user_ids):
 
 
 def test_fused_chain_equals_the_graph_step_by_step(graph, user_ids):
-    inputs = {"user_id": user_ids.reshape(-1, 1), "top_n": np.full((len(user_ids), 1), 10, np.int32)}
+    inputs = {"user_id": user_ids.reshape(-1, 1), "top_n": np.full((len(user_ids), 1), 10, np.int32),
+              "request_time": np.full((len(user_ids), 1), 1_700_000_000, np.int64)}
     fused = run_in_process(graph, inputs)
     tensors = dict(inputs)
     for op in graph.ops:

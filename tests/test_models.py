@@ -196,6 +196,8 @@ def test_training_lowers_loss_and_save_load_onnx(layout, tmp_path):
     dl2, _ = load_dlrm(dl_dir)
     assert cfg2["onnx"]["user_tower.onnx"]["max_abs_diff"] < 1e-4
     b = batch_of(layout, n=7, seed=9)
+    assert [c.name for c in dl.layout.context] == ["hour", "weekday"]  # no device in the training data
+    b["context"] = torch.from_numpy(random_inputs(dl.layout, ["context"], 7, seed=3)["context"])
     with torch.no_grad():
         assert torch.allclose(tt2(b)[0], tt.eval()(b)[0], atol=1e-6)
         assert torch.allclose(dl2(b), dl.eval()(b), atol=1e-6)
@@ -209,7 +211,8 @@ def test_training_lowers_loss_and_save_load_onnx(layout, tmp_path):
         want = tt.user_embedding({k: torch.from_numpy(v) for k, v in feeds.items()}).numpy()
     assert np.abs(got - want).max() < 1e-4
     # dlrm.onnx is the serving form: user blocks [B, *], K candidates' item blocks [B, K, *] -> [B, K]
-    feeds = random_inputs(layout, layout.user_blocks() + layout.item_blocks(), 13, seed=6, candidates=5)
+    feeds = random_inputs(dl.layout, dl.layout.user_blocks() + dl.layout.item_blocks(), 13, seed=6, candidates=5)
+    assert "context" in feeds
     got = ort.InferenceSession(str(dl_dir / "dlrm.onnx")).run(None, feeds)[0]
     flat = {k: torch.from_numpy(v.reshape(65, -1) if k.startswith("item") else np.repeat(v, 5, axis=0))
             for k, v in feeds.items()}
@@ -299,7 +302,7 @@ def test_fusion_is_selected_on_valid_saved_and_read_back(layout, tmp_path):
     assert config["fusion"]["dlrm_weight"] == fusion["dlrm_weight"]
     # applying the stored weights to the valid candidates reproduces the recorded NDCG@10
     cset = candidate_set(tt, data, split_view(data, "valid"), 20)
-    logits = dlrm_scores(dl, data, cset.users, cset.history, cset.cands)
+    logits = dlrm_scores(dl, data, cset.users, cset.history, cset.cands, cset.context)
     ndcg = candidate_ndcg(cset, fuse_scores(logits, cset.retrieval, stored).astype(np.float64))
     assert ndcg == pytest.approx(fusion["valid_ndcg@10"])
     # a folder written before fusion existed falls back to the DLRM score alone
@@ -404,3 +407,28 @@ def test_score_batches_stay_under_the_memory_bound():
     assert score_batch_rows(1024, 3_706) == 1024
     assert score_batch_rows(1024, 1_000_000) == 33 and 33 * 1_000_000 * 8 <= SCORE_BATCH_BYTES
     assert score_batch_rows(1024, 10**12) == 1
+
+
+def test_dlrm_reads_device_only_when_training_data_has_one(layout):
+    """No device in the training interactions: the DLRM's context is hour + weekday. With devices in
+    train, device joins the layout and a request's device code changes the score."""
+    from recstack.models.dlrm_training import context_columns
+    from recstack.workflows.request_context import context_codes
+
+    data = synthetic_data(layout)
+    assert context_columns(data) == ("hour", "weekday") and not data.has_device
+    rng = np.random.default_rng(1)
+    for split in (data.train, data.valid, data.test):
+        split.context = context_codes(rng.integers(0, 2_000_000_000, len(split)),
+                                      rng.choice(["ios", "web", None], len(split)))
+    assert data.has_device and context_columns(data) == ("hour", "weekday", "device")
+    model, _ = fit_dlrm(data, DLRMConfig(embedding_dim=8, dense_hidden=[8], over_hidden=[16]), epochs=1,
+                        batch_size=128, patience=10, progress=False)
+    assert [c.name for c in model.layout.context] == ["hour", "weekday", "device"]
+    rows = np.arange(6)
+    ios = context_codes(np.full(6, 1_700_000_000), ["ios"] * 6)
+    web = context_codes(np.full(6, 1_700_000_000), ["web"] * 6)
+    cands = np.tile(np.arange(FIRST_CODE, FIRST_CODE + 5), (6, 1))
+    a = dlrm_scores(model, data, data.test.users[rows], data.test.history[rows], cands, ios)
+    b = dlrm_scores(model, data, data.test.users[rows], data.test.history[rows], cands, web)
+    assert not np.allclose(a, b)

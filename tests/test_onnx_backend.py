@@ -92,8 +92,11 @@ def test_the_ensemble_wiring_is_complete_and_consistent(onnx_repo):
         backends.append((step.model_name, model.backend))
         inputs = {t.name: _type_name(t.data_type) for t in model.input}
         outputs = {t.name: _type_name(t.data_type) for t in model.output}
-        # every required input is wired; optional ones (the re-ranking settings) are wired through too
-        assert {t.name for t in model.input if not t.optional} <= set(step.input_map) <= set(inputs), step.model_name
+        required = {t.name for t in model.input if not t.optional}
+        assert required <= set(step.input_map) <= set(inputs), step.model_name
+        # an optional model input is fed only from an optional ensemble input (absent when the request omits it)
+        optional_in = {t.name for t in ensemble.input if t.optional}
+        assert {step.input_map[k] for k in set(step.input_map) - required} <= optional_in, step.model_name
         for key, tensor in step.input_map.items():
             assert tensor in tensors, f"{step.model_name} reads {tensor}, produced by no earlier step"
             assert tensors[tensor] == inputs[key], (step.model_name, key)
@@ -103,7 +106,7 @@ def test_the_ensemble_wiring_is_complete_and_consistent(onnx_repo):
         assert model.max_batch_size >= ensemble.max_batch_size
     for out in ensemble.output:
         assert tensors.get(out.name) == _type_name(out.data_type), out.name
-    assert backends == [("query_user_features", "python"), ("user_tower", "onnxruntime"),
+    assert backends == [("request_context__query_user_features", "python"), ("user_tower", "onnxruntime"),
                         ("retrieve__query_item_features", "python"), ("dlrm", "onnxruntime"),
                         ("fuse_scores__filter_top_n", "python")]
     dlrm_step = ensemble.ensemble_scheduling.step[3]
@@ -118,13 +121,14 @@ def test_the_split_ensemble_ranks_like_the_python_chain(onnx_repo, graph, e2e_pa
     picked = np.random.default_rng(3).choice(users, size=64, replace=False).astype(np.int64)
     picked[-2:] = [987_654_321, 987_654_322]  # not in the online store: cold start
     top_n = (np.arange(64) % 20 + 1).astype(np.int32).reshape(-1, 1)
-    inputs = {"user_id": picked.reshape(-1, 1), "top_n": top_n}
+    inputs = {"user_id": picked.reshape(-1, 1), "top_n": top_n,
+              "request_time": np.full((64, 1), 1_700_000_000, np.int64)}
     from recstack.serving.server import serving_environment
 
     # the e2e run's live-item registry: empty, as the python chain compared against reads it
     runner = RepositoryRunner(onnx_repo, environment=serving_environment(e2e_paths.feature_repo))
     try:
-        assert runner.backends == {"query_user_features": "_PythonModel", "user_tower": "_OnnxModel",
+        assert runner.backends == {"request_context__query_user_features": "_PythonModel", "user_tower": "_OnnxModel",
                                    "retrieve__query_item_features": "_PythonModel", "dlrm": "_OnnxModel",
                                    "fuse_scores__filter_top_n": "_PythonModel"}
         got = runner.execute(inputs)
@@ -143,7 +147,7 @@ def test_cpu_instances_and_unknown_backends(graph, tmp_path):
     for name in ONNX_MODELS:
         group = _parse(repo / name).instance_group[0]
         assert group.kind == group.KIND_CPU
-    assert _parse(repo / "query_user_features").instance_group[0].kind == group.KIND_CPU
+    assert _parse(repo / "request_context__query_user_features").instance_group[0].kind == group.KIND_CPU
     with pytest.raises(InputError, match=r"--backend: 'tensorrt' must be one of"):
         export_ensemble(graph, tmp_path / "bad", backend="tensorrt")
 

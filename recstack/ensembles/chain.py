@@ -21,7 +21,7 @@ class ChainStep:
     """Runs ``ops`` in order on one batch; tensors are wired by name.
 
     ``ops``: ``[{"name", "step_class", "params", "inputs": [tensor names], "outputs": [...],
-    "optional": [inputs that may be absent]}]``;
+    "optional"?: [inputs a request may leave out]}]``;
     ``outputs``: the tensors the chain returns. Further keyword arguments named
     ``"<op name>.<param>"`` (artifacts and deployment settings) go to that op's constructor.
     """
@@ -42,7 +42,7 @@ class ChainStep:
     def execute(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         tensors = dict(inputs)
         for op, step in zip(self.ops, self.steps):
-            optional = set(op.get("optional", ()))
+            optional = op.get("optional", ())
             missing = [name for name in op["inputs"] if name not in tensors and name not in optional]
             if missing:
                 raise InputError(f"input(s) {missing} of step {op['name']} are missing")

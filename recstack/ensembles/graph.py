@@ -1,6 +1,6 @@
 """Serving ops chained with ``>>`` (Merlin Systems style) and exported as a Triton ensemble.
 
-    graph = (QueryUserFeatures(paths) >> EmbedUser(paths) >> QueryIndex(paths, top_k=100)
+    graph = (RequestContextOp() >> QueryUserFeatures(paths) >> EmbedUser(paths) >> QueryIndex(paths, top_k=100)
              >> QueryItemFeatures(paths) >> Rank(paths) >> FilterTopN(paths))
     export_ensemble(graph, paths.triton_repo)
 
@@ -10,8 +10,10 @@ FAISS index, popularity, item keys) are exported inside its model folder; the on
 feature store is a deployment setting (``RECSTACK_FEATURE_REPO``, set by ``recstack serve``),
 so the repository can be copied to a serving host. Tensors are wired by name: an op's input is the
 output of the latest earlier op with that name, or an ensemble input
-(``user_id`` int64 [1], ``top_n`` int32 [1]; optional: ``diversity_lambda`` float32 [1],
-``freshness_weight`` float32 [1], ``genre_cap`` int32 [1], see :mod:`recstack.ensembles.rerank`).
+(``user_id`` int64 [1], ``top_n`` int32 [1]; optional: ``request_time`` int64 [1], unix seconds,
+default now, and ``device`` int64 [1], a device code: the request context the ranker reads,
+:mod:`recstack.ensembles.context_step`; ``diversity_lambda`` float32 [1], ``freshness_weight``
+float32 [1], ``genre_cap`` int32 [1]: re-ranking settings, :mod:`recstack.ensembles.rerank`).
 The ensemble's outputs are
 ``item_ids`` int64 [-1] and ``scores`` float32 [-1] (raw item ids, best first; NaN score for an
 exploration slot), ``cold_start`` int32 [1] (1 when the user had no history and got popular
@@ -43,11 +45,17 @@ from recstack.ensembles.model_repo import (
 from recstack.ensembles.python_model import VERSION_OUTPUT
 
 ENSEMBLE_NAME = "recommend"
+CONTEXT_INPUTS = [TensorSpec("request_time", np.int64, (1,)), TensorSpec("device", np.int64, (1,))]
 RERANK_INPUTS = [TensorSpec("diversity_lambda", np.float32, (1,)), TensorSpec("freshness_weight", np.float32, (1,)),
                  TensorSpec("genre_cap", np.int32, (1,))]
 """Per-request re-ranking settings (:mod:`recstack.ensembles.rerank`): optional, absent = export defaults."""
-OPTIONAL_INPUTS = frozenset(s.name for s in RERANK_INPUTS)
-ENSEMBLE_INPUTS = [TensorSpec("user_id", np.int64, (1,)), TensorSpec("top_n", np.int32, (1,)), *RERANK_INPUTS]
+ENSEMBLE_INPUTS = [TensorSpec("user_id", np.int64, (1,)), TensorSpec("top_n", np.int32, (1,)), *CONTEXT_INPUTS,
+                   *RERANK_INPUTS]
+OPTIONAL_INPUTS = tuple(s.name for s in CONTEXT_INPUTS + RERANK_INPUTS)
+"""Ensemble inputs a request may leave out (Triton 2.51 ensembles pass an absent optional input on
+as absent): the request context then is the server's current time and no device, the re-ranking
+settings the export's defaults."""
+CONTEXT = TensorSpec("context", np.int64, (3,))
 REASON_OUTPUTS = [TensorSpec("reason_code", np.int32, (-1,)), TensorSpec("reason_item", np.int64, (-1,)),
                   TensorSpec("reason_score", np.float32, (-1,))]
 ENSEMBLE_OUTPUTS = [TensorSpec("item_ids", np.int64, (-1,)), TensorSpec("scores", np.float32, (-1,)),
@@ -94,6 +102,8 @@ class ServingOp:
     artifacts: dict[str, Artifact] = field(default_factory=dict)
     settings: dict[str, str] = field(default_factory=dict)
     """Deployment settings (keys of ``SETTING_ENV``) with their values in this process."""
+    optional: tuple[str, ...] = ()
+    """Names of inputs a request may leave out."""
 
     def step_kwargs(self) -> dict[str, Any]:
         """Constructor arguments of the step in this process (artifacts at their source paths)."""
@@ -126,12 +136,13 @@ class ServingGraph:
             produced.update(s.name for s in op.outputs)
         chain = [{"name": op.name, "step_class": op.step_class, "params": op.params,
                   "inputs": [s.name for s in op.inputs], "outputs": [s.name for s in op.outputs],
-                  "optional": [s.name for s in op.inputs if s.name in OPTIONAL_INPUTS]} for op in self.ops]
+                  **({"optional": list(op.optional)} if op.optional else {})} for op in self.ops]
+        optional = tuple(n for n in inputs if any(n in op.optional for op in self.ops))
         return ServingOp(
             name, CHAIN_STEP, {"ops": chain, "outputs": [s.name for s in outputs if s.name != VERSION_OUTPUT]},
             list(inputs.values()), list(outputs),
             artifacts={f"{op.name}.{k}": a for op in self.ops for k, a in op.artifacts.items()},
-            settings={f"{op.name}.{k}": v for op in self.ops for k, v in op.settings.items()})
+            settings={f"{op.name}.{k}": v for op in self.ops for k, v in op.settings.items()}, optional=optional)
 
 
 def _layout(paths: RunPaths, model: str) -> FeatureLayout:
@@ -153,6 +164,8 @@ def _user_block_specs(layout: FeatureLayout) -> list[TensorSpec]:
     if layout.user.cont:
         specs.append(TensorSpec("user_cont", np.float32, (len(layout.user.cont),)))
     specs.append(TensorSpec("history", np.int64, (layout.history_length,)))
+    if layout.context:
+        specs.append(CONTEXT)
     return specs
 
 
@@ -168,6 +181,13 @@ def _item_block_specs(layout: FeatureLayout, top_k: int) -> list[TensorSpec]:
 SEEN = TensorSpec("seen_items", np.int64, (-1,))
 KNOWN = TensorSpec("user_known", np.int32, (1,))
 STORE_UNAVAILABLE = TensorSpec("store_unavailable", np.int32, (1,))
+
+
+def RequestContextOp() -> ServingOp:
+    """Request time (default now) and device -> the ``context`` codes the ranker reads."""
+    return ServingOp("request_context", "recstack.ensembles.context_step:RequestContext", {},
+                     [ENSEMBLE_INPUTS[0], *CONTEXT_INPUTS], [CONTEXT],
+                     optional=tuple(s.name for s in CONTEXT_INPUTS))
 
 
 def QueryUserFeatures(paths: RunPaths) -> ServingOp:  # noqa: N802 (reads like a Merlin op)
@@ -264,7 +284,7 @@ def FilterTopN(paths: RunPaths, top_k: int = 100, max_top_n: int = 100,  # noqa:
         artifacts={"workflow_dir": Artifact(paths.workflow), "model_dir": _model_files(paths, "dlrm"),
                    "embeddings_dir": Artifact(paths.models / "two_tower", ("item_embeddings.npy",)),
                    "features_dir": Artifact(paths.features, ("item_features.parquet", "item_trends.parquet"))},
-        settings=_live_items(paths))
+        settings=_live_items(paths), optional=tuple(s.name for s in RERANK_INPUTS))
 
 
 def recommendation_graph(paths: RunPaths, top_k: int = 100, exploration_share: float = EXPLORATION_SHARE,
@@ -274,7 +294,7 @@ def recommendation_graph(paths: RunPaths, top_k: int = 100, exploration_share: f
     of ``diversity_lambda`` / ``freshness_weight`` / ``genre_cap`` (see :func:`FilterTopN`)."""
     if top_k <= 0:
         raise InputError(f"top_k: must be > 0, got {top_k}")
-    return (QueryUserFeatures(paths) >> EmbedUser(paths) >> QueryIndex(paths, top_k)
+    return (RequestContextOp() >> QueryUserFeatures(paths) >> EmbedUser(paths) >> QueryIndex(paths, top_k)
             >> QueryItemFeatures(paths, top_k) >> Rank(paths, top_k)
             >> FilterTopN(paths, top_k, exploration_share=exploration_share,
                           exploration_window_s=exploration_window_s, **(rerank or {})))
@@ -320,8 +340,7 @@ def export_ensemble(graph: ServingGraph, repo_dir: Path, name: str = ENSEMBLE_NA
             write_python_model(tmp, op.name, op.step_class, op.params, op.inputs, op.outputs,
                                max_batch_size=max_batch_size, instance_count=instances,
                                max_queue_delay_us=max_queue_delay_us, artifacts=op.artifacts,
-                               environment=setting_environment(op.settings),
-                               optional_inputs=[s.name for s in op.inputs if s.name in OPTIONAL_INPUTS],
+                               environment=setting_environment(op.settings), optional_inputs=op.optional,
                                version=version, live_version=live, keep_versions_from=previous)
             steps.append((op.name, {s.name: s.name for s in op.inputs}, {s.name: s.name for s in op.outputs}))
         if fuse:

@@ -392,6 +392,7 @@ def write_ensemble_model(
     """
     _check_model_name(name)
     inputs, outputs = _check_specs(name, inputs, outputs)
+    optional_inputs = list(optional_inputs)
     if not steps:
         raise InputError(f"ensemble {name}: needs at least one step")
     repo_dir = Path(repo_dir)
@@ -476,5 +477,5 @@ def write_ensemble_model(
     with atomic_dir(repo_dir / name) as tmp:
         (tmp / "config.pbtxt").write_text(config)
         (tmp / "1").mkdir()
-        _write_signature(tmp, "ensemble", inputs, outputs, max_batch_size)
+        _write_signature(tmp, "ensemble", inputs, outputs, max_batch_size, optional_inputs)
     return repo_dir / name

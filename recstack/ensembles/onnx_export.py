@@ -6,8 +6,9 @@ runs) runs the user tower and the DLRM inside python steps through onnxruntime. 
 become ``platform: "onnxruntime_onnx"`` models and the python steps between them are fused into
 one python model per stretch (:meth:`ServingGraph.fused`), so a request makes five hops::
 
-    user_id [B,1], top_n [B,1]
-      -> query_user_features             python       online store read, Workflow encoding
+    user_id [B,1], top_n [B,1] (+ optional request_time [B,1], device [B,1])
+      -> request_context__query_user_features
+                                         python       request context codes, online store read, Workflow encoding
       -> user_tower                      onnxruntime  user_tower.onnx: user blocks -> user_embedding [B,d]
       -> retrieve__query_item_features   python       FAISS top-K + item features from memory
       -> dlrm                            onnxruntime  dlrm.onnx: user [B,*] + item [B,K,*] -> score [B,K]
@@ -33,7 +34,7 @@ import numpy as np
 from recstack.errors import InputError
 from recstack.ensembles.fuse_step import LOGITS
 from recstack.ensembles.graph import (
-    ENSEMBLE_INPUTS, ENSEMBLE_NAME, OPTIONAL_INPUTS, ENSEMBLE_OUTPUTS, MAX_BATCH_SIZE, MAX_QUEUE_DELAY_US, STEPS,
+    ENSEMBLE_INPUTS, ENSEMBLE_NAME, ENSEMBLE_OUTPUTS, MAX_BATCH_SIZE, MAX_QUEUE_DELAY_US, OPTIONAL_INPUTS, STEPS,
     ServingGraph, ServingOp, setting_environment,
 )
 from recstack.io import atomic_dir
@@ -170,8 +171,7 @@ def export_onnxruntime_ensemble(graph: ServingGraph, repo_dir: Path, name: str =
             write_python_model(tmp, model.name, model.step_class, model.params, model.inputs, model.outputs,
                                max_batch_size=max_batch_size, instance_count=instances,
                                max_queue_delay_us=max_queue_delay_us, artifacts=model.artifacts,
-                               environment=setting_environment(model.settings),
-                               optional_inputs=[s.name for s in model.inputs if s.name in OPTIONAL_INPUTS])
+                               environment=setting_environment(model.settings), optional_inputs=model.optional)
             steps.append((model.name, {s.name: s.name for s in model.inputs}, {s.name: s.name for s in model.outputs}))
         write_ensemble_model(tmp, name, ENSEMBLE_INPUTS, outputs, steps, max_batch_size=max_batch_size,
                              optional_inputs=OPTIONAL_INPUTS)

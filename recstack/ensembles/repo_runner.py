@@ -199,9 +199,8 @@ class RepositoryRunner:
     def execute(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         tensors = dict(inputs)
         for model_name, input_map, output_map in self.steps:
-            # an optional ensemble input left out of the request stays out (as Triton passes it on)
             results = self.models[model_name].run({key: tensors[tensor] for key, tensor in input_map.items()
-                                                   if tensor in tensors})
+                                                   if tensor in tensors})  # an optional input left out
             for key, tensor in output_map.items():
                 if key not in results:
                     raise InputError(f"model {model_name}: returned no output {key!r}")

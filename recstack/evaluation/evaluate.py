@@ -15,7 +15,13 @@ item is ranked, ties pessimistically (:mod:`recstack.ranking`, the protocol trai
   ``dlrm_weight * dlrm_logit + retrieval_weight * retrieval_score``
   (:func:`recstack.models.fusion.fuse_scores`, weights chosen on valid at training time and
   read from ``models/dlrm/config.json`` ``"fusion"``); the other items follow in two-tower order;
-* ``dlrm_only``: the same candidates reranked by the DLRM logit alone (the ranker by itself).
+* ``dlrm_only``: the same candidates reranked by the DLRM logit alone (the ranker by itself);
+* ``two_tower+dlrm_no_context`` (the context ablation, when ``models/dlrm_no_context`` exists):
+  ``two_tower+dlrm`` with a ranker trained the same way (same data, seed, recipe) but without the
+  request context (hour / weekday of the interaction, :mod:`recstack.workflows.request_context`),
+  with its own fusion weights chosen on valid; ``dlrm_only_no_context``: that ranker alone. The
+  served ranker scores each test row with the
+  context of the test interaction's own timestamp, what a request at that time gets.
 
 With the DLRM, ``report["diversity"]`` holds the diversity trade-off of the served re-ranking
 (:mod:`recstack.evaluation.tradeoff`: NDCG@K, intra-list distance and coverage per MMR lambda),
@@ -40,6 +46,7 @@ from recstack.models.data import load_training_data
 from recstack.models.device import resolve_device
 from recstack.models.export import load_dlrm, load_two_tower
 from recstack.models.fusion import LEGACY_FUSION, check_fusion, fuse_scores
+from recstack.models.recipe import ABLATION_MODEL
 from recstack.models.predict import dlrm_scores, rerank, user_embeddings
 from recstack.models.validation import split_view
 from recstack.paths import RunPaths
@@ -47,6 +54,8 @@ from recstack.ids import FIRST_CODE
 from recstack.ranking import RankingAccumulator, mask_unrankable, row_batches, score_batch_rows, top_k
 
 METRIC_COLUMNS = ("recall@{k}", "ndcg@{k}", "hr@{k}", "mrr", "coverage")
+ABLATION_ROW = "two_tower+dlrm_no_context"
+ABLATION_ALONE_ROW = "dlrm_only_no_context"
 
 
 def evaluate_run(paths: RunPaths, k: int = 10, split: str = "test", *, candidates: int = 100,
@@ -72,7 +81,7 @@ def evaluate_run(paths: RunPaths, k: int = 10, split: str = "test", *, candidate
     accs: dict[str, RankingAccumulator] = {"popularity": RankingAccumulator(n_items, k)}
     skipped: dict[str, str] = {}
 
-    two_tower = dlrm = item_emb = fusion = tradeoff = None
+    two_tower = dlrm = item_emb = fusion = tradeoff = ablation = None
     tt_dir, dlrm_dir = paths.models / "two_tower", paths.models / "dlrm"
     if (tt_dir / "config.json").exists():
         two_tower, _ = load_two_tower(tt_dir, dev)
@@ -90,6 +99,10 @@ def evaluate_run(paths: RunPaths, k: int = 10, split: str = "test", *, candidate
             lambdas = LAMBDAS if lambdas is None else lambdas
             tradeoff = (DiversityTradeoff(item_emb, _item_genres(paths, n_items, data), n_items - FIRST_CODE, k,
                                           lambdas) if lambdas else None)
+            ablation = _load_ablation(paths.models / ABLATION_MODEL, dev)
+            if ablation is not None:
+                accs[ABLATION_ROW] = RankingAccumulator(n_items, k)
+                accs[ABLATION_ALONE_ROW] = RankingAccumulator(n_items, k)
         else:
             skipped["two_tower+dlrm"] = skipped["dlrm_only"] = f"{dlrm_dir} missing"
     else:
@@ -110,13 +123,17 @@ def evaluate_run(paths: RunPaths, k: int = 10, split: str = "test", *, candidate
             accs["two_tower"].add(first.copy(), targets)
             if dlrm is not None:
                 cands = top_k(first, candidates)
-                logits = dlrm_scores(dlrm, data, users, view.history[rows], cands)
+                logits = dlrm_scores(dlrm, data, users, view.history[rows], cands, view.context[rows])
                 retrieval = np.take_along_axis(first, cands, axis=1)  # inner products of unit vectors
                 fused = fuse_scores(logits, retrieval, fusion)
                 accs["two_tower+dlrm"].add(rerank(first, cands, fused), targets)
                 if tradeoff is not None:
                     tradeoff.add(cands, np.where(np.isfinite(retrieval), fused, -np.inf), targets)
                 accs["dlrm_only"].add(rerank(first, cands, logits), targets)
+                if ablation is not None:
+                    plain = dlrm_scores(ablation[0], data, users, view.history[rows], cands, view.context[rows])
+                    accs[ABLATION_ROW].add(rerank(first, cands, fuse_scores(plain, retrieval, ablation[1])), targets)
+                    accs[ABLATION_ALONE_ROW].add(rerank(first, cands, plain), targets)
 
     report: dict[str, Any] = {
         "dataset": paths.root.name, "split": split, "k": k, "users": int(len(view.users)),
@@ -128,11 +145,23 @@ def evaluate_run(paths: RunPaths, k: int = 10, split: str = "test", *, candidate
                        "ild": "ild_embedding: mean pairwise 1 - cosine of item-tower embeddings; "
                               "ild_genre: mean pairwise Jaccard distance of genre sets"}
                       if tradeoff is not None else None),
+        "context": {"ranker": [c.name for c in dlrm.layout.context] if dlrm is not None else [],
+                    "ablation": ABLATION_ROW if ablation is not None else None, "timezone": "UTC"},
         "skipped": skipped, "wall_s": round(time.perf_counter() - start, 2),
     }
     if write:
         report["files"] = write_report(report, paths.reports)
     return report
+
+
+def _load_ablation(model_dir: Path, dev: torch.device) -> tuple[Any, dict[str, Any]] | None:
+    """The no-context DLRM and its fusion weights, or None when it was not trained."""
+    if not (model_dir / "config.json").exists():
+        return None
+    model, config = load_dlrm(model_dir, dev)
+    fusion = config.get("fusion") or dict(LEGACY_FUSION)
+    check_fusion(fusion)
+    return model, fusion
 
 
 def write_report(report: dict[str, Any], reports_dir: Path) -> dict[str, str]:

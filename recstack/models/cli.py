@@ -36,6 +36,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--hard-negatives", type=int, default=None, metavar="K",
                         help="DLRM negatives per positive from the two-tower's top items (default 8 of 16; "
                              "0 for large catalogues: each positive costs a full-catalogue scoring)")
+    parser.add_argument("--context-ablation", action=argparse.BooleanOptionalAction, default=None,
+                        help="also train models/dlrm_no_context, the ranker without the request context, for "
+                             "recstack evaluate's ablation row (default: on below 300k train rows)")
     parser.add_argument("--json", action="store_true", help="print the summary as JSON")
     parser.set_defaults(handler=_train)
 
@@ -55,7 +58,7 @@ def _train(args: argparse.Namespace) -> int:
     summary = train_all(paths, device=args.device, epochs=args.epochs, seed=args.seed, refit=args.refit,
                         threads=args.threads, progress=args.progress, embedding_dim=args.embedding_dim,
                         max_train_rows=args.max_train_rows, valid_users=args.valid_users,
-                        hard_negatives=args.hard_negatives)
+                        hard_negatives=args.hard_negatives, context_ablation=args.context_ablation)
     if args.json:
         print(json.dumps(summary, indent=2))
         return 0
@@ -63,10 +66,12 @@ def _train(args: argparse.Namespace) -> int:
     print(f"trained on {summary['dataset']} ({summary['train_rows']:,} train rows{sample}, "
           f"{summary['n_items']:,} item ids, selection on {summary['valid_rows']:,} validation users) "
           f"on {summary['device']} in {summary['wall_s']:.1f} s")
-    for name in ("two_tower", "dlrm"):
+    for name in ("two_tower", "dlrm", "dlrm_no_context"):
+        if name not in summary:
+            continue
         s = summary[name]
         metrics = ", ".join(f"{k}={v:.4f}" for k, v in s["valid"].items() if isinstance(v, float)
                             and k in ("ndcg@10", "hr@10", "valid_ndcg@10_rerank", "valid_hr@10_rerank", "valid_auc"))
-        print(f"  {name:<9} best epoch {s['best_epoch']}/{s['epochs_run']}  {metrics}  "
+        print(f"  {name:<15} best epoch {s['best_epoch']}/{s['epochs_run']}  {metrics}  "
               f"({s['wall_s']:.1f} s) -> {s['dir']}")
     return 0

@@ -10,7 +10,10 @@ them with the saved Workflow and returns a :class:`TrainingData`:
   interactions, oldest -> newest, right-aligned: the most recent in the last column,
   left-padded with 0, the last L kept; train rows use
   :func:`recstack.workflows.history_before_each`). Valid rows
-  see the train items; test rows see train + valid, like a served user (features.json).
+  see the train items; test rows see train + valid, like a served user (features.json);
+  ``context`` [N, 3]: the (hour, weekday, device) codes of each interaction's own timestamp (UTC),
+  from :func:`recstack.workflows.request_context.context_codes`, the function serving applies to the
+  request time.
 """
 
 from __future__ import annotations
@@ -28,28 +31,36 @@ from recstack.io import read_json
 from recstack.models.layout import FeatureLayout
 from recstack.paths import RunPaths
 from recstack.workflows import Workflow, history_before_each
+from recstack.workflows.request_context import CONTEXT_COLUMNS, context_codes
 
 
 @dataclass
 class Interactions:
     """Encoded interactions sorted by (user, time): ``users``/``items`` [N] int64, ``ratings`` [N]
-    float32 (NaN without ratings), ``history`` [N, L] int64."""
+    float32 (NaN without ratings), ``history`` [N, L] int64, ``context`` [N, 3] int64 (hour,
+    weekday, device codes of the interaction time; all 0 = unknown when not given)."""
 
     users: np.ndarray
     items: np.ndarray
     ratings: np.ndarray
     history: np.ndarray
+    context: np.ndarray | None = None
+
+    def __post_init__(self) -> None:
+        if self.context is None:
+            self.context = np.zeros((len(self.users), len(CONTEXT_COLUMNS)), np.int64)
 
     def __len__(self) -> int:
         return len(self.users)
 
     def subset(self, index: np.ndarray) -> "Interactions":
-        return Interactions(self.users[index], self.items[index], self.ratings[index], self.history[index])
+        return Interactions(self.users[index], self.items[index], self.ratings[index], self.history[index],
+                            self.context[index])
 
     @staticmethod
     def concat(parts: list["Interactions"]) -> "Interactions":
         return Interactions(*(np.concatenate([getattr(p, f) for p in parts])
-                              for f in ("users", "items", "ratings", "history")))
+                              for f in ("users", "items", "ratings", "history", "context")))
 
 
 @dataclass
@@ -61,6 +72,11 @@ class TrainingData:
     valid: Interactions
     test: Interactions
     meta: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def has_device(self) -> bool:
+        """Whether any training interaction carries a device (a device vocabulary was seen in train)."""
+        return bool((self.train.context[:, 2] != 0).any())
 
     @property
     def n_items(self) -> int:
@@ -81,10 +97,13 @@ class TrainingData:
         np.cumsum(counts, out=indptr[1:])
         return indptr, items[order]
 
-    def batch(self, users: np.ndarray, history: np.ndarray, items: np.ndarray | None = None) -> dict[str, np.ndarray]:
-        """Model input blocks for rows (user id, history[, candidate item id])."""
+    def batch(self, users: np.ndarray, history: np.ndarray, items: np.ndarray | None = None,
+              context: np.ndarray | None = None) -> dict[str, np.ndarray]:
+        """Model input blocks for rows (user id, history[, candidate item id][, context [N, 3]])."""
         out = {k: v[users] for k, v in self.user_features.items()}
         out["history"] = history
+        if context is not None:
+            out["context"] = context
         if items is not None:
             out.update({k: v[items] for k, v in self.item_features.items()})
         return out
@@ -166,6 +185,9 @@ def build_training_data(layout: FeatureLayout, workflow: Workflow, train: pd.Dat
         part["order"] = np.arange(len(df))
         frames.append(part)
     allf = pd.concat(frames, ignore_index=True)
+    devices = [df["device"] if "device" in df.columns else pd.Series([None] * len(df), dtype=object)
+               for df in (train, valid, test)]
+    allf["device"] = pd.concat(devices, ignore_index=True).to_numpy(dtype=object)
     u_enc, i_enc = _encode_ids(layout, workflow, allf)
     allf["u"], allf["i"] = u_enc, i_enc
     # by user, then time; ties by split (train < valid < test) then by file order
@@ -174,15 +196,17 @@ def build_training_data(layout: FeatureLayout, workflow: Workflow, train: pd.Dat
     u = allf["u"].to_numpy(np.int64)
     i = allf["i"].to_numpy(np.int64)
     r = allf["rating"].to_numpy(np.float32)
+    ctx = context_codes(allf["timestamp"].to_numpy(np.float64), allf["device"].to_numpy(dtype=object))
 
     tr = splits == 0
-    train_x = Interactions(u[tr], i[tr], r[tr], _train_history(u[tr], i[tr], allf["timestamp"].to_numpy()[tr], L))
+    train_x = Interactions(u[tr], i[tr], r[tr], _train_history(u[tr], i[tr], allf["timestamp"].to_numpy()[tr], L),
+                           ctx[tr])
     out = {}
     for split_no, name in ((1, "valid"), (2, "test")):
         m = splits == split_no
         prior = splits < split_no
         hist = last_items(u[prior], i[prior], u[m], L)
-        out[name] = Interactions(u[m], i[m], r[m], hist)
+        out[name] = Interactions(u[m], i[m], r[m], hist, ctx[m])
     user_feats = _side_table(layout, workflow, users, "user")
     item_feats = _side_table(layout, workflow, items, "item")
     return TrainingData(layout, user_feats, item_feats, train_x, out["valid"], out["test"],

@@ -10,7 +10,10 @@ One small module per part::
 
 Sparse features, in order: each user cat column, each user list column (masked-mean bag),
 the history as two bags (masked mean and recency-weighted mean, :class:`HistoryPooling`),
-each item cat column, each item list column (e.g. genres). By default the history bags
+each item cat column, each item list column (e.g. genres), then one per context column the layout
+names (hour of day, weekday, device of the request: :mod:`recstack.workflows.request_context`; the
+``context`` block [B, 3] carries all three, the model reads those ``layout.context`` names, so the
+dot products in the interaction say "is this item good at this hour"). By default the history bags
 share the candidate's item-id table, so their dot product in the interaction measures "is
 the candidate like what the user watched" directly (on ML-100K this reranked better than a
 separate history table, ``share_history_table=False``).
@@ -61,23 +64,31 @@ class SparseArch(nn.Module):
         self.item_bags = nn.ModuleList([Bag(embedding(c.cardinality, e)) for c in layout.item.lists])
         table = self.item_tables[0] if share_history_table else embedding(layout.n_items, e)
         self.history = HistoryPooling(table, max_recency)
+        self.context_tables = nn.ModuleList([embedding(c.cardinality, e) for c in layout.context])
+        self.context_index = layout.context_index
         self.e = e
         self.num_features = (len(self.user_tables) + len(self.user_bags) + 2
-                             + len(self.item_tables) + len(self.item_bags))
+                             + len(self.item_tables) + len(self.item_bags) + len(self.context_tables))
 
     def forward(self, user_cat: torch.Tensor, user_lists: torch.Tensor | None, history: torch.Tensor,
-                item_cat: torch.Tensor, item_lists: torch.Tensor | None) -> torch.Tensor:
-        return torch.cat([self.user_vectors(user_cat, user_lists, history),
+                item_cat: torch.Tensor, item_lists: torch.Tensor | None,
+                context: torch.Tensor | None = None) -> torch.Tensor:
+        return torch.cat([self.user_vectors(user_cat, user_lists, history, context),
                           self.item_vectors(item_cat, item_lists)], dim=1)
 
     def user_vectors(self, user_cat: torch.Tensor, user_lists: torch.Tensor | None,
-                     history: torch.Tensor) -> torch.Tensor:
-        """The user's sparse features (cat columns, list bags, the two history bags) -> ``[B, Fu, e]``."""
+                     history: torch.Tensor, context: torch.Tensor | None = None) -> torch.Tensor:
+        """The request's sparse features (user cat columns, list bags, the two history bags, the
+        context columns the layout reads from ``context`` [B, 3]) -> ``[B, Fu, e]``."""
         parts = [t(user_cat[:, i]) for i, t in enumerate(self.user_tables)]
         if self.user_bags:
             parts += [bag(ids) for bag, ids in zip(self.user_bags, torch.split(user_lists, self.user_list_splits, 1))]
         hist = self.history(history)  # [B, 2e]
         parts += [hist[:, : self.e], hist[:, self.e:]]
+        if self.context_tables:
+            if context is None:
+                raise ValueError("DLRM: the layout reads context columns but no 'context' block was given")
+            parts += [t(context[:, i]) for i, t in zip(self.context_index, self.context_tables)]
         return torch.stack(parts, dim=1)
 
     def item_vectors(self, item_cat: torch.Tensor, item_lists: torch.Tensor | None) -> torch.Tensor:
@@ -137,7 +148,8 @@ class OverArch(nn.Module):
 class DLRM(nn.Module):
     """Score (user, candidate item) pairs: ``forward(batch) -> logit [B]`` (sigmoid = click probability).
 
-    ``batch`` holds ``user_cat, user_lists?, user_cont?, history, item_cat, item_lists?, item_cont?``.
+    ``batch`` holds ``user_cat, user_lists?, user_cont?, history, item_cat, item_lists?, item_cont?``
+    and ``context`` [B, 3] when ``layout.context`` names columns.
     """
 
     def __init__(self, layout: FeatureLayout, cfg: DLRMConfig | None = None):
@@ -154,17 +166,18 @@ class DLRM(nn.Module):
 
     def score(self, user_cat: torch.Tensor, user_lists: torch.Tensor | None, user_cont: torch.Tensor | None,
               history: torch.Tensor, item_cat: torch.Tensor, item_lists: torch.Tensor | None,
-              item_cont: torch.Tensor | None) -> torch.Tensor:
+              item_cont: torch.Tensor | None, context: torch.Tensor | None = None) -> torch.Tensor:
         dense_parts = [x for x, n in ((user_cont, self.n_user_cont), (item_cont, self.n_item_cont)) if n]
         dense_in = torch.cat(dense_parts, dim=1) if dense_parts else item_cat
         dense = self.dense_arch(dense_in, item_cat)
-        sparse = self.sparse_arch(user_cat, user_lists, history, item_cat, item_lists)
+        sparse = self.sparse_arch(user_cat, user_lists, history, item_cat, item_lists, context)
         return self.over_arch(self.inter_arch(dense, sparse))
 
     def score_candidates(self, user_cat: torch.Tensor, user_lists: torch.Tensor | None,
                          user_cont: torch.Tensor | None, history: torch.Tensor, item_cat: torch.Tensor,
-                         item_lists: torch.Tensor | None, item_cont: torch.Tensor | None) -> torch.Tensor:
-        """Serving form of :meth:`score`: user blocks ``[B, *]`` once per user, candidate item blocks
+                         item_lists: torch.Tensor | None, item_cont: torch.Tensor | None,
+                         context: torch.Tensor | None = None) -> torch.Tensor:
+        """Serving form of :meth:`score`: user blocks (and ``context``) ``[B, *]`` once per request, candidate item blocks
         ``[B, K, *]`` -> logits ``[B, K]``. The user's sparse vectors (history pooling included) are
         computed once per user, not once per candidate; the logits equal :meth:`score` on the
         user rows repeated K times."""
@@ -182,10 +195,10 @@ class DLRM(nn.Module):
             dense_parts[0] = per_candidate(user_cont)
         dense_in = torch.cat(dense_parts, dim=1) if dense_parts else item_cat
         dense = self.dense_arch(dense_in, item_cat)
-        sparse = torch.cat([per_candidate(self.sparse_arch.user_vectors(user_cat, user_lists, history)),
+        sparse = torch.cat([per_candidate(self.sparse_arch.user_vectors(user_cat, user_lists, history, context)),
                             self.sparse_arch.item_vectors(item_cat, item_lists)], dim=1)
         return self.over_arch(self.inter_arch(dense, sparse)).reshape(b, k)
 
     def forward(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         return self.score(batch["user_cat"], batch.get("user_lists"), batch.get("user_cont"), batch["history"],
-                          batch["item_cat"], batch.get("item_lists"), batch.get("item_cont"))
+                          batch["item_cat"], batch.get("item_lists"), batch.get("item_cont"), batch.get("context"))

@@ -33,6 +33,7 @@ from recstack.models.predict import item_embeddings, user_embeddings
 from recstack.models.two_tower import TwoTower
 from recstack.models.validation import candidate_set, dlrm_valid_metric, fusion_on_valid, split_view
 from recstack.paths import RunPaths
+from recstack.workflows.request_context import TIME_CONTEXT
 
 
 def fit_dlrm(data: TrainingData, cfg: DLRMConfig | None = None, *, two_tower: TwoTower | None = None,
@@ -42,7 +43,7 @@ def fit_dlrm(data: TrainingData, cfg: DLRMConfig | None = None, *, two_tower: Tw
              candidates: int = 100, loss: str = "bce", retrieval_offset: bool = False,
              device: str | torch.device = "cpu", seed: int = 0,
              time_budget_s: float | None = None, train_rows: Interactions | None = None, select: bool = True,
-             progress: bool = True) -> tuple[DLRM, dict[str, Any]]:
+             context: bool = True, progress: bool = True) -> tuple[DLRM, dict[str, Any]]:
     """Train a DLRM on positives vs sampled negatives; select the epoch on valid.
 
     ``loss="bce"``: binary cross-entropy per (user, item); ``loss="softmax"``: each positive
@@ -52,6 +53,10 @@ def fit_dlrm(data: TrainingData, cfg: DLRMConfig | None = None, *, two_tower: Tw
     be served with). With a two-tower, each epoch records the validation NDCG@10 of the DLRM
     alone (``valid_ndcg@10_rerank``) and of the best fusion (``valid_ndcg@10_fused``), and the
     epoch is selected on the fused one (what is served).
+
+    ``context``: the DLRM reads the request context of each interaction (hour and weekday of its
+    timestamp in UTC, and the device where the training data has one: :func:`context_columns`);
+    False trains the ablation variant without it.
     """
     if loss not in ("bce", "softmax"):
         raise InputError(f"loss: expected bce or softmax, got {loss!r}")
@@ -59,7 +64,8 @@ def fit_dlrm(data: TrainingData, cfg: DLRMConfig | None = None, *, two_tower: Tw
     dev = resolve_device(device)
     cfg = cfg or DLRMConfig()
     rows = train_rows if train_rows is not None else data.train
-    model = DLRM(data.layout, cfg).to(dev)
+    layout = data.layout.with_context(context_columns(data)) if context else data.layout
+    model = DLRM(layout, cfg).to(dev)
     opt = torch.optim.Adam(model.parameters(), lr=lr, weight_decay=weight_decay)
     rng = np.random.default_rng(seed)
     pos_rows = positive_rows(rows, positive_min_rating)
@@ -94,7 +100,7 @@ def fit_dlrm(data: TrainingData, cfg: DLRMConfig | None = None, *, two_tower: Tw
             b = perm[s:s + step]
             if loss == "softmax":
                 r, it = groups_rows[b].reshape(-1), groups_items[b].reshape(-1)
-                batch = to_tensors(data.batch(rows.users[r], rows.history[r], it), dev)
+                batch = to_tensors(data.batch(rows.users[r], rows.history[r], it, rows.context[r]), dev)
                 logits = model(batch).view(len(b), 1 + negatives)
                 if offset is not None:
                     logits = logits + torch.from_numpy(offset(r, it).reshape(len(b), 1 + negatives)).to(dev)
@@ -103,7 +109,7 @@ def fit_dlrm(data: TrainingData, cfg: DLRMConfig | None = None, *, two_tower: Tw
                                                                                    device=dev))
             else:
                 r = row_idx[b]
-                batch = to_tensors(data.batch(rows.users[r], rows.history[r], items[b]), dev)
+                batch = to_tensors(data.batch(rows.users[r], rows.history[r], items[b], rows.context[r]), dev)
                 loss_value = loss_fn(model(batch), torch.from_numpy(labels[b]).to(dev))
             total += optimiser_step(opt, sched, loss_value)
             n_batches += 1
@@ -116,6 +122,13 @@ def fit_dlrm(data: TrainingData, cfg: DLRMConfig | None = None, *, two_tower: Tw
         if selection.end_epoch(record, score):
             break
     return model, {**selection.finish(), "selection_metric": metric_name}
+
+
+def context_columns(data: TrainingData) -> tuple[str, ...]:
+    """The context columns a DLRM trained on ``data`` reads: hour and weekday always; device only
+    when the training interactions carry one (no bundled dataset does: a device the model never saw
+    in training would only add an untrained embedding)."""
+    return TIME_CONTEXT + (("device",) if data.has_device else ())
 
 
 def _retrieval_offset(two_tower: TwoTower, data: TrainingData,
@@ -133,8 +146,9 @@ def _retrieval_offset(two_tower: TwoTower, data: TrainingData,
 def train_dlrm(paths: RunPaths, data: TrainingData | None = None, *, device: str = "auto",
                epochs: int | None = None, cfg: DLRMConfig | None = None, two_tower: TwoTower | None = None,
                refit: bool = False, seed: int = 0, progress: bool = True, onnx: bool = True,
-               time_budget_s: float | None = None, **fit_kwargs: Any) -> dict[str, Any]:
-    """Train the DLRM (selection on valid reranking when a two-tower is given or saved), save ``models/dlrm/``."""
+               time_budget_s: float | None = None, model_name: str = "dlrm", **fit_kwargs: Any) -> dict[str, Any]:
+    """Train the DLRM (selection on valid reranking when a two-tower is given or saved), save ``models/<model_name>/``
+    (``dlrm``: the served ranker; ``dlrm_no_context`` with ``context=False``: the context ablation)."""
     start = time.perf_counter()
     data = data or load_training_data(paths)
     if two_tower is None and (paths.models / "two_tower" / "config.json").exists():
@@ -156,7 +170,7 @@ def train_dlrm(paths: RunPaths, data: TrainingData | None = None, *, device: str
     training = {"device": str(resolve_device(device)), "seed": seed, "refit_on_train_valid": refit,
                 "fit_rows": len(rows) if rows is not None else len(data.train), "valid_rows": len(data.valid), **hist,
                 "fusion_search": trials, **{k: v for k, v in fit_kwargs.items()}}
-    out = save_dlrm(model, paths.models / "dlrm", {"valid": valid_metrics}, training, onnx=onnx, fusion=fusion)
-    return {"model": "dlrm", "dir": str(out), "valid": valid_metrics, "fusion": fusion,
+    out = save_dlrm(model, paths.models / model_name, {"valid": valid_metrics}, training, onnx=onnx, fusion=fusion)
+    return {"model": model_name, "dir": str(out), "valid": valid_metrics, "fusion": fusion,
             "best_epoch": hist["best_epoch"], "epochs_run": hist["epochs_run"],
             "wall_s": round(time.perf_counter() - start, 2), "_model": model}

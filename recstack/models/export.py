@@ -34,6 +34,7 @@ from recstack.models.device import to_tensors
 from recstack.models.dlrm import DLRM, DLRMConfig
 from recstack.models.layout import FeatureLayout
 from recstack.models.two_tower import TwoTower, TwoTowerConfig
+from recstack.workflows.request_context import CONTEXT_CARDINALITY, CONTEXT_COLUMNS
 
 ONNX_TOLERANCE = 1e-4
 OPSET = 18
@@ -70,7 +71,10 @@ def random_inputs(layout: FeatureLayout, names: list[str], batch: int, seed: int
     out: dict[str, np.ndarray] = {}
     for name in names:
         side = layout.user if name.startswith("user") or name == "history" else layout.item
-        if name.endswith("_cat"):
+        if name == "context":
+            out[name] = np.stack([rng.integers(0, CONTEXT_CARDINALITY[c], batch) for c in CONTEXT_COLUMNS],
+                                 1).astype(np.int64)
+        elif name.endswith("_cat"):
             out[name] = np.stack([rng.integers(0, c.cardinality, batch) for c in side.cat], 1).astype(np.int64)
         elif name.endswith("_lists"):
             cols = []
@@ -130,7 +134,7 @@ def export_onnx(module: nn.Module, method: str, names: list[str], all_names: lis
 
 USER_ARGS = ["user_cat", "user_lists", "user_cont", "history"]
 ITEM_ARGS = ["item_cat", "item_lists", "item_cont"]
-DLRM_ARGS = USER_ARGS + ITEM_ARGS
+DLRM_ARGS = USER_ARGS + ITEM_ARGS + ["context"]
 
 
 def save_two_tower(model: TwoTower, target: Path, item_features: dict[str, np.ndarray],

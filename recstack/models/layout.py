@@ -13,6 +13,8 @@ blocks below (docs/architecture.md section 4)::
     item_cat   [B, Ci] int64    ITEM_ID column first, then the other non-list ITEM categoricals
     item_lists [B, Li] int64    ITEM LIST columns (e.g. genres), padded and concatenated
     item_cont  [B, Di] float32  ITEM CONTINUOUS columns
+    context    [B, 3]  int64    the request's (hour, weekday, device) codes (recstack.workflows.request_context);
+                                only in a layout whose ``context`` names the columns the model reads (the DLRM's)
 
 Blocks with no column (e.g. ``user_lists`` for MovieLens) are left out of the tensors
 dict and of the ONNX inputs. The layout serialises to a plain dict stored in each model's
@@ -29,10 +31,11 @@ import numpy as np
 import pandas as pd
 
 from recstack.errors import InputError
+from recstack.workflows.request_context import CONTEXT_CARDINALITY, CONTEXT_COLUMNS
 
 DEFAULT_LIST_LENGTH = 16  # used only when a LIST column's schema has no max_length
 
-USER_BLOCKS = ("user_cat", "user_lists", "user_cont", "history")
+USER_BLOCKS = ("user_cat", "user_lists", "user_cont", "history", "context")
 ITEM_BLOCKS = ("item_cat", "item_lists", "item_cont")
 
 
@@ -98,11 +101,14 @@ def _columns(schema: Any) -> list[Any]:
 
 @dataclass
 class FeatureLayout:
-    """Per side: categorical, list and continuous columns; plus the history length."""
+    """Per side: categorical, list and continuous columns; plus the history length and the context
+    columns the model reads (names of :data:`~recstack.workflows.request_context.CONTEXT_COLUMNS`
+    with their cardinality; empty: the model takes no ``context`` block)."""
 
     user: SideLayout
     item: SideLayout
     history_length: int
+    context: list[CatColumn] = field(default_factory=list)
 
     # ----------------------------------------------------------------- building
     @classmethod
@@ -153,12 +159,26 @@ class FeatureLayout:
     # ----------------------------------------------------------- serialising
     def to_dict(self) -> dict[str, Any]:
         return {"user": self.user.to_dict(), "item": self.item.to_dict(),
-                "history_length": self.history_length}
+                "history_length": self.history_length, "context": [asdict(c) for c in self.context]}
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> "FeatureLayout":
         return cls(user=SideLayout.from_dict(d["user"]), item=SideLayout.from_dict(d["item"]),
-                   history_length=int(d["history_length"]))
+                   history_length=int(d["history_length"]),
+                   context=[CatColumn(**c) for c in d.get("context", [])])
+
+    def with_context(self, names: Iterable[str]) -> FeatureLayout:
+        """This layout reading the context columns ``names`` (e.g. ``("hour", "weekday")``) too."""
+        unknown = [n for n in names if n not in CONTEXT_COLUMNS]
+        if unknown:
+            raise InputError(f"context: unknown column(s) {unknown}, expected among {list(CONTEXT_COLUMNS)}")
+        columns = [CatColumn(n, CONTEXT_CARDINALITY[n]) for n in CONTEXT_COLUMNS if n in set(names)]
+        return FeatureLayout(self.user, self.item, self.history_length, columns)
+
+    @property
+    def context_index(self) -> list[int]:
+        """Positions of the model's context columns in the ``context`` block."""
+        return [CONTEXT_COLUMNS.index(c.name) for c in self.context]
 
     # ------------------------------------------------------------- properties
     @property
@@ -178,6 +198,8 @@ class FeatureLayout:
         if self.user.cont:
             out.append("user_cont")
         out.append("history")
+        if self.context:
+            out.append("context")
         return out
 
     def item_blocks(self) -> list[str]:

@@ -38,8 +38,11 @@ def user_embeddings(model: TwoTower, data: TrainingData, users: np.ndarray, hist
 
 @torch.no_grad()
 def dlrm_scores(model: DLRM, data: TrainingData, users: np.ndarray, history: np.ndarray,
-                candidates: np.ndarray, batch_size: int = 8192) -> np.ndarray:
-    """DLRM logits for each row's candidates: ``candidates`` [U, C] -> scores [U, C] float32."""
+                candidates: np.ndarray, context: np.ndarray | None = None, batch_size: int = 8192) -> np.ndarray:
+    """DLRM logits for each row's candidates: ``candidates`` [U, C] -> scores [U, C] float32.
+
+    ``context`` [U, 3]: each row's request context (:mod:`recstack.workflows.request_context`);
+    needed by a DLRM whose layout reads context columns."""
     model.eval()
     device = next(model.parameters()).device
     U, C = candidates.shape
@@ -48,7 +51,8 @@ def dlrm_scores(model: DLRM, data: TrainingData, users: np.ndarray, history: np.
     out = np.empty(U * C, np.float32)
     for s in range(0, len(rows), batch_size):
         r = rows[s:s + batch_size]
-        blocks = data.batch(users[r], history[r], flat_items[s:s + batch_size])
+        blocks = data.batch(users[r], history[r], flat_items[s:s + batch_size],
+                            None if context is None else context[r])
         out[s:s + batch_size] = model(to_tensors(blocks, device)).float().cpu().numpy()
     return out.reshape(U, C)
 

@@ -34,6 +34,10 @@ DLRM_TRAIN = {"positive_min_rating": None, "loss": "softmax", "negatives": 16, "
               "hard_pool": 100}
 DLRM_EPOCHS = 2  # 3 epochs: valid fused 0.150 but ML-100K `recstack train` ~118 s; 2 epochs: 0.143, ~90 s
 
+ABLATION_MODEL = "dlrm_no_context"
+ABLATION_MAX_ROWS = 300_000
+"""train_all trains the no-context ranker by default below this many train rows (ML-100K, not ML-1M)."""
+
 TWO_TOWER_BUDGET_S = 330.0  # per-model training time budgets (epochs stop early past them): ML-1M
 DLRM_BUDGET_S = 180.0       # fits ~10 min on a 2-core CPU, ML-100K stops on its own long before
 
@@ -73,6 +77,7 @@ def train_all(paths: RunPaths, device: str = "auto", epochs: int | None = None, 
               onnx: bool = True, time_budget_s: tuple[float, float] | None = (TWO_TOWER_BUDGET_S, DLRM_BUDGET_S),
               embedding_dim: int | None = None, max_train_rows: int | None = None,
               valid_users: int | None = None, hard_negatives: int | None = None,
+              context_ablation: bool | None = None,
               ) -> dict[str, Any]:
     """Two-tower then DLRM (selected on reranking the two-tower's candidates); returns the summary.
 
@@ -83,6 +88,11 @@ def train_all(paths: RunPaths, device: str = "auto", epochs: int | None = None, 
     ``valid_users`` (:func:`sample_rows`), and ``hard_negatives`` (the DLRM's negatives from the
     two-tower's top items per positive, ``DLRM_TRAIN``'s 8 by default; each positive costs a
     full-catalogue scoring, so 0 turns them off for a 1M-item catalogue).
+
+    The DLRM reads the request context (hour, weekday of each interaction in UTC).
+    ``context_ablation`` also trains ``models/dlrm_no_context``, the same DLRM recipe (same data,
+    seed, two-tower) without the context, for ``recstack evaluate``'s ablation row; None: only
+    for small datasets (under ``ABLATION_MAX_ROWS`` train rows, ML-100K: about +90 s on 2 cores).
     """
     for name, value in (("embedding-dim", embedding_dim), ("max-train-rows", max_train_rows),
                         ("valid-users", valid_users)):
@@ -110,6 +120,20 @@ def train_all(paths: RunPaths, device: str = "auto", epochs: int | None = None, 
         dl = train_dlrm(paths, data, device=device, epochs=epochs or DLRM_EPOCHS, seed=seed, refit=refit,
                         progress=progress, two_tower=tt["_model"], onnx=onnx, batch_size=dl_batch,
                         time_budget_s=budgets[1], **dlrm_train, **sampled)
+        if context_ablation is None:
+            context_ablation = len(data.train) < ABLATION_MAX_ROWS
+        ablation = None
+        if context_ablation:
+            # as many epochs as the served ranker ran (its time budget may have cut them), no budget of its
+            # own: the two rankers differ by the context block only
+            ablation = train_dlrm(paths, data, device=device, epochs=dl["epochs_run"], seed=seed, refit=refit,
+                                  progress=progress, two_tower=tt["_model"], onnx=False, batch_size=dl_batch,
+                                  time_budget_s=None, model_name=ABLATION_MODEL, context=False,
+                                  **dlrm_train, **sampled)
+        elif (paths.models / ABLATION_MODEL).exists():  # a stale ablation of earlier models is not comparable
+            import shutil
+
+            shutil.rmtree(paths.models / ABLATION_MODEL)
     finally:
         torch.set_num_threads(prev_threads)
     summary = {"dataset": paths.root.name, "device": str(resolve_device(device)),
@@ -117,5 +141,7 @@ def train_all(paths: RunPaths, device: str = "auto", epochs: int | None = None, 
                "fit_rows": len(rows) if rows is not None else len(data.train), "valid_rows": len(data.valid),
                "two_tower": {k: v for k, v in tt.items() if not k.startswith("_")},
                "dlrm": {k: v for k, v in dl.items() if not k.startswith("_")},
+               **({"dlrm_no_context": {k: v for k, v in ablation.items() if not k.startswith("_")}}
+                  if ablation is not None else {}),
                "wall_s": round(time.perf_counter() - start, 2)}
     return summary

@@ -26,19 +26,21 @@ from recstack.ranking import (
 
 @dataclass
 class SplitView:
-    """The rows a model is scored on: users, their histories, targets, and the seen items to exclude."""
+    """The rows a model is scored on: users, their histories, targets, the seen items to exclude, and
+    the context of each row (the (hour, weekday, device) codes of the target interaction's time)."""
 
     users: np.ndarray
     history: np.ndarray
     targets: np.ndarray
     seen: SeenCSR
+    context: np.ndarray | None = None
 
 
 def split_view(data: TrainingData, split: str) -> SplitView:
     """Validation: history and seen = train. Test: history and seen = train + valid."""
     x: Interactions = getattr(data, split)
     seen_splits = ("train",) if split == "valid" else ("train", "valid")
-    return SplitView(x.users, x.history, x.items, data.seen(seen_splits))
+    return SplitView(x.users, x.history, x.items, data.seen(seen_splits), x.context)
 
 
 def two_tower_full_scores(model: TwoTower, data: TrainingData, view: SplitView, rows: np.ndarray,
@@ -72,6 +74,7 @@ class CandidateSet:
     targets: np.ndarray
     cands: np.ndarray
     retrieval: np.ndarray
+    context: np.ndarray | None = None
 
 
 def candidate_set(two_tower: TwoTower, data: TrainingData, view: SplitView, candidates: int = 100,
@@ -85,7 +88,8 @@ def candidate_set(two_tower: TwoTower, data: TrainingData, view: SplitView, cand
         c = top_k(first, candidates)
         cands.append(c)
         retr.append(np.take_along_axis(first, c, axis=1))
-    return CandidateSet(view.users, view.history, view.targets, np.concatenate(cands), np.concatenate(retr))
+    return CandidateSet(view.users, view.history, view.targets, np.concatenate(cands), np.concatenate(retr),
+                        view.context)
 
 
 def candidate_ndcg(cset: CandidateSet, scores: np.ndarray, k: int = 10) -> float:
@@ -118,12 +122,12 @@ def dlrm_valid_metric(model: DLRM, data: TrainingData, view: SplitView, cset: Ca
     and by the best fusion (the returned score)."""
     rng = np.random.default_rng(123)
     neg = rng.integers(FIRST_CODE, data.n_items, (len(view.users), 4))
-    pos_s = dlrm_scores(model, data, view.users, view.history, view.targets[:, None])[:, 0]
-    neg_s = dlrm_scores(model, data, view.users, view.history, neg).reshape(-1)
+    pos_s = dlrm_scores(model, data, view.users, view.history, view.targets[:, None], view.context)[:, 0]
+    neg_s = dlrm_scores(model, data, view.users, view.history, neg, view.context).reshape(-1)
     record["valid_auc"] = auc(pos_s, neg_s)
     if cset is None:
         return record["valid_auc"]
-    logits = dlrm_scores(model, data, cset.users, cset.history, cset.cands)
+    logits = dlrm_scores(model, data, cset.users, cset.history, cset.cands, cset.context)
     record["valid_ndcg@10_rerank"] = candidate_ndcg(cset, logits.astype(np.float64))
     fusion, _ = choose_fusion(cset, logits, temperature)
     record["valid_ndcg@10_fused"] = fusion["valid_ndcg@10"]
@@ -148,7 +152,7 @@ def fusion_on_valid(model: DLRM, two_tower: TwoTower | None, data: TrainingData,
     if two_tower is None:
         return dict(LEGACY_FUSION), []
     cset = candidate_set(two_tower, data, split_view(data, "valid"), candidates)
-    logits = dlrm_scores(model, data, cset.users, cset.history, cset.cands)
+    logits = dlrm_scores(model, data, cset.users, cset.history, cset.cands, cset.context)
     fusion, trials = choose_fusion(cset, logits, two_tower.cfg.temperature)
     fusion["valid_ndcg@10_dlrm_only"] = candidate_ndcg(cset, logits.astype(np.float64))
     fusion["valid_ndcg@10_two_tower"] = candidate_ndcg(cset, cset.retrieval)

@@ -4,9 +4,11 @@ ensemble (pooled async gRPC), the event log and the run's catalogue. OpenAPI at 
 from __future__ import annotations
 
 import contextlib
+import logging
 import time
 from collections.abc import AsyncIterator
-from typing import Annotated, Any
+from datetime import datetime
+from typing import Annotated, Any, Literal
 
 import numpy as np
 from fastapi import Depends, FastAPI, Header, HTTPException, Query, Request
@@ -16,6 +18,7 @@ from fastapi.responses import JSONResponse, Response
 
 from recstack.ensembles.graph import ENSEMBLE_NAME
 from recstack.errors import InputError
+from recstack.ids import FIRST_CODE
 from recstack.features.live_items import DuplicateItem
 from recstack.serving.gateway.catalogue import Catalogue
 from recstack.serving.gateway.config import MAX_K, GatewayConfig
@@ -24,12 +27,15 @@ from recstack.serving.gateway.metrics import GatewayMetrics
 from recstack.serving.gateway.reasons import REASON_OUTPUTS, Reasons
 from recstack.serving.gateway.schemas import (
     INT64, EventsIn, EventsOut, Health, NewItem, NewItemOut, NewUser, NewUserOut, RecommendedItem, Recommendations,
-    SimilarItems,
+    RequestContextOut, SimilarItems,
 )
 from recstack.serving.gateway.web import mount_web_page
+from recstack.workflows.request_context import DEVICES, MAX_REQUEST_TIME, context_codes, device_code
 
 OUTPUTS = ["item_ids", "scores", "cold_start", "explored", "store_fallback", "model_version", *REASON_OUTPUTS]
 RERANK_DTYPES = {"diversity_lambda": np.float32, "freshness_weight": np.float32, "genre_cap": np.int32}
+Device = Literal[DEVICES]  # type: ignore[valid-type]
+log = logging.getLogger("recstack.gateway")
 
 
 class TritonUnavailable(RuntimeError):
@@ -131,6 +137,18 @@ async def open_experiment(config: GatewayConfig, recommender: Recommender) -> Ex
     return router
 
 
+def _request_seconds(value: datetime | None) -> int:
+    """The request time as unix seconds (now when not given); InputError (422) for a naive or out-of-range time."""
+    if value is None:
+        return int(time.time())
+    if value.tzinfo is None:
+        raise InputError("request_time: give a time zone (e.g. 2026-11-26T18:00:00Z) or unix seconds")
+    seconds = int(value.timestamp())
+    if not 0 <= seconds <= MAX_REQUEST_TIME:
+        raise InputError(f"request_time: {value.isoformat()} is outside 1970-01-01 .. 2100-01-01 UTC")
+    return seconds
+
+
 def create_app(config: GatewayConfig) -> FastAPI:
     """The gateway for one run: see the module docstring and the README's "Gateway" section."""
     from recstack.events import EventService
@@ -207,16 +225,24 @@ def create_app(config: GatewayConfig) -> FastAPI:
                                                         "popularity (default: the export's)")] = None,
         genre_cap: Annotated[int | None, Query(ge=0, le=MAX_K, description="most items per genre, 0 = no cap "
                                                "(default: the export's)")] = None,
+        request_time: Annotated[datetime | None, Query(
+            description="when the request happens: ISO 8601 with a time zone or unix seconds (default: now); "
+                        "its hour and weekday in UTC are the ranker's context")] = None,
+        device: Annotated[Device | None, Query(description="the app's device / platform")] = None,
     ) -> Recommendations:
         excluded = {int(x) for x in exclude.split(",") if x}
-        rerank = {name: np.array([[value]], RERANK_DTYPES[name]) for name, value in (
+        when = _request_seconds(request_time)
+        # both context inputs always sent (device 0 = none): Triton's dynamic batching joins only
+        # requests that carry the same inputs
+        extra = {"request_time": np.array([[when]], np.int64), "device": np.array([[device_code(device)]], np.int64)}
+        extra.update({name: np.array([[value]], RERANK_DTYPES[name]) for name, value in (
             ("diversity_lambda", diversity_lambda), ("freshness_weight", freshness_weight), ("genre_cap", genre_cap))
-            if value is not None}
+            if value is not None})
         router: ExperimentRouter | None = state["experiment"]
         route = router.route(user_id) if router is not None else None
         # an experiment's params win over the query's: a variant is what its users are served
-        variant = {"model": route.model, "version": route.version, "extra": {**rerank, **route.inputs}} if route \
-            else {"extra": rerank}
+        variant = {"model": route.model, "version": route.version, "extra": {**extra, **route.inputs}} if route \
+            else {"extra": extra}
         out = await state["recommender"].top_n(user_id, min(MAX_K, k + len(excluded)), **variant)
         catalogue: Catalogue = state["catalogue"]
         if out["explored"].any():
@@ -230,12 +256,17 @@ def create_app(config: GatewayConfig) -> FastAPI:
         explored = sum(item.explored for item in items)
         fallback = "popularity" if out["store_fallback"][0, 0] else None
         metrics.recommended(cold, len(items), explored, fallback)
+        metrics.context(device)
+        hour, weekday, _ = context_codes([when])[0] - FIRST_CODE
+        log.info("recommendations user=%d request_time=%d device=%s items=%d", user_id, when, device or "-", len(items))
         if route is not None:  # durable before the answer, like any event
             await run_in_threadpool(router.log_exposure, route, user_id, [item.item_id for item in items])
         return Recommendations(user_id=user_id, items=items, cold_start=cold,
                                model_version=int(out["model_version"][0, 0]), explored=explored, fallback=fallback,
                                experiment=router.experiment.name if route is not None else None,
-                               variant=route.variant.name if route is not None else None)
+                               variant=route.variant.name if route is not None else None,
+                               context=RequestContextOut(request_time=when, hour=int(hour), weekday=int(weekday),
+                                                         device=device))
 
     @app.post("/v1/items", response_model=NewItemOut, status_code=201, dependencies=[Depends(require_key)],
               responses={409: {"description": "the item is in the catalogue already"}})

@@ -36,6 +36,8 @@ class GatewayMetrics:
                                  "fallback (kind: popularity = the online store was unreachable)", ["kind"],
                                  registry=r)
         self.items_added = Counter("recstack_items_added_total", "Items added after training", registry=r)
+        self.by_device = Counter("recstack_recommendations_by_device_total", "Recommendation lists served, by "
+                                 "the device the request sent (none = not sent)", ["device"], registry=r)
         self._service: Any = None
 
     def observe(self, endpoint: str, method: str, status: int, seconds: float) -> None:
@@ -56,6 +58,10 @@ class GatewayMetrics:
             self.fallbacks.labels(fallback).inc()
         self.items_served.labels("false").inc(items - explored)
         self.items_served.labels("true").inc(explored)
+
+    def context(self, device: str | None) -> None:
+        """One list served to a request from ``device`` (None: the app sent none)."""
+        self.by_device.labels(device or "none").inc()
 
     def watch_events(self, service: Any) -> None:
         """Read applied / lag from this event service at each scrape."""

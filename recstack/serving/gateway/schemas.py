@@ -91,9 +91,19 @@ class RecommendedItem(BaseModel):
     reason: Reason | None = Field(default=None, description="why the item is shown")
 
 
+class RequestContextOut(BaseModel):
+    """The context the ranker was given: derived from the request time (UTC) and the device sent."""
+
+    request_time: int = Field(description="unix seconds (the request's `request_time`, else when it was received)")
+    hour: int = Field(description="hour of day 0..23, UTC")
+    weekday: int = Field(description="0 = Monday .. 6 = Sunday, UTC")
+    device: str | None = Field(default=None, description="the device sent, if any")
+
+
 class Recommendations(BaseModel):
     user_id: int
     items: list[RecommendedItem]
+    context: RequestContextOut | None = Field(default=None, description="the request context passed to the ranker")
     cold_start: bool = Field(description="true when the user had no history: popular items were served")
     model_version: int = Field(description="version of the served model that ranked the list")
     explored: int = Field(default=0, description="how many items of the list are exploration slots")

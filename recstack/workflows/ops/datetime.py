@@ -60,6 +60,24 @@ def to_seconds(series: pd.Series, column: str, unit: str = "s") -> np.ndarray:
     return out
 
 
+def calendar_parts(secs: np.ndarray, parts: Sequence[str]) -> dict[str, np.ndarray]:
+    """Unix seconds ``[n]`` float64 (NaN = null) -> ``{part: [n] float64}`` in UTC, NaN where null.
+
+    The one implementation of calendar parts: :class:`DateTimeParts` and the request context
+    (:mod:`recstack.workflows.context`, training and serving alike) both call it.
+    """
+    secs = np.asarray(secs, dtype=np.float64)
+    valid = ~np.isnan(secs)
+    whole = np.floor(np.where(valid, secs, 0)).astype(np.int64)
+    days = whole // 86400
+    out = {"hour": (whole // 3600) % 24, "weekday": (days + 3) % 7}
+    if {"year", "month", "day", "dayofyear"} & set(parts):
+        idx = pd.DatetimeIndex(whole.astype("datetime64[s]"))
+        out.update(year=idx.year.to_numpy(), month=idx.month.to_numpy(), day=idx.day.to_numpy(),
+                   dayofyear=idx.dayofyear.to_numpy())
+    return {p: np.where(valid, out[p].astype(np.float64), np.nan) for p in parts}
+
+
 def _one(value: Any) -> pd.Series:
     return pd.Series([value], dtype=object if isinstance(value, str) or value is None else None)
 
@@ -89,15 +107,7 @@ class DateTimeParts(Operator):
         return {f"{c}_{p}": [c] for c in columns for p in self.parts}
 
     def _parts(self, secs: np.ndarray) -> dict[str, np.ndarray]:
-        valid = ~np.isnan(secs)
-        whole = np.floor(np.where(valid, secs, 0)).astype(np.int64)
-        days = whole // 86400
-        out = {"hour": (whole // 3600) % 24, "weekday": (days + 3) % 7}
-        if {"year", "month", "day", "dayofyear"} & set(self.parts):
-            idx = pd.DatetimeIndex(whole.astype("datetime64[s]"))
-            out.update(year=idx.year.to_numpy(), month=idx.month.to_numpy(), day=idx.day.to_numpy(),
-                       dayofyear=idx.dayofyear.to_numpy())
-        return {p: np.where(valid, out[p].astype(np.float64), np.nan) for p in self.parts}
+        return calendar_parts(secs, self.parts)
 
     def transform(self, df: pd.DataFrame, ctx: Context) -> pd.DataFrame:
         out = {}
