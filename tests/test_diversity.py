@@ -125,16 +125,17 @@ def test_served_step_batched_equals_single_and_lambda_lowers_similarity(e2e_path
     graph, cache = recommendation_graph(e2e_paths), {}
     users = np.arange(1, 9, dtype=np.int64).reshape(-1, 1)
     lambdas = np.array([1.0, 0.9, 0.7, 0.5, 0.3, 0.0, 0.6, 1.0], np.float32).reshape(-1, 1)
-    inputs = {"user_id": users, "top_n": np.full((8, 1), 10, np.int32), "diversity_lambda": lambdas,
+    when = np.full((8, 1), 1_700_000_000, np.int64)  # one request time: the ranker's context is fixed
+    inputs = {"user_id": users, "top_n": np.full((8, 1), 10, np.int32), "request_time": when, "diversity_lambda": lambdas,
               "genre_cap": np.array([[0], [0], [2], [0], [0], [0], [1], [0]], np.int32),
               "freshness_weight": np.array([[0], [0], [0], [0.5], [0], [0], [0], [0]], np.float32)}
     batched = run_in_process(graph, inputs, cache)
     chain = cache["chain"]
     tensors = dict(inputs)
     for op, step in zip(chain.ops[:-1], chain.steps[:-1]):
-        tensors.update(step.execute({name: tensors[name] for name in op["inputs"]}))
+        tensors.update(step.execute({name: tensors[name] for name in op["inputs"] if name in tensors}))
     rerank_op, rerank = chain.ops[-1], chain.steps[-1]
-    step_inputs = {name: tensors[name] for name in rerank_op["inputs"]}
+    step_inputs = {name: tensors[name] for name in rerank_op["inputs"] if name in tensors}
     step_batched = rerank.execute(step_inputs)
     for row in range(8):
         # the re-ranking step itself: identical outputs batched and one request at a time
@@ -147,7 +148,7 @@ def test_served_step_batched_equals_single_and_lambda_lowers_similarity(e2e_path
             np.testing.assert_array_equal(batched[name][row:row + 1], single[name], err_msg=f"{name}, row {row}")
         np.testing.assert_allclose(batched["scores"][row:row + 1], single["scores"], rtol=1e-5)
     # without the optional inputs: the ranker's order, as lambda 1 gives
-    plain = run_in_process(graph, {"user_id": users, "top_n": inputs["top_n"]}, cache)
+    plain = run_in_process(graph, {"user_id": users, "top_n": inputs["top_n"], "request_time": when}, cache)
     np.testing.assert_array_equal(plain["item_ids"][[0, 7]], batched["item_ids"][[0, 7]])
     assert (np.diff(plain["scores"], axis=1) <= 0).all()  # still best first
     unit, code = _unit_embeddings(e2e_paths), _code_of_raw(e2e_paths)
