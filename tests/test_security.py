@@ -295,7 +295,7 @@ def listening_addresses(pids: list[int]) -> list[tuple[str, int]]:
     return found
 
 
-LOOPBACK = {"127.0.0.1", "::1"}
+LOOPBACK = {"127.0.0.1", "::1", "::ffff:127.0.0.1"}  # the last: IPv4 loopback on an IPv6 socket
 
 
 def test_listening_addresses_sees_a_wildcard_bind():
