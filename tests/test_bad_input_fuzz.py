@@ -41,8 +41,7 @@ def check_encoded(workflow: Workflow, out: dict) -> None:
     """Encoded output: every categorical code inside its column's cardinality (OOV included)."""
     schema = workflow.output_schema
     for name, value in out.items():
-        column = schema[name] if name in schema else None
-        cardinality = getattr(column, "cardinality", None) if column is not None else None
+        cardinality = getattr(schema[name], "cardinality", None) if name in schema else None
         if cardinality:
             codes = np.asarray(value, dtype=object).ravel().tolist() if isinstance(value, list) else [value]
             for code in codes:
@@ -107,7 +106,7 @@ def test_hostile_values_one_by_one(every_op_workflow):
     outcomes: Counter = Counter()
     for column in every_op_workflow.input_columns:
         for value in hostile:
-            row = dict(user=1, item=2, cat="a", x=0.5, ts=1_650_000_000, genres=["A"], y=1.0)
+            row = {"user": 1, "item": 2, "cat": "a", "x": 0.5, "ts": 1_650_000_000, "genres": ["A"], "y": 1.0}
             row[column] = value
             try:
                 out = every_op_workflow.transform_request(row)

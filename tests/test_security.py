@@ -130,9 +130,10 @@ def redis_with_password(tmp_path):
 
 
 def test_redis_password_is_a_reference_in_generated_files(redis_with_password, tmp_path, monkeypatch):
+    from test_features import write_feature_tables
+
     from recstack.features import OnlineFeatures, build_feature_repo
     from recstack.features.repo import REDIS_PASSWORD_ENV, REDIS_PASSWORD_REF
-    from test_features import write_feature_tables
 
     port, password = redis_with_password
     monkeypatch.setenv(REDIS_PASSWORD_ENV, "placeholder")
@@ -350,3 +351,36 @@ def test_local_dask_cluster_listens_on_loopback_only():
         found = listening_addresses(_descendants(os.getpid()))
     assert len(found) >= 3, found  # scheduler, dashboard, worker (+ nanny)
     assert {address for address, _ in found} <= LOOPBACK, found
+
+
+# ----------------------------------------------------------------------------- locked dependencies
+
+
+def test_the_lock_pins_every_dependency_with_hashes():
+    """requirements.lock (scripts/setup.sh installs from it with --require-hashes) holds every
+    dependency of pyproject.toml (core and dev) at a version its specifier admits, each with sha256."""
+    import tomllib
+
+    from packaging.requirements import Requirement
+    from packaging.utils import canonicalize_name
+
+    root = PACKAGE.parent
+    lock: dict[str, tuple[str, int]] = {}
+    current = None
+    for line in (root / "requirements.lock").read_text().splitlines():
+        if line and line[0].isalnum():
+            name, version = line.split(" ")[0].split("==")
+            current = canonicalize_name(name)
+            lock[current] = (version, 0)
+        elif "--hash=sha256:" in line and current:
+            lock[current] = (lock[current][0], lock[current][1] + 1)
+    project = tomllib.loads((root / "pyproject.toml").read_text())["project"]
+    wanted = [Requirement(r) for r in project["dependencies"] + project["optional-dependencies"]["dev"]]
+    missing = [str(r) for r in wanted if canonicalize_name(r.name) not in lock and r.name != "torch"]
+    assert not missing, f"not in requirements.lock (run scripts/lock.sh): {missing}"
+    outside = [f"{r} (locked {lock[canonicalize_name(r.name)][0]})" for r in wanted if canonicalize_name(r.name) in lock
+               and not r.specifier.contains(lock[canonicalize_name(r.name)][0], prereleases=True)]
+    assert not outside, outside
+    unhashed = [name for name, (_, hashes) in lock.items() if hashes == 0]
+    assert not unhashed and len(lock) > 50, unhashed
+    assert "--require-hashes -r requirements.lock" in (root / "scripts" / "setup.sh").read_text()
