@@ -384,3 +384,19 @@ def test_the_lock_pins_every_dependency_with_hashes():
     unhashed = [name for name, (_, hashes) in lock.items() if hashes == 0]
     assert not unhashed and len(lock) > 50, unhashed
     assert "--require-hashes -r requirements.lock" in (root / "scripts" / "setup.sh").read_text()
+
+
+# ----------------------------------------------------------------------------- child processes
+
+
+def test_data_fetch_drains_a_chatty_child():
+    """pip's output is read while it runs: a child writing 1 MiB to each pipe (16x a pipe buffer)
+    finishes, where polling without reading would leave it blocked for good."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from recstack.data.sources import run_drained
+
+    code = "import sys; sys.stdout.write('o' * 2**20); sys.stderr.write('e' * 2**20); sys.exit(3)"
+    with ThreadPoolExecutor(1) as pool:
+        returncode, out, err = pool.submit(run_drained, [sys.executable, "-c", code], "chatty", False).result(60)
+    assert (returncode, len(out), len(err)) == (3, 2**20, 2**20)
