@@ -397,6 +397,9 @@ def test_data_fetch_drains_a_chatty_child():
     from recstack.data.sources import run_drained
 
     code = "import sys; sys.stdout.write('o' * 2**20); sys.stderr.write('e' * 2**20); sys.exit(3)"
-    with ThreadPoolExecutor(1) as pool:
+    pool = ThreadPoolExecutor(1)
+    try:  # a blocked child fails the test after 60 s instead of hanging it
         returncode, out, err = pool.submit(run_drained, [sys.executable, "-c", code], "chatty", False).result(60)
+    finally:
+        pool.shutdown(wait=False)
     assert (returncode, len(out), len(err)) == (3, 2**20, 2**20)
