@@ -67,10 +67,10 @@ def served(e2e_paths, tmp_path_factory):
         server.stop()
 
 
-def _inputs(grpc, user_id: np.ndarray, user_type: str, top_n: np.ndarray) -> list:
+def _inputs(grpc, user_id: np.ndarray, user_type: str, top_n: np.ndarray, top_type: str = "INT32") -> list:
     user = grpc.InferInput("user_id", list(user_id.shape), user_type)
     user.set_data_from_numpy(user_id)
-    top = grpc.InferInput("top_n", list(top_n.shape), "INT32")
+    top = grpc.InferInput("top_n", list(top_n.shape), top_type)
     top.set_data_from_numpy(top_n)
     return [user, top]
 
@@ -94,7 +94,7 @@ def _bad_requests(grpc) -> dict[str, tuple[list, str]]:
                      r"batch-size must be <= 64 for 'recommend'"),
         "batch 100,000": (_inputs(grpc, np.ones((100_000, 1), np.int64), "INT64", np.full((100_000, 1), 10, np.int32)),
                           r"batch-size must be <= 64 for 'recommend'"),
-        "top_n float": (_inputs(grpc, one, "INT64", np.array([[10.0]], np.float32)),
+        "top_n float": (_inputs(grpc, one, "INT64", np.array([[10.0]], np.float32), "FP32"),
                         r"input 'top_n' data-type is 'FP32', but model 'recommend' expects 'INT32'"),
         "top_n shape": (_inputs(grpc, one, "INT64", np.array([[10, 10]], np.int32)),
                         r"unexpected shape for input 'top_n' for model 'recommend'"),
