@@ -54,7 +54,7 @@ if ! command -v chromium >/dev/null; then
   fi
 fi
 
-want=$(cat pyproject.toml scripts/setup.sh | sha256sum | cut -c1-16)
+want=$(cat pyproject.toml requirements.lock scripts/setup.sh | sha256sum | cut -c1-16)
 if [ -f "$STAMP" ] && [ "$(cat "$STAMP")" = "$want" ] && [ -x "$VENV/bin/recstack" ]; then
   exit 0
 fi
@@ -68,8 +68,11 @@ fi
 [ -x "$VENV/bin/python" ] || "$PYTHON" -m venv "$VENV"
 "$VENV/bin/python" -m pip install -q --upgrade pip
 "$VENV/bin/python" -m pip install -q "$TORCH_SPEC"
-"$VENV/bin/python" -m pip install -q -e ".[dev]"
-# nvidia-pytriton carries the tritonserver binary; it pins numpy<2, which recstack does not use.
-"$VENV/bin/python" -m pip install -q --no-deps "$PYTRITON_SPEC"
+# Every other package at the version the tests passed with, each file checked against its sha256
+# (scripts/lock.sh regenerates the lock). --no-deps: the lock is complete, and nvidia-pytriton
+# (it carries the tritonserver binary) pins numpy<2, which recstack does not use.
+"$VENV/bin/python" -m pip install -q --no-deps --require-hashes -r requirements.lock
+"$VENV/bin/python" -m pip install -q --no-deps -e .
+"$VENV/bin/python" -m pip install -q --no-deps "$PYTRITON_SPEC"  # in the lock; kept for a $PYTRITON_SPEC override
 "$VENV/bin/python" -c "import numpy, torch, feast, faiss, onnxruntime, tritonclient.grpc; from recstack.serving.tritonserver import find_triton; find_triton(); print('setup: ok: numpy', numpy.__version__, '| torch', torch.__version__, '| feast', feast.__version__, '| faiss', faiss.__version__)"
 echo "$want" > "$STAMP"

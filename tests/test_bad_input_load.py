@@ -2,8 +2,9 @@
 send each kind of bad request; each gets a clear error naming the problem, no good request
 fails or changes its answer, and the good load is as fast after the bad requests as before.
 
-Bad requests: a user id of the wrong type (FP32, BYTES) or shape, ``top_n`` outside 1..100,
-a batch above ``max_batch_size`` (64), and a deploy of a model version whose FAISS index does
+Bad requests: a user id of the wrong type (FP32, BYTES) or shape, or missing; ``top_n`` outside
+1..100, of the wrong type or shape; an input the model does not have; batches above
+``max_batch_size`` (65 and 100,000 rows), and a deploy of a model version whose FAISS index does
 not fit the user tower (half its dimension: a load-time error, ``QueryIndex`` refuses it;
 the server keeps serving the live version).
 
@@ -66,10 +67,10 @@ def served(e2e_paths, tmp_path_factory):
         server.stop()
 
 
-def _inputs(grpc, user_id: np.ndarray, user_type: str, top_n: np.ndarray) -> list:
+def _inputs(grpc, user_id: np.ndarray, user_type: str, top_n: np.ndarray, top_type: str = "INT32") -> list:
     user = grpc.InferInput("user_id", list(user_id.shape), user_type)
     user.set_data_from_numpy(user_id)
-    top = grpc.InferInput("top_n", list(top_n.shape), "INT32")
+    top = grpc.InferInput("top_n", list(top_n.shape), top_type)
     top.set_data_from_numpy(top_n)
     return [user, top]
 
@@ -91,7 +92,22 @@ def _bad_requests(grpc) -> dict[str, tuple[list, str]]:
         "batch 65": (_inputs(grpc, np.arange(1, 66, dtype=np.int64).reshape(-1, 1), "INT64",
                              np.full((65, 1), 10, np.int32)),
                      r"batch-size must be <= 64 for 'recommend'"),
+        "batch 100,000": (_inputs(grpc, np.ones((100_000, 1), np.int64), "INT64", np.full((100_000, 1), 10, np.int32)),
+                          r"batch-size must be <= 64 for 'recommend'"),
+        "top_n float": (_inputs(grpc, one, "INT64", np.array([[10.0]], np.float32), "FP32"),
+                        r"input 'top_n' data-type is 'FP32', but model 'recommend' expects 'INT32'"),
+        "top_n shape": (_inputs(grpc, one, "INT64", np.array([[10, 10]], np.int32)),
+                        r"unexpected shape for input 'top_n' for model 'recommend'"),
+        "user_id missing": (_inputs(grpc, one, "INT64", ten)[1:], r"missing required input\(s\) \['user_id'\]"),
+        "unknown input": (_inputs(grpc, one, "INT64", ten) + [_input(grpc, "colour", np.array([[1]], np.int64))],
+                          r"expected 2 inputs but got 3 inputs for model 'recommend'\. Got input\(s\) \['colour',"),
     }
+
+
+def _input(grpc, name: str, value: np.ndarray):
+    tensor = grpc.InferInput(name, list(value.shape), "INT64")
+    tensor.set_data_from_numpy(value)
+    return tensor
 
 
 async def _scenario(server, repo, users: list[int]) -> dict:

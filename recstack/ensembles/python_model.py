@@ -50,6 +50,7 @@ import traceback  # noqa: E402
 import numpy as np  # noqa: E402
 
 from recstack.ensembles import triton_io  # noqa: E402
+from recstack.ensembles.checksums import verify_manifest  # noqa: E402
 from recstack.ensembles.model_repo import (  # noqa: E402
     ARTIFACTS_KEY, ENVIRONMENT_KEY, PARAMS_KEY, STEP_CLASS_KEY, STEP_FILE, TRITON_TO_NP,
 )
@@ -133,6 +134,7 @@ class TritonPythonModel:
         self.model_name = config.get("name") or args.get("model_name", "?")
         params = config.get("parameters", {})
         version_dir = os.path.join(args["model_repository"], str(args["model_version"]))
+        verify_manifest(version_dir, self.model_name)  # before any artifact is read
         step_file = os.path.join(version_dir, STEP_FILE)
         if not os.path.isfile(step_file):
             raise InputError(f"model {self.model_name}: {step_file} is missing (export the model again)")

@@ -85,7 +85,7 @@ def evaluate_run(paths: RunPaths, k: int = 10, split: str = "test", *, candidate
     tt_dir, dlrm_dir = paths.models / "two_tower", paths.models / "dlrm"
     if (tt_dir / "config.json").exists():
         two_tower, _ = load_two_tower(tt_dir, dev)
-        item_emb = np.load(tt_dir / "item_embeddings.npy")
+        item_emb = np.load(tt_dir / "item_embeddings.npy", allow_pickle=False)
         if item_emb.shape[0] != n_items:
             raise InputError(f"{tt_dir / 'item_embeddings.npy'}: {item_emb.shape[0]} rows, the workflow has "
                              f"{n_items} item ids (retrain: recstack train)")

@@ -7,6 +7,7 @@ which is exactly the zero / empty value reported for unknown keys.
 
 from __future__ import annotations
 
+import os
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,6 +16,7 @@ from typing import Any
 import numpy as np
 
 from recstack.errors import InputError
+from recstack.features.repo import REDIS_PASSWORD_ENV, REDIS_PASSWORD_REF
 
 # FieldStatus.PRESENT in feast.protos.feast.serving.ServingService_pb2
 _PRESENT = 1
@@ -94,6 +96,9 @@ def open_store(repo_dir: Path | str) -> Any:
     repo_dir = Path(repo_dir)
     if not (repo_dir / "feature_store.yaml").is_file():
         raise InputError(f"{repo_dir}: not a Feast repository (run `recstack features build` first)")
+    if REDIS_PASSWORD_REF in (repo_dir / "feature_store.yaml").read_text() and not os.environ.get(REDIS_PASSWORD_ENV):
+        raise InputError(f"{repo_dir}/feature_store.yaml: the Redis password is read from "
+                         f"${REDIS_PASSWORD_ENV}, which is not set in this environment")
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         return FeatureStore(repo_path=str(repo_dir))

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import os
 import shutil
 import sys
 import time
@@ -123,11 +124,25 @@ def _with_client_options(connection_string: str) -> str:
     return ",".join(parts + [f"{k}={v}" for k, v in REDIS_CLIENT_OPTIONS.items() if k not in given])
 
 
+REDIS_PASSWORD_ENV = "RECSTACK_REDIS_PASSWORD"
+"""Where the Redis password lives: ``feature_store.yaml`` holds only ``${RECSTACK_REDIS_PASSWORD}``,
+which Feast expands from the environment each time it loads the file."""
+REDIS_PASSWORD_REF = "${" + REDIS_PASSWORD_ENV + "}"
+
+
 def redis_connection_string(redis_url: str) -> str:
-    """Feast's ``host:port,db=N,password=...`` string from a ``redis://`` URL (or pass it through),
-    with :data:`REDIS_CLIENT_OPTIONS`."""
+    """Feast's ``host:port,db=N,password=${RECSTACK_REDIS_PASSWORD}`` string from a ``redis://`` URL,
+    with :data:`REDIS_CLIENT_OPTIONS`.
+
+    A password, in the URL or in ``$RECSTACK_REDIS_PASSWORD``, becomes a reference to the
+    environment variable, never the secret itself (see :func:`export_redis_password`). A string
+    that is already in Feast's form passes through, unless it carries a password.
+    """
+    has_password = bool(os.environ.get(REDIS_PASSWORD_ENV))
     if "://" not in redis_url:
-        return _with_client_options(redis_url)
+        if "password=" in redis_url:
+            raise InputError(f"redis_url: put the password in ${REDIS_PASSWORD_ENV}, not in the connection string")
+        return _with_client_options(redis_url + (f",password={REDIS_PASSWORD_REF}" if has_password else ""))
     url = urlparse(redis_url)
     if url.scheme not in ("redis", "rediss"):
         raise InputError(f"redis_url: scheme {url.scheme!r} is not redis:// or rediss://")
@@ -135,11 +150,29 @@ def redis_connection_string(redis_url: str) -> str:
     db = url.path.lstrip("/")
     if db:
         parts.append(f"db={int(db)}")
-    if url.password:
-        parts.append(f"password={url.password}")
+    if url.password or has_password:
+        parts.append(f"password={REDIS_PASSWORD_REF}")
     if url.scheme == "rediss":
         parts.append("ssl=true")
     return _with_client_options(",".join(parts))
+
+
+def export_redis_password(redis_url: str | None) -> None:
+    """Move a password given in ``redis_url`` into ``$RECSTACK_REDIS_PASSWORD`` of this process.
+
+    This process (and what it starts) can then open the store it builds; other processes need
+    the variable set in their own environment. A URL password that disagrees with an already
+    set variable is an error rather than a silent choice.
+    """
+    if not redis_url or "://" not in redis_url:
+        return
+    password = urlparse(redis_url).password
+    if not password:
+        return
+    current = os.environ.get(REDIS_PASSWORD_ENV)
+    if current and current != password:
+        raise InputError(f"redis_url: its password differs from ${REDIS_PASSWORD_ENV}; give only one")
+    os.environ[REDIS_PASSWORD_ENV] = password
 
 
 def feature_store_yaml(online_store: str = "sqlite", redis_url: str | None = None) -> str:
@@ -279,6 +312,8 @@ def build_feature_repo(
     start = (ts_min or now) - timedelta(seconds=1)
     end = (ts_max or now) + timedelta(seconds=1)
 
+    if online_store == "redis":
+        export_redis_password(redis_url)
     with atomic_dir(repo_dir) as tmp:
         (tmp / DATA_DIR).mkdir()
         for spec in VIEWS:

@@ -171,7 +171,8 @@ def dask_client(scheduler: str | None = None, workers: int | None = None, gpu: b
     """A ``distributed.Client``: connected to ``scheduler`` (``tcp://host:port``), else on a
     LocalCluster of ``workers`` processes (LocalCUDACluster, one worker per GPU, when ``gpu``).
     ``memory_limit`` (e.g. ``"3GiB"``, per local worker; default: the machine's memory shared
-    out) is where a worker spills to disk and pauses, so larger-than-memory data streams."""
+    out) is where a worker spills to disk and pauses, so larger-than-memory data streams.
+    A local cluster listens on loopback only (scheduler, workers, dashboard)."""
     from distributed import Client, LocalCluster
 
     if scheduler:
@@ -187,9 +188,10 @@ def dask_client(scheduler: str | None = None, workers: int | None = None, gpu: b
             from dask_cuda import LocalCUDACluster
         except ImportError:
             raise InputError("--gpu with Dask needs dask-cuda (pip install -e \".[gpu]\")") from None
-        cluster = LocalCUDACluster()
+        cluster = LocalCUDACluster(host="127.0.0.1", dashboard_address="127.0.0.1:0")
     else:
         cluster = LocalCluster(n_workers=workers or 2, threads_per_worker=threads_per_worker,
-                               processes=True, dashboard_address=":0", memory_limit=memory_limit or "auto")
+                               processes=True, host="127.0.0.1", dashboard_address="127.0.0.1:0",
+                               memory_limit=memory_limit or "auto")
     with cluster, Client(cluster) as client:
         yield client

@@ -25,6 +25,8 @@ from recstack.workflows.values import coerce_float, reject_list
 
 #: A key that cannot be in any vocabulary (e.g. 1.5 for integer ids).
 UNMATCHABLE = object()
+INT64_MIN, INT64_MAX = -(2 ** 63), 2 ** 63 - 1
+"""Integer keys are int64: a raw integer outside this range matches no key (OOV), it is not an error."""
 KINDS = ("int", "float", "str")
 
 
@@ -52,10 +54,17 @@ def narrow_objects(values: np.ndarray) -> np.ndarray:
     if values.dtype == object and len(values):
         inferred = pd.api.types.infer_dtype(values, skipna=True)
         if inferred in ("integer", "boolean"):
-            return values.astype(np.int64)
+            try:
+                return values.astype(np.int64)
+            except OverflowError:  # an int beyond int64: left to coerce(), which makes it OOV
+                return values
         if inferred in ("floating", "mixed-integer-float"):
             return values.astype(np.float64)
     return values
+
+
+def _int_key(value: int) -> Any:
+    return value if INT64_MIN <= value <= INT64_MAX else UNMATCHABLE
 
 
 def infer_kind(values: np.ndarray) -> str:
@@ -90,18 +99,18 @@ def coerce(kind: str, value: Any, column: str) -> Any:
         return value if isinstance(value, str) else str(value)
     if kind == "int":
         if isinstance(value, (bool, np.bool_, int, np.integer)):
-            return int(value)
+            return _int_key(int(value))
         if isinstance(value, str):
             text = value.strip()
             try:
-                return int(text)
+                return _int_key(int(text))
             except ValueError:
                 try:
                     value = float(text)
                 except ValueError:
                     raise InputError(f"column {column!r}: expected an integer, got {value!r}") from None
         if isinstance(value, (float, np.floating)):
-            return int(value) if math.isfinite(value) and float(value).is_integer() else UNMATCHABLE
+            return _int_key(int(value)) if math.isfinite(value) and float(value).is_integer() else UNMATCHABLE
         raise InputError(f"column {column!r}: expected an integer, got {value!r}")
     return coerce_float(value, column)
 
@@ -114,7 +123,8 @@ def canonical(kind: str, values: np.ndarray, column: str) -> tuple[np.ndarray, n
     if kind == "int" and dk in "iub":
         return values.astype(np.int64, copy=False), unmatched
     if kind == "int" and dk == "f":
-        integral = np.isfinite(values) & (values == np.floor(values))
+        # 2**63 as a float is past int64 (the cast would wrap): such values are OOV too
+        integral = np.isfinite(values) & (values == np.floor(values)) & (np.abs(values) < 2.0 ** 63)
         return np.where(integral, values, 0).astype(np.int64), ~integral
     if kind == "float" and dk in "iubf":
         return values.astype(np.float64, copy=False), unmatched

@@ -94,6 +94,20 @@ def split_lists(codes: np.ndarray, offsets: np.ndarray) -> list[list[int]]:
     return [flat[a:b] for a, b in zip(bounds[:-1], bounds[1:])]
 
 
+def check_request_value(value: Any, column: str) -> None:
+    """Reject what no op can read in one request's column, before any op sees it: an object
+    (dict), and an integer outside int64 (at any depth of a list). InputError names the column."""
+    stack = [value]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, dict):
+            raise InputError(f"column {column!r}: expected a value or a list of values, got an object")
+        if isinstance(item, int) and not -(2 ** 63) <= item < 2 ** 63:
+            raise InputError(f"column {column!r}: integer {str(item)[:30]}... is outside the int64 range")
+        if isinstance(item, (list, tuple)):
+            stack.extend(item)
+
+
 def reject_list(value: Any, column: str) -> None:
     """Raise :class:`InputError` naming ``column`` when a scalar column got a list value."""
     if isinstance(value, LIST_TYPES):

@@ -26,7 +26,7 @@ from recstack.workflows.operator import Context, Operator
 from recstack.workflows.plan import Plan
 from recstack.workflows.schema import Schema
 from recstack.workflows.serialize import FORMAT, FORMAT_VERSION, dump, load_doc, undump
-from recstack.workflows.values import infer_column_schema
+from recstack.workflows.values import check_request_value, infer_column_schema
 
 __all__ = ["FORMAT", "FORMAT_VERSION", "Workflow", "detach", "positional"]
 
@@ -277,6 +277,10 @@ class Workflow:
                 raise InputError(f"request: unknown column(s) {unknown}; known: {self.input_columns}")
         if complete:
             self.check_request(row)
+        inputs = set(self.input_columns)
+        for column, value in row.items():
+            if column in inputs:
+                check_request_value(value, column)
         return self.plan.row(self.output_node, row, Context(raw=row), {})
 
     def check_request(self, row: dict[str, Any]) -> None:
