@@ -100,7 +100,7 @@ def _bad_requests(grpc) -> dict[str, tuple[list, str]]:
                         r"unexpected shape for input 'top_n' for model 'recommend'"),
         "user_id missing": (_inputs(grpc, one, "INT64", ten)[1:], r"missing required input\(s\) \['user_id'\]"),
         "unknown input": (_inputs(grpc, one, "INT64", ten) + [_input(grpc, "colour", np.array([[1]], np.int64))],
-                          r"expected 2 inputs but got 3 inputs for model 'recommend'\. Got input\(s\) \['colour',"),
+                          r"unexpected inference input 'colour' for model 'recommend'"),
     }
 
 

@@ -177,7 +177,8 @@ def test_bounded_load_against_the_real_server(e2e_paths, e2e_server, tmp_path, p
     report = bench.bench_serve(cfg)
     assert [lv.level for lv in report.levels] == [1, 4]
     # the steps of the exported ensemble (one fused model by default)
-    assert report.steps == ["recommend_steps"] and report.input_dims == {"user_id": [1], "top_n": [1]}
+    assert report.steps == ["recommend_steps"]
+    assert {name: report.input_dims[name] for name in ("user_id", "top_n")} == {"user_id": [1], "top_n": [1]}
     for lv in report.levels:
         assert lv.errors == 0, lv.first_error
         assert lv.requests > 0 and lv.throughput_rps > 0 and lv.client_cpu_ms > 0

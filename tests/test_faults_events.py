@@ -62,7 +62,8 @@ def test_two_processes_pushing_for_one_user_lose_no_event(e2e_paths, tmp_path):
              for tag, items in (("a", halves[0]), ("b", halves[1]))]
     deadline = time.monotonic() + 120
     while not all((tmp_path / f"ready-{tag}").exists() for tag in "ab"):  # both have opened the log and store
-        assert time.monotonic() < deadline and all(p.poll() is None for p in procs), "a producer did not start"
+        dead = [p.stderr.read() for p in procs if p.poll() is not None]
+        assert time.monotonic() < deadline and not dead, f"a producer did not start: {dead}"
         time.sleep(0.05)
     t0 = time.monotonic()
     start.touch()

@@ -171,10 +171,11 @@ def test_connection_string_never_carries_the_password(monkeypatch):
     from recstack.features.repo import REDIS_PASSWORD_ENV, redis_connection_string
 
     monkeypatch.delenv(REDIS_PASSWORD_ENV, raising=False)
-    assert redis_connection_string("redis://:hunter2@h:7/3") == "h:7,db=3,password=${RECSTACK_REDIS_PASSWORD}"
-    assert redis_connection_string("redis://h:7") == "h:7"
+    options = ",retry=null,socket_connect_timeout=1"  # REDIS_CLIENT_OPTIONS (fail fast when Redis is down)
+    assert redis_connection_string("redis://:hunter2@h:7/3") == "h:7,db=3,password=${RECSTACK_REDIS_PASSWORD}" + options
+    assert redis_connection_string("redis://h:7") == "h:7" + options
     monkeypatch.setenv(REDIS_PASSWORD_ENV, "hunter2")
-    assert redis_connection_string("h:7") == "h:7,password=${RECSTACK_REDIS_PASSWORD}"
+    assert redis_connection_string("h:7") == "h:7,password=${RECSTACK_REDIS_PASSWORD}" + options
     with pytest.raises(InputError, match=REDIS_PASSWORD_ENV):
         redis_connection_string("h:7,password=hunter2")
 
