@@ -177,6 +177,20 @@ class TimeSince(Operator):
         return ColumnSchema(column.name, "float64", column.tags | {Tags.CONTINUOUS})
 
 
+def _latest_per_key(keys: np.ndarray, times: np.ndarray) -> pd.Series:
+    """The largest of ``times`` [n] per distinct key of ``keys`` [n], indexed by key. Integer keys of
+    a compact range take ``np.maximum.at`` into a dense array (about 10x faster than a hash groupby)."""
+    if keys.dtype.kind in "iu" and len(keys):
+        lo, hi = int(keys.min()), int(keys.max())
+        if hi - lo <= 8 * len(keys) + 1024:
+            offset = keys - lo
+            latest = np.full(hi - lo + 1, -np.inf)
+            np.maximum.at(latest, offset, times)
+            present = np.flatnonzero(np.bincount(offset, minlength=hi - lo + 1))
+            return pd.Series(latest[present], index=present + lo)
+    return pd.Series(times).groupby(keys, sort=False).max()
+
+
 @register_op
 class DifferenceLag(Operator):
     """Time since the previous row of the same ``partition_col`` value (the user's previous
@@ -223,7 +237,7 @@ class DifferenceLag(Operator):
         for c in df.columns:
             ts = to_seconds(df[c], c)[ok]
             keep = ~unmatched & ~np.isnan(ts)
-            out[c] = pd.Series(ts[keep]).groupby(keys[keep], sort=False).max()
+            out[c] = _latest_per_key(keys, ts) if keep.all() else _latest_per_key(keys[keep], ts[keep])
         return out
 
     def merge_partials(self, partials: list[Any]) -> Any:
@@ -251,7 +265,8 @@ class DifferenceLag(Operator):
     def _lag(self, column: str, keys_raw: np.ndarray, ts: np.ndarray, rows: np.ndarray) -> np.ndarray:
         # Sized for tens of millions of rows: about five n-length arrays live at once; the fitted
         # last times are looked up only for the rows that need them (a key's first row here).
-        group = pd.factorize(pd.Series(keys_raw), use_na_sentinel=True)[0]
+        integer_keys = keys_raw.dtype.kind in "iu"  # no nulls: the ids order rows as factorized codes would
+        group = keys_raw if integer_keys else pd.factorize(pd.Series(keys_raw), use_na_sentinel=True)[0]
         order = group_time_order(group, ts, rows)
         g = group[order]
         del group
@@ -271,7 +286,8 @@ class DifferenceLag(Operator):
         fitted_last = np.where(pos >= 0, fitted_last, np.nan)
         t_at = t[at]
         lag[at] = np.where(fitted_last < t_at, t_at - fitted_last, np.nan)
-        lag[g < 0] = np.nan
+        if not integer_keys:
+            lag[g < 0] = np.nan  # a null key (factorize's -1)
         del g, t
         out = np.empty(len(lag))
         out[order] = lag
