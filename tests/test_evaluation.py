@@ -113,8 +113,10 @@ def test_popularity_matches_the_data_md_anchor(ml100k):
 
 def test_trained_models_beat_popularity(ml100k):
     """A short training run (3 epochs each, no ONNX) already beats popularity on NDCG@10."""
-    train_all(ml100k, device="cpu", epochs=3, progress=False, onnx=False, threads=1)
-    report = evaluate_run(ml100k, progress=False)
+    # no context ablation and no diversity sweep here (tests/test_context.py and test_diversity.py
+    # cover them): this test is about the fused ranker against popularity
+    train_all(ml100k, device="cpu", epochs=3, progress=False, onnx=False, threads=1, context_ablation=False)
+    report = evaluate_run(ml100k, progress=False, lambdas=())
     print(format_table(report))
     ndcg = {name: m["ndcg@10"] for name, m in report["models"].items()}
     assert ndcg["two_tower"] > ndcg["popularity"] + 0.02
@@ -132,7 +134,7 @@ def test_trained_models_beat_popularity(ml100k):
         for weights, same_as in (({"dlrm_weight": 0.0, "retrieval_weight": 1.0}, "two_tower"),
                                  ({"dlrm_weight": 1.0, "retrieval_weight": 0.0}, "dlrm_only")):
             path.write_text(json.dumps({**config, "fusion": weights}))
-            again = evaluate_run(ml100k, progress=False, write=False)["models"]
+            again = evaluate_run(ml100k, progress=False, write=False, lambdas=())["models"]
             assert again["two_tower+dlrm"]["ndcg@10"] == pytest.approx(ndcg[same_as], abs=1e-9)
     finally:
         path.write_text(json.dumps(config))
