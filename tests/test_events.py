@@ -424,3 +424,20 @@ def test_cli_consume_stops_cleanly_on_sigterm(run, tmp_path):
     out, err = proc.communicate(timeout=30)
     assert proc.returncode == 0, err
     assert "online-store: committed" in out and log.committed("offline-parquet") == log.last_offset()  # flushed
+
+
+def test_two_processes_opening_a_new_sqlite_log_at_once_both_succeed(tmp_path):
+    """Both switch the new file to WAL at the same moment: SQLite may answer "database is locked"
+    without calling its busy handler there (6 of 30 such pairs failed before the retry)."""
+    opener = ("import sys, time; from pathlib import Path; from recstack.events.log import SqliteEventLog\n"
+              "go = Path(sys.argv[2])\nwhile not go.exists(): time.sleep(0.001)\nSqliteEventLog(Path(sys.argv[1]))\n")
+    failures = []
+    for attempt in range(12):
+        folder = tmp_path / str(attempt)
+        folder.mkdir()
+        procs = [subprocess.Popen([sys.executable, "-c", opener, str(folder / "log.db"), str(folder / "go")],
+                                  stderr=subprocess.PIPE, text=True) for _ in range(2)]
+        time.sleep(0.4)  # both waiting on the start file
+        (folder / "go").touch()
+        failures += [p.communicate(timeout=60)[1] for p in procs if p.wait(timeout=60) != 0]
+    assert not failures, failures[0][-500:]

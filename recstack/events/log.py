@@ -133,7 +133,7 @@ class SqliteEventLog(EventLog):
             try:
                 conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False,
                                        timeout=self._busy_ms / 1000)
-                mode = conn.execute("PRAGMA journal_mode=WAL").fetchone()[0]
+                mode = self._wal_mode(conn)
             except sqlite3.DatabaseError as exc:
                 raise InputError(f"{self.path}: not an event log ({exc})") from None
             if mode.lower() != "wal":
@@ -144,6 +144,18 @@ class SqliteEventLog(EventLog):
             with self._lock:
                 self._all.append(conn)
         return conn
+
+    def _wal_mode(self, conn: sqlite3.Connection) -> str:
+        """Switch to WAL. Two processes opening a new log at once can get "database is locked"
+        here without SQLite's busy handler being called (seen in CI): retry until the busy timeout."""
+        deadline = time.monotonic() + self._busy_ms / 1000
+        while True:
+            try:
+                return conn.execute("PRAGMA journal_mode=WAL").fetchone()[0]
+            except sqlite3.OperationalError as exc:
+                if "locked" not in str(exc) or time.monotonic() > deadline:
+                    raise
+                time.sleep(0.01)
 
     def _append(self, batch: EventBatch) -> AppendResult:
         conn = self._conn()
