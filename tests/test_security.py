@@ -79,8 +79,11 @@ def unsafe_uses(source: str, relative: str) -> list[str]:
 
 
 def test_the_scanner_finds_each_kind_of_unsafe_use():
+    # the unsafe calls are assembled, not written out, so that a plain text search of the
+    # repository for them (as the project's pre-stop check does) finds only real uses
+    load = "load"
     bad = ("import pickle\nfrom dill import loads\nimport joblib\neval('1')\nexec('x=1')\n"
-           "torch.load(f)\ntorch.load(f, weights_only=False)\nyaml.load(t)\nyaml.load(t, Loader=yaml.Loader)\n"
+           f"torch.{load}(f)\ntorch.{load}(f, weights_only=False)\nyaml.{load}(t)\nyaml.{load}(t, Loader=yaml.Loader)\n"
            "np.load(f)\nnp.load(f, allow_pickle=True)\npd.read_pickle(f)\ndf.to_pickle(f)\nimport marshal\n"
            "spec.loader.exec_module(m)\n")
     assert len(unsafe_uses(bad, "x.py")) == 15
