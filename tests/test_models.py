@@ -385,7 +385,7 @@ def test_train_all_embedding_dim_and_sampled_rows(layout, tmp_path, monkeypatch)
     paths = RunPaths.for_dataset("tiny", home=tmp_path)
     monkeypatch.setattr(recipe, "load_training_data", lambda p: synthetic_data(layout))
     summary = recipe.train_all(paths, device="cpu", epochs=1, progress=False, embedding_dim=24, max_train_rows=50,
-                               valid_users=12, hard_negatives=0, time_budget_s=None)
+                               valid_users=12, hard_negatives=0, max_wall_s=None)
     assert summary["fit_rows"] == 50 and summary["valid_rows"] == 12 and summary["train_rows"] > 50
     assert np.load(paths.models / "two_tower" / "item_embeddings.npy").shape == (N_ITEMS, 24)
     tt = json.loads((paths.models / "two_tower" / "config.json").read_text())

@@ -16,6 +16,7 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -24,10 +25,14 @@ from tqdm.auto import tqdm
 
 from recstack.errors import InputError
 from recstack.models.data import Interactions, TrainingData, load_training_data
+from recstack.models.checkpoint import checkpoint_writer
 from recstack.models.device import resolve_device, seed_everything, to_tensors
+from recstack.models.distributed import Distributed, local_device
 from recstack.models.dlrm import DLRM, DLRMConfig
 from recstack.models.export import load_two_tower, save_dlrm
-from recstack.models.loop import EpochSelection, optimiser_step, warmup_cosine
+from recstack.models.loop import (
+    EpochSelection, NonFiniteLoss, StepOptions, Trainer, settings_summary, warmup_cosine,
+)
 from recstack.models.negatives import dlrm_examples, hard_negative_pool, positive_rows
 from recstack.models.predict import item_embeddings, user_embeddings
 from recstack.models.two_tower import TwoTower
@@ -42,8 +47,10 @@ def fit_dlrm(data: TrainingData, cfg: DLRMConfig | None = None, *, two_tower: Tw
              positive_min_rating: float | None = 4.0, patience: int = 2,
              candidates: int = 100, loss: str = "bce", retrieval_offset: bool = False,
              device: str | torch.device = "cpu", seed: int = 0,
-             time_budget_s: float | None = None, train_rows: Interactions | None = None, select: bool = True,
-             context: bool = True, progress: bool = True) -> tuple[DLRM, dict[str, Any]]:
+             max_wall_s: float | None = None, train_rows: Interactions | None = None, select: bool = True,
+             context: bool = True, progress: bool = True, checkpoint_dir: Path | None = None,
+             step_options: StepOptions = StepOptions(), ddp: Distributed = Distributed(),
+             ) -> tuple[DLRM, dict[str, Any]]:
     """Train a DLRM on positives vs sampled negatives; select the epoch on valid.
 
     ``loss="bce"``: binary cross-entropy per (user, item); ``loss="softmax"``: each positive
@@ -57,11 +64,15 @@ def fit_dlrm(data: TrainingData, cfg: DLRMConfig | None = None, *, two_tower: Tw
     ``context``: the DLRM reads the request context of each interaction (hour and weekday of its
     timestamp in UTC, and the device where the training data has one: :func:`context_columns`);
     False trains the ablation variant without it.
+
+    ``max_wall_s`` (a safety stop), ``checkpoint_dir``, ``step_options`` and ``ddp``: as in
+    :func:`recstack.models.two_tower_training.fit_two_tower` (a global batch holds ``batch_size``
+    examples; under torchrun each rank scores its share of the groups).
     """
     if loss not in ("bce", "softmax"):
         raise InputError(f"loss: expected bce or softmax, got {loss!r}")
     seed_everything(seed)
-    dev = resolve_device(device)
+    dev = local_device(resolve_device(device), ddp)
     cfg = cfg or DLRMConfig()
     rows = train_rows if train_rows is not None else data.train
     layout = data.layout.with_context(context_columns(data)) if context else data.layout
@@ -80,8 +91,10 @@ def fit_dlrm(data: TrainingData, cfg: DLRMConfig | None = None, *, two_tower: Tw
         raise InputError("retrieval_offset: needs a two-tower and loss='softmax'")
     loss_fn = torch.nn.BCEWithLogitsLoss()
     metric_name = "valid_ndcg@10_fused" if two_tower is not None else "valid_auc"
-    bar = tqdm(range(epochs), desc="dlrm", unit="epoch", disable=not progress)
-    selection = EpochSelection(model, select, patience, time_budget_s, bar, ("loss", metric_name))
+    bar = tqdm(range(epochs), desc="dlrm", unit="epoch", disable=not (progress and ddp.is_main))
+    trainer = Trainer(model, opt, sched, dev, step_options, ddp)
+    selection = EpochSelection(model, select, patience, max_wall_s, bar, ("loss", metric_name),
+                               checkpoint_writer(checkpoint_dir, "dlrm", opt, ddp.is_main))
     for epoch in bar:
         model.train()
         row_idx, items, labels = dlrm_examples(data, rows, rng, negatives, pos_rows, pop_share, hard_negatives, pool)
@@ -97,11 +110,15 @@ def fit_dlrm(data: TrainingData, cfg: DLRMConfig | None = None, *, two_tower: Tw
             perm = rng.permutation(len(row_idx))
             step = batch_size
         for s in range(0, len(perm), step):
-            b = perm[s:s + step]
+            if len(perm) - s < ddp.world:
+                break  # fewer rows than ranks: not a batch every rank can share
+            b_global = perm[s:s + step]
+            b = ddp.shard(b_global)
             if loss == "softmax":
                 r, it = groups_rows[b].reshape(-1), groups_items[b].reshape(-1)
                 batch = to_tensors(data.batch(rows.users[r], rows.history[r], it, rows.context[r]), dev)
-                logits = model(batch).view(len(b), 1 + negatives)
+                with trainer.autocast():
+                    logits = trainer.forward(batch).float().view(len(b), 1 + negatives)
                 if offset is not None:
                     logits = logits + torch.from_numpy(offset(r, it).reshape(len(b), 1 + negatives)).to(dev)
                 logits = logits.masked_fill(torch.from_numpy(dup[b]).to(dev), float("-inf"))
@@ -110,9 +127,17 @@ def fit_dlrm(data: TrainingData, cfg: DLRMConfig | None = None, *, two_tower: Tw
             else:
                 r = row_idx[b]
                 batch = to_tensors(data.batch(rows.users[r], rows.history[r], items[b], rows.context[r]), dev)
-                loss_value = loss_fn(model(batch), torch.from_numpy(labels[b]).to(dev))
-            total += optimiser_step(opt, sched, loss_value)
+                with trainer.autocast():
+                    scores = trainer.forward(batch).float()
+                loss_value = loss_fn(scores, torch.from_numpy(labels[b]).to(dev))
+            try:
+                total += trainer.step(loss_value * ddp.loss_weight(len(b), len(b_global)))
+            except NonFiniteLoss as exc:
+                selection.stop_non_finite(exc)
+                break
             n_batches += 1
+        if selection.non_finite:
+            break
         record: dict[str, Any] = {"epoch": epoch + 1, "loss": total / max(n_batches, 1)}
         score = None
         if select:
@@ -146,7 +171,7 @@ def _retrieval_offset(two_tower: TwoTower, data: TrainingData,
 def train_dlrm(paths: RunPaths, data: TrainingData | None = None, *, device: str = "auto",
                epochs: int | None = None, cfg: DLRMConfig | None = None, two_tower: TwoTower | None = None,
                refit: bool = False, seed: int = 0, progress: bool = True, onnx: bool = True,
-               time_budget_s: float | None = None, model_name: str = "dlrm", **fit_kwargs: Any) -> dict[str, Any]:
+               max_wall_s: float | None = None, model_name: str = "dlrm", **fit_kwargs: Any) -> dict[str, Any]:
     """Train the DLRM (selection on valid reranking when a two-tower is given or saved), save ``models/<model_name>/``
     (``dlrm``: the served ranker; ``dlrm_no_context`` with ``context=False``: the context ablation)."""
     start = time.perf_counter()
@@ -158,7 +183,7 @@ def train_dlrm(paths: RunPaths, data: TrainingData | None = None, *, device: str
     if refit and rows is not None:
         raise InputError("refit: retrains on all of train + valid, not on a sample of train_rows")
     model, hist = fit_dlrm(data, cfg, two_tower=two_tower, epochs=epochs or 10, device=device, seed=seed,
-                           progress=progress, time_budget_s=time_budget_s, train_rows=rows, **fit_kwargs)
+                           progress=progress, max_wall_s=max_wall_s, train_rows=rows, **fit_kwargs)
     best_record = next((h for h in hist["history"] if h["epoch"] == hist["best_epoch"]), {})
     valid_metrics = {k: v for k, v in best_record.items() if k.startswith("valid_")}
     fusion, trials = fusion_on_valid(model, two_tower, data, fit_kwargs.get("candidates", 100))
@@ -169,8 +194,10 @@ def train_dlrm(paths: RunPaths, data: TrainingData | None = None, *, device: str
         fusion["refit_after_selection"] = True
     training = {"device": str(resolve_device(device)), "seed": seed, "refit_on_train_valid": refit,
                 "fit_rows": len(rows) if rows is not None else len(data.train), "valid_rows": len(data.valid), **hist,
-                "fusion_search": trials, **{k: v for k, v in fit_kwargs.items()}}
-    out = save_dlrm(model, paths.models / model_name, {"valid": valid_metrics}, training, onnx=onnx, fusion=fusion)
+                "fusion_search": trials, **settings_summary(fit_kwargs)}
+    out = paths.models / model_name
+    if fit_kwargs.get("ddp", Distributed()).is_main:
+        save_dlrm(model, out, {"valid": valid_metrics}, training, onnx=onnx, fusion=fusion)
     return {"model": model_name, "dir": str(out), "valid": valid_metrics, "fusion": fusion,
-            "best_epoch": hist["best_epoch"], "epochs_run": hist["epochs_run"],
+            "best_epoch": hist["best_epoch"], "epochs_run": hist["epochs_run"], "stop_reason": hist["stop_reason"], "non_finite_loss": hist.get("non_finite_loss"),
             "wall_s": round(time.perf_counter() - start, 2), "_model": model}

@@ -138,27 +138,31 @@ class TwoTower(nn.Module):
 def in_batch_softmax_loss(user_emb: torch.Tensor, item_emb: torch.Tensor, item_ids: torch.Tensor,
                           temperature: float, log_q: torch.Tensor | None = None,
                           neg_emb: torch.Tensor | None = None, neg_ids: torch.Tensor | None = None,
-                          neg_log_q: torch.Tensor | None = None) -> torch.Tensor:
-    """Sampled softmax where row i's positive is item i and the other rows' items are negatives.
+                          neg_log_q: torch.Tensor | None = None, row_offset: int = 0) -> torch.Tensor:
+    """Sampled softmax where row i's positive is item ``row_offset + i`` and the other items are negatives.
 
     ``user_emb``/``item_emb`` [B, d]; ``item_ids`` [B] (encoded ids: a column holding the
     same item as row i's positive is masked, so a duplicate is never a negative);
     ``log_q`` [B]: log sampling probability of each in-batch item (logQ correction,
     subtracted from the logits); ``neg_*``: extra negatives [N, d] / [N] / [N] (e.g. drawn
-    uniformly from the catalogue) appended as columns. Returns the mean cross-entropy.
+    uniformly from the catalogue) appended as columns. ``row_offset``: under data parallel
+    training ``user_emb`` holds this rank's b rows and ``item_emb`` / ``item_ids`` / ``log_q`` the whole
+    global batch [B_global, ...] (:meth:`recstack.models.distributed.Distributed.gather`); row i's
+    positive is column ``row_offset + i``. Returns the mean cross-entropy over the rows.
     """
-    logits = user_emb @ item_emb.T / temperature  # [B, B]
+    logits = user_emb @ item_emb.T / temperature  # [b, B]
     if log_q is not None:
         logits = logits - log_q.unsqueeze(0)
-    same = item_ids.unsqueeze(0) == item_ids.unsqueeze(1)
-    eye = torch.eye(len(item_ids), dtype=torch.bool, device=item_ids.device)
-    logits = logits.masked_fill(same & ~eye, float("-inf"))
+    target = torch.arange(user_emb.shape[0], device=item_ids.device) + row_offset
+    own_ids = item_ids[target]
+    same = item_ids.unsqueeze(0) == own_ids.unsqueeze(1)
+    own = torch.arange(len(item_ids), device=item_ids.device).unsqueeze(0) == target.unsqueeze(1)
+    logits = logits.masked_fill(same & ~own, float("-inf"))
     if neg_emb is not None:
-        extra = user_emb @ neg_emb.T / temperature  # [B, N]
+        extra = user_emb @ neg_emb.T / temperature  # [b, N]
         if neg_log_q is not None:
             extra = extra - neg_log_q.unsqueeze(0)
         if neg_ids is not None:
-            extra = extra.masked_fill(neg_ids.unsqueeze(0) == item_ids.unsqueeze(1), float("-inf"))
+            extra = extra.masked_fill(neg_ids.unsqueeze(0) == own_ids.unsqueeze(1), float("-inf"))
         logits = torch.cat([logits, extra], dim=1)
-    target = torch.arange(len(item_ids), device=item_ids.device)
     return F.cross_entropy(logits, target)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 import time
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -20,9 +21,13 @@ from tqdm.auto import tqdm
 from recstack.errors import InputError
 from recstack.ids import FIRST_CODE
 from recstack.models.data import Interactions, TrainingData, load_training_data
+from recstack.models.checkpoint import checkpoint_writer
 from recstack.models.device import resolve_device, seed_everything, to_tensors
+from recstack.models.distributed import Distributed, local_device
 from recstack.models.export import save_two_tower
-from recstack.models.loop import EpochSelection, optimiser_step, warmup_cosine
+from recstack.models.loop import (
+    EpochSelection, NonFiniteLoss, StepOptions, Trainer, settings_summary, warmup_cosine,
+)
 from recstack.models.two_tower import TwoTower, TwoTowerConfig, in_batch_softmax_loss
 from recstack.models.validation import evaluate_two_tower, split_view
 from recstack.paths import RunPaths
@@ -30,16 +35,21 @@ from recstack.paths import RunPaths
 
 def fit_two_tower(data: TrainingData, cfg: TwoTowerConfig | None = None, *, epochs: int = 20,
                   batch_size: int = 512, lr: float = 2e-3, weight_decay: float = 0.0, patience: int = 3,
-                  device: str | torch.device = "cpu", seed: int = 0, time_budget_s: float | None = None,
+                  device: str | torch.device = "cpu", seed: int = 0, max_wall_s: float | None = None,
                   train_rows: Interactions | None = None, select: bool = True,
-                  progress: bool = True) -> tuple[TwoTower, dict[str, Any]]:
+                  progress: bool = True, checkpoint_dir: Path | None = None,
+                  step_options: StepOptions = StepOptions(),
+                  ddp: Distributed = Distributed()) -> tuple[TwoTower, dict[str, Any]]:
     """Train a two-tower model on ``train_rows`` (default: data.train); select the epoch on valid.
 
     Returns the model with the best validation NDCG@10 (``select=True``) or the last epoch's
-    weights, and a history dict (per-epoch loss / metrics, best epoch, seconds).
+    weights, and a history dict (per-epoch loss / metrics, best epoch, seconds, ``stop_reason``:
+    :data:`recstack.models.loop.STOP_REASONS`). ``max_wall_s`` is a safety stop only; a NaN / inf
+    loss stops training with the last good epoch's weights. Under torchrun (``ddp``) each rank
+    trains on its share of every global batch of ``batch_size`` rows.
     """
     seed_everything(seed)
-    dev = resolve_device(device)
+    dev = local_device(resolve_device(device), ddp)
     cfg = cfg or TwoTowerConfig()
     rows = train_rows if train_rows is not None else data.train
     model = TwoTower(data.layout, cfg).to(dev)
@@ -51,18 +61,25 @@ def fit_two_tower(data: TrainingData, cfg: TwoTowerConfig | None = None, *, epoc
     sched = torch.optim.lr_scheduler.LambdaLR(opt, warmup_cosine(epochs * steps_per_epoch))
     rng = np.random.default_rng(seed)
     view = split_view(data, "valid")
-    bar = tqdm(range(epochs), desc="two-tower", unit="epoch", disable=not progress)
-    selection = EpochSelection(model, select, patience, time_budget_s, bar, ("loss", "valid_ndcg@10"))
+    bar = tqdm(range(epochs), desc="two-tower", unit="epoch", disable=not (progress and ddp.is_main))
+    trainer = Trainer(model, opt, sched, dev, step_options, ddp)
+    selection = EpochSelection(model, select, patience, max_wall_s, bar, ("loss", "valid_ndcg@10"),
+                               checkpoint_writer(checkpoint_dir, "two_tower", opt, ddp.is_main))
     for epoch in bar:
         model.train()
         perm = rng.permutation(len(rows))
         total, n_batches = 0.0, 0
         for s in range(0, len(perm), batch_size):
+            if len(perm) - s < ddp.world:
+                break  # fewer rows than ranks: not a batch every rank can share
             idx = perm[s:s + batch_size]
-            items = rows.items[idx]
-            batch = to_tensors(data.batch(rows.users[idx], rows.history[idx], items), dev)
-            item_ids = batch["item_cat"][:, 0]
-            user_emb, item_emb = model(batch)
+            local = ddp.shard(idx)
+            batch = to_tensors(data.batch(rows.users[local], rows.history[local], rows.items[local]), dev)
+            with trainer.autocast():
+                user_emb, item_emb = trainer.forward(batch)
+            user_emb, item_emb = user_emb.float(), item_emb.float()
+            item_ids = ddp.gather(batch["item_cat"][:, 0], len(idx))
+            item_emb = ddp.gather(item_emb, len(idx))
             log_q = (log_p[item_ids] + math.log(len(idx))) if cfg.logq_correction else None
             neg_emb = neg_ids = neg_log_q = None
             if cfg.uniform_negatives > 0:
@@ -73,9 +90,15 @@ def fit_two_tower(data: TrainingData, cfg: TwoTowerConfig | None = None, *, epoc
                 if cfg.logq_correction:
                     neg_log_q = torch.full((len(neg),), math.log(cfg.uniform_negatives / n_cat), device=dev)
             loss = in_batch_softmax_loss(user_emb, item_emb, item_ids, cfg.temperature, log_q,
-                                         neg_emb, neg_ids, neg_log_q)
-            total += optimiser_step(opt, sched, loss)
+                                         neg_emb, neg_ids, neg_log_q, row_offset=ddp.bounds(len(idx))[0])
+            try:
+                total += trainer.step(loss * ddp.loss_weight(len(local), len(idx)))
+            except NonFiniteLoss as exc:
+                selection.stop_non_finite(exc)
+                break
             n_batches += 1
+        if selection.non_finite:
+            break
         record: dict[str, Any] = {"epoch": epoch + 1, "loss": total / max(n_batches, 1)}
         score = None
         if select:
@@ -91,8 +114,11 @@ def fit_two_tower(data: TrainingData, cfg: TwoTowerConfig | None = None, *, epoc
 def train_two_tower(paths: RunPaths, data: TrainingData | None = None, *, device: str = "auto",
                     epochs: int | None = None, cfg: TwoTowerConfig | None = None, refit: bool = False,
                     seed: int = 0, progress: bool = True, onnx: bool = True,
-                    time_budget_s: float | None = None, **fit_kwargs: Any) -> dict[str, Any]:
-    """Train, select on valid, (optionally refit on train + valid), save ``models/two_tower/``; return a summary."""
+                    max_wall_s: float | None = None, **fit_kwargs: Any) -> dict[str, Any]:
+    """Train, select on valid, (optionally refit on train + valid), save ``models/two_tower/``; return a summary.
+
+    ``fit_kwargs`` go to :func:`fit_two_tower` (``checkpoint_dir``, ``step_options``, ``ddp`` among them);
+    under torchrun only rank 0 saves the model folder."""
     start = time.perf_counter()
     data = data or load_training_data(paths)
     cfg = cfg or TwoTowerConfig()
@@ -100,7 +126,7 @@ def train_two_tower(paths: RunPaths, data: TrainingData | None = None, *, device
     if refit and rows is not None:
         raise InputError("refit: retrains on all of train + valid, not on a sample of train_rows")
     model, hist = fit_two_tower(data, cfg, epochs=epochs or 20, device=device, seed=seed, progress=progress,
-                                time_budget_s=time_budget_s, train_rows=rows, **fit_kwargs)
+                                max_wall_s=max_wall_s, train_rows=rows, **fit_kwargs)
     valid_metrics = evaluate_two_tower(model, data, split_view(data, "valid"))
     if refit:
         both = Interactions.concat([data.train, data.valid])
@@ -108,9 +134,10 @@ def train_two_tower(paths: RunPaths, data: TrainingData | None = None, *, device
                                  train_rows=both, select=False, **fit_kwargs)
     training = {"device": str(resolve_device(device)), "seed": seed, "refit_on_train_valid": refit,
                 "rows": len(data.train), "fit_rows": len(rows) if rows is not None else len(data.train),
-                "valid_rows": len(data.valid), **hist, **{k: v for k, v in fit_kwargs.items()}}
-    out = save_two_tower(model, paths.models / "two_tower", data.item_features,
-                         {"valid": valid_metrics}, training, onnx=onnx)
+                "valid_rows": len(data.valid), **hist, **settings_summary(fit_kwargs)}
+    out = paths.models / "two_tower"
+    if fit_kwargs.get("ddp", Distributed()).is_main:
+        save_two_tower(model, out, data.item_features, {"valid": valid_metrics}, training, onnx=onnx)
     return {"model": "two_tower", "dir": str(out), "valid": valid_metrics, "best_epoch": hist["best_epoch"],
-            "epochs_run": hist["epochs_run"], "wall_s": round(time.perf_counter() - start, 2),
-            "_model": model}
+            "epochs_run": hist["epochs_run"], "stop_reason": hist["stop_reason"], "non_finite_loss": hist.get("non_finite_loss"),
+            "wall_s": round(time.perf_counter() - start, 2), "_model": model}
