@@ -13,6 +13,7 @@ decisions); only rank 0 writes files.
 from __future__ import annotations
 
 import os
+import warnings
 from dataclasses import dataclass
 
 import numpy as np
@@ -58,9 +59,16 @@ class Distributed:
         sizes = [e - s for s, e in (Distributed(r, self.world).bounds(global_rows) for r in range(self.world))]
         pad = max(sizes) - x.shape[0]
         padded = torch.cat([x, x.new_zeros((pad,) + tuple(x.shape[1:]))]) if pad else x
-        from torch.distributed.nn.functional import all_gather
+        if x.requires_grad:
+            from torch.distributed.nn.functional import (
+                all_gather,  # sums the gradients back to each rank
+            )
 
-        parts = all_gather(padded) if x.requires_grad else _gather_no_grad(padded, self.world)
+            with warnings.catch_warnings():  # deprecated in favour of a private API; still the public one
+                warnings.simplefilter("ignore", FutureWarning)
+                parts = all_gather(padded)
+        else:
+            parts = _gather_no_grad(padded, self.world)
         return torch.cat([p[:n] for p, n in zip(parts, sizes)])
 
     def mean(self, value: float) -> float:
@@ -79,6 +87,10 @@ class Distributed:
             return model
         ids = [device.index] if device.type == "cuda" and device.index is not None else None
         return torch.nn.parallel.DistributedDataParallel(model, device_ids=ids)
+
+
+SINGLE_PROCESS = Distributed()
+"""Plain training in one process (the default of the training functions)."""
 
 
 def _gather_no_grad(x: torch.Tensor, world: int) -> list[torch.Tensor]:

@@ -24,14 +24,14 @@ import torch
 from tqdm.auto import tqdm
 
 from recstack.errors import InputError
-from recstack.models.data import Interactions, TrainingData, load_training_data
 from recstack.models.checkpoint import checkpoint_writer
+from recstack.models.data import Interactions, TrainingData, load_training_data
 from recstack.models.device import resolve_device, seed_everything, to_tensors
-from recstack.models.distributed import Distributed, local_device
+from recstack.models.distributed import SINGLE_PROCESS, Distributed, local_device
 from recstack.models.dlrm import DLRM, DLRMConfig
 from recstack.models.export import load_two_tower, save_dlrm
 from recstack.models.loop import (
-    EpochSelection, NonFiniteLoss, StepOptions, Trainer, settings_summary, warmup_cosine,
+    PLAIN_STEP, EpochSelection, NonFiniteLoss, StepOptions, Trainer, settings_summary, warmup_cosine,
 )
 from recstack.models.negatives import dlrm_examples, hard_negative_pool, positive_rows
 from recstack.models.predict import item_embeddings, user_embeddings
@@ -49,7 +49,7 @@ def fit_dlrm(data: TrainingData, cfg: DLRMConfig | None = None, *, two_tower: Tw
              device: str | torch.device = "cpu", seed: int = 0,
              max_wall_s: float | None = None, train_rows: Interactions | None = None, select: bool = True,
              context: bool = True, progress: bool = True, checkpoint_dir: Path | None = None,
-             step_options: StepOptions = StepOptions(), ddp: Distributed = Distributed(),
+             step_options: StepOptions = PLAIN_STEP, ddp: Distributed = SINGLE_PROCESS,
              ) -> tuple[DLRM, dict[str, Any]]:
     """Train a DLRM on positives vs sampled negatives; select the epoch on valid.
 
@@ -196,7 +196,7 @@ def train_dlrm(paths: RunPaths, data: TrainingData | None = None, *, device: str
                 "fit_rows": len(rows) if rows is not None else len(data.train), "valid_rows": len(data.valid), **hist,
                 "fusion_search": trials, **settings_summary(fit_kwargs)}
     out = paths.models / model_name
-    if fit_kwargs.get("ddp", Distributed()).is_main:
+    if fit_kwargs.get("ddp", SINGLE_PROCESS).is_main:
         save_dlrm(model, out, {"valid": valid_metrics}, training, onnx=onnx, fusion=fusion)
     return {"model": model_name, "dir": str(out), "valid": valid_metrics, "fusion": fusion,
             "best_epoch": hist["best_epoch"], "epochs_run": hist["epochs_run"], "stop_reason": hist["stop_reason"], "non_finite_loss": hist.get("non_finite_loss"),

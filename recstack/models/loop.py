@@ -13,7 +13,7 @@ from typing import Any
 
 import torch
 
-from recstack.models.distributed import Distributed
+from recstack.models.distributed import SINGLE_PROCESS, Distributed
 
 AUTO_ON_CUDA = {"bf16": False, "compile": False}
 """What ``precision: auto`` / ``compile: auto`` turn on on CUDA (always off on CPU). bf16 autocast
@@ -39,6 +39,10 @@ def resolve_step_options(precision: str, compile_: Any, device: torch.device) ->
     return StepOptions(bool(bf16), bool(comp))
 
 
+PLAIN_STEP = StepOptions()
+"""fp32, eager: the default of the training functions."""
+
+
 class NonFiniteLoss(RuntimeError):
     """A training step's loss was NaN or infinite (every rank raises it at the same step)."""
 
@@ -52,7 +56,7 @@ class Trainer:
     compiled when asked); parameters and state dicts stay those of ``model``."""
 
     def __init__(self, model: torch.nn.Module, opt: torch.optim.Optimizer, sched: Any, device: torch.device,
-                 options: StepOptions = StepOptions(), ddp: Distributed = Distributed()):
+                 options: StepOptions = PLAIN_STEP, ddp: Distributed = SINGLE_PROCESS):
         self.model, self.opt, self.sched, self.device, self.options, self.ddp = model, opt, sched, device, options, ddp
         wrapped = ddp.wrap(model, device)
         self.forward: Any = torch.compile(wrapped) if options.compile else wrapped

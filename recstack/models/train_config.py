@@ -165,15 +165,12 @@ def load_train_config(path: str | Path) -> TrainConfig:
     path = Path(path)
     if not path.is_file():
         raise InputError(f"--config {path}: no such file")
+    import yaml
+
     text = path.read_text()
     try:
-        if path.suffix.lower() == ".json":
-            raw = json.loads(text)
-        else:
-            import yaml
-
-            raw = yaml.safe_load(text)
-    except Exception as exc:  # yaml.YAMLError / json.JSONDecodeError: one line naming the file
+        raw = json.loads(text) if path.suffix.lower() == ".json" else yaml.safe_load(text)
+    except (yaml.YAMLError, ValueError) as exc:  # json.JSONDecodeError is a ValueError
         reason = " ".join(str(exc).split())
         raise InputError(f"--config {path}: not valid {'JSON' if path.suffix.lower() == '.json' else 'YAML'} "
                          f"({reason[:200]})") from None

@@ -20,13 +20,13 @@ from tqdm.auto import tqdm
 
 from recstack.errors import InputError
 from recstack.ids import FIRST_CODE
-from recstack.models.data import Interactions, TrainingData, load_training_data
 from recstack.models.checkpoint import checkpoint_writer
+from recstack.models.data import Interactions, TrainingData, load_training_data
 from recstack.models.device import resolve_device, seed_everything, to_tensors
-from recstack.models.distributed import Distributed, local_device
+from recstack.models.distributed import SINGLE_PROCESS, Distributed, local_device
 from recstack.models.export import save_two_tower
 from recstack.models.loop import (
-    EpochSelection, NonFiniteLoss, StepOptions, Trainer, settings_summary, warmup_cosine,
+    PLAIN_STEP, EpochSelection, NonFiniteLoss, StepOptions, Trainer, settings_summary, warmup_cosine,
 )
 from recstack.models.two_tower import TwoTower, TwoTowerConfig, in_batch_softmax_loss
 from recstack.models.validation import evaluate_two_tower, split_view
@@ -38,8 +38,8 @@ def fit_two_tower(data: TrainingData, cfg: TwoTowerConfig | None = None, *, epoc
                   device: str | torch.device = "cpu", seed: int = 0, max_wall_s: float | None = None,
                   train_rows: Interactions | None = None, select: bool = True,
                   progress: bool = True, checkpoint_dir: Path | None = None,
-                  step_options: StepOptions = StepOptions(),
-                  ddp: Distributed = Distributed()) -> tuple[TwoTower, dict[str, Any]]:
+                  step_options: StepOptions = PLAIN_STEP,
+                  ddp: Distributed = SINGLE_PROCESS) -> tuple[TwoTower, dict[str, Any]]:
     """Train a two-tower model on ``train_rows`` (default: data.train); select the epoch on valid.
 
     Returns the model with the best validation NDCG@10 (``select=True``) or the last epoch's
@@ -136,7 +136,7 @@ def train_two_tower(paths: RunPaths, data: TrainingData | None = None, *, device
                 "rows": len(data.train), "fit_rows": len(rows) if rows is not None else len(data.train),
                 "valid_rows": len(data.valid), **hist, **settings_summary(fit_kwargs)}
     out = paths.models / "two_tower"
-    if fit_kwargs.get("ddp", Distributed()).is_main:
+    if fit_kwargs.get("ddp", SINGLE_PROCESS).is_main:
         save_two_tower(model, out, data.item_features, {"valid": valid_metrics}, training, onnx=onnx)
     return {"model": "two_tower", "dir": str(out), "valid": valid_metrics, "best_epoch": hist["best_epoch"],
             "epochs_run": hist["epochs_run"], "stop_reason": hist["stop_reason"], "non_finite_loss": hist.get("non_finite_loss"),
