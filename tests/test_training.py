@@ -219,3 +219,64 @@ def test_ddp_two_cpu_processes_match_one(tmp_path):
     for model in ("two_tower", "dlrm"):
         diff = np.concatenate([np.abs(np.array(a[model][k]) - np.array(b[model][k])) for k in a[model]])
         assert diff.max() < 1e-2 and np.mean(diff < 1e-4) > 0.99, (model, diff.max())
+
+
+def test_gpu_switches_resolve_and_bf16_autocast_trains(data):
+    """precision / compile: auto is off on CPU; bf16 autocast, when asked for, really runs the forward in
+    bf16 (other losses than fp32) and trains to a finite loss."""
+    from recstack.models.loop import AUTO_ON_CUDA, StepOptions, resolve_step_options
+
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")
+    assert resolve_step_options("auto", "auto", cpu) == StepOptions(False, False)
+    assert resolve_step_options("auto", "auto", cuda) == StepOptions(AUTO_ON_CUDA["bf16"], AUTO_ON_CUDA["compile"])
+    assert resolve_step_options("bf16", True, cpu) == StepOptions(True, True)
+    assert resolve_step_options("fp32", False, cuda) == StepOptions(False, False)
+    _, fp32 = fit_two_tower(data, TT_CFG, epochs=1, batch_size=64, select=False, progress=False)
+    _, bf16 = fit_two_tower(data, TT_CFG, epochs=1, batch_size=64, select=False, progress=False,
+                            step_options=StepOptions(bf16=True))
+    loss32, loss16 = fp32["history"][0]["loss"], bf16["history"][0]["loss"]
+    assert np.isfinite(loss16) and loss16 != loss32 and abs(loss16 - loss32) < 0.1 * loss32
+
+
+def test_seed_table_statistics():
+    """benchmarks/seeds.py: mean and sample standard deviation per row and metric, rows every seed has."""
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    import seeds
+
+    def run(seed, hr, nd, wall):
+        return {"seed": seed, "evaluation": {"two_tower": {"hr@10": hr, "ndcg@10": nd}, "extra": {"hr@10": 1.0}},
+                "train": {"wall_s": wall, "device": "cpu",
+                          **{m: {"wall_s": wall / 2, "epochs_run": 2, "stop_reason": "max_epochs"}
+                             for m in ("two_tower", "dlrm")}}}
+    runs = [run(0, 0.30, 0.16, 10.0), run(1, 0.32, 0.18, 14.0), run(2, 0.34, 0.17, 12.0)]
+    del runs[2]["evaluation"]["extra"]
+    summary = seeds.summarise(runs)
+    assert list(summary["rows"]) == ["two_tower"]
+    hr = summary["rows"]["two_tower"]["hr@10"]
+    assert hr["mean"] == pytest.approx(0.32) and hr["std"] == pytest.approx(0.02) and hr["values"] == [0.30, 0.32, 0.34]
+    assert summary["rows"]["two_tower"]["ndcg@10"]["std"] == pytest.approx(0.01)
+    assert summary["times"]["train_wall_s"]["mean"] == pytest.approx(12.0)
+    text = seeds.markdown("tiny", [0, 1, 2], summary, runs)
+    assert "| two_tower | 0.3200 ± 0.0200 | 0.1700 ± 0.0100 | 0.3000 / 0.3200 / 0.3400 |" in text
+
+
+def test_train_cli_reports_the_safety_stop(data, tmp_path, monkeypatch, capsys):
+    """`recstack train --config FILE --max-wall-s S`: a model stopped by the wall-clock limit is named in a
+    warning and in train.json; the other keeps its epochs."""
+    from recstack.cli import main
+    from recstack.models import recipe
+
+    monkeypatch.setattr(recipe, "load_training_data", lambda p: data)
+    monkeypatch.setenv("RECSTACK_HOME", str(tmp_path))
+    (tmp_path / "runs" / "tiny" / "data").mkdir(parents=True)
+    cfg = tmp_path / "tiny.yaml"
+    cfg.write_text("device: cpu\nonnx: false\ncontext_ablation: false\nthreads: 1\ncheckpoints: false\n"
+                   "two_tower: {epochs: 3, patience: 5, model: {embedding_dim: 8, output_dim: 8, hidden: [16]}}\n"
+                   "dlrm: {epochs: 1, hard_negatives: 0, model: {embedding_dim: 8}}\n")
+    assert main(["train", "--dataset", "tiny", "--config", str(cfg), "--max-wall-s", "1e-9", "--no-progress"]) == 0
+    out = capsys.readouterr().out
+    assert "WARNING: two_tower hit the wall-clock safety stop" in out and "WARNING: dlrm hit" in out
+    assert "best epoch 1/1 (wall_clock_limit)" in out
+    summary = json.loads((tmp_path / "runs" / "tiny" / "train.json").read_text())
+    assert summary["safety_stops"] == ["two_tower", "dlrm"] and summary["config"]["max_wall_s"] == 1e-9
+    assert not (tmp_path / "runs" / "tiny" / "checkpoints").exists()

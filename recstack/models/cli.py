@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 
 from recstack.cliutil import add_dataset_argument, add_progress_argument
 from recstack.errors import InputError
@@ -70,6 +71,8 @@ def _train(args: argparse.Namespace) -> int:
                         threads=args.threads, progress=args.progress, embedding_dim=args.embedding_dim,
                         max_train_rows=args.max_train_rows, valid_users=args.valid_users,
                         hard_negatives=args.hard_negatives, context_ablation=args.context_ablation, **extra)
+    if summary.get("world_size", 1) > 1 and os.environ.get("RANK", "0") != "0":
+        return 0  # under torchrun rank 0 reports
     if args.json:
         print(json.dumps(summary, indent=2))
         return 0

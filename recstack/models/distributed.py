@@ -99,13 +99,16 @@ def _gather_no_grad(x: torch.Tensor, world: int) -> list[torch.Tensor]:
     return parts
 
 
-def distributed_from_env() -> Distributed:
-    """Join the process group when launched by torchrun (``WORLD_SIZE`` > 1); else one process."""
+def distributed_from_env(device: torch.device | None = None) -> Distributed:
+    """Join the process group when launched by torchrun (``WORLD_SIZE`` > 1); else one process.
+
+    Backend: NCCL when training on CUDA (``device``, default: CUDA when available), else gloo."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world <= 1:
         return Distributed()
     if not dist.is_initialized():
-        backend = "nccl" if torch.cuda.is_available() and os.environ.get("RECSTACK_DIST_BACKEND") != "gloo" else "gloo"
+        cuda = device.type == "cuda" if device is not None else torch.cuda.is_available()
+        backend = "nccl" if cuda else "gloo"
         if backend == "nccl":
             torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
         dist.init_process_group(backend)

@@ -129,8 +129,9 @@ def train_all(paths: RunPaths, device: str | None = None, epochs: int | None = N
         raise InputError("--refit retrains on all of train + valid: it does not combine with --max-train-rows")
     cfg = _overridden(base, device, epochs, seed, refit, threads, onnx, embedding_dim, max_train_rows,
                       valid_users, hard_negatives, context_ablation, max_wall_s)
-    ddp = distributed_from_env()
-    dev = local_device(resolve_device(cfg.device), ddp)
+    requested = resolve_device(cfg.device)
+    ddp = distributed_from_env(requested)
+    dev = local_device(requested, ddp)
     options = resolve_step_options(cfg.precision, cfg.compile, dev)
     checkpoints = paths.root / "checkpoints" if cfg.checkpoints else None
     start = time.perf_counter()
