@@ -135,14 +135,22 @@ def main(argv: list[str] | None = None) -> int:
                      "evaluation": evaluation, "evaluate_s": round(time.perf_counter() - start, 2)})
         print(f"[seed {seed}] trained in {train['wall_s']:.1f} s: " + ", ".join(
             f"{n} HR@10 {m.get('hr@10', float('nan')):.4f}" for n, m in evaluation.items()), flush=True)
-    summary = summarise(runs)
-    text = markdown(args.dataset, seeds, summary, runs)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "seeds.json").write_text(json.dumps({"dataset": args.dataset, "seeds": seeds, "config": cfg.to_dict(),
-                                                "summary": summary, "runs": runs}, indent=2, default=str))
-    (out / "seeds.md").write_text(text + "\n")
+        text = write_tables(out, args.dataset, [r["seed"] for r in runs], cfg.to_dict(), runs)  # after every seed:
+        # a run stopped by a time limit still leaves the seeds it finished
     print("\n" + text + f"\n\nwrote {out / 'seeds.md'} and seeds.json")
     return 0
+
+
+def write_tables(out: Path, dataset: str, seeds: list[int], config: dict[str, Any],
+                 runs: list[dict[str, Any]]) -> str:
+    """Write ``seeds.json`` and ``seeds.md`` for the seeds done so far; returns the markdown."""
+    summary = summarise(runs)
+    text = markdown(dataset, seeds, summary, runs)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "seeds.json").write_text(json.dumps({"dataset": dataset, "seeds": seeds, "config": config,
+                                                "summary": summary, "runs": runs}, indent=2, default=str))
+    (out / "seeds.md").write_text(text + "\n")
+    return text
 
 
 if __name__ == "__main__":

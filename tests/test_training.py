@@ -280,3 +280,20 @@ def test_train_cli_reports_the_safety_stop(data, tmp_path, monkeypatch, capsys):
     summary = json.loads((tmp_path / "runs" / "tiny" / "train.json").read_text())
     assert summary["safety_stops"] == ["two_tower", "dlrm"] and summary["config"]["max_wall_s"] == 1e-9
     assert not (tmp_path / "runs" / "tiny" / "checkpoints").exists()
+
+
+def test_in_batch_loss_of_shards_averages_to_the_global_batch():
+    """Data parallel two-tower: each rank's users against the gathered global batch (``row_offset``), the
+    shard losses weighted by their rows give the global batch's loss."""
+    from recstack.models.two_tower import in_batch_softmax_loss
+
+    g = torch.Generator().manual_seed(0)
+    u = torch.nn.functional.normalize(torch.randn(7, 8, generator=g), dim=1)
+    v = torch.nn.functional.normalize(torch.randn(7, 8, generator=g), dim=1)
+    ids = torch.tensor([3, 4, 3, 5, 6, 7, 4])
+    neg, neg_ids = torch.nn.functional.normalize(torch.randn(5, 8, generator=g), dim=1), torch.tensor([3, 8, 9, 5, 2])
+    log_q = torch.rand(7, generator=g)
+    full = in_batch_softmax_loss(u, v, ids, 0.1, log_q, neg, neg_ids)
+    parts = [in_batch_softmax_loss(u[s:e], v, ids, 0.1, log_q, neg, neg_ids, row_offset=s) * (e - s)
+             for s, e in ((0, 4), (4, 7))]
+    assert torch.allclose(sum(parts) / 7, full, atol=1e-6)

@@ -98,15 +98,6 @@ def settings_summary(kwargs: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def optimiser_step(opt: torch.optim.Optimizer, sched: Any, loss: torch.Tensor) -> float:
-    """One backward + optimiser + LR-schedule step; returns the loss value."""
-    opt.zero_grad(set_to_none=True)
-    loss.backward()
-    opt.step()
-    sched.step()
-    return float(loss.detach())
-
-
 def warmup_cosine(total_steps: int, warmup: int = 50) -> Callable[[int], float]:
     """LR multiplier per step: linear warm-up over ``warmup`` steps, then cosine decay to 0.1."""
     def fn(step: int) -> float:
