@@ -149,30 +149,33 @@ class Setting:
         return "+".join(parts)
 
 
+def _round_robin(per_model: list[list[Setting]]) -> list[Setting]:
+    """One setting of each model in turn, so a budget cut leaves rows of every model."""
+    out: list[Setting] = []
+    for i in range(max((len(p) for p in per_model), default=0)):
+        out += [p[i] for p in per_model if i < len(p)]
+    return out
+
+
 def sweep(device: str, models: list[str], quick: bool) -> list[Setting]:
     """The settings to try, cheapest and most telling first, compile last."""
-    out: list[Setting] = []
     if device == "cpu":
         batches = {"two_tower": (512, 2048), "dlrm": (1024, 4096)}
-        for m in models:
-            b0, b1 = batches.get(m, (512, 2048))
-            out += [Setting(m, b0), Setting(m, b0, "fused"), Setting(m, b0, "sparse")]
-            if not quick:
-                out += [Setting(m, b1, "fused"), Setting(m, b1, "sparse")]
-        if not quick:
-            out += [Setting(m, batches.get(m, (512,))[0], "fused", compile=True) for m in models]
-        return out
+        sizes = {m: batches.get(m, (512, 2048)) for m in models}
+        eager = [[Setting(m, b0), Setting(m, b0, "fused"), Setting(m, b0, "sparse")]
+                 + ([] if quick else [Setting(m, b1, "fused"), Setting(m, b1, "sparse")])
+                 for m, (b0, b1) in sizes.items()]
+        return _round_robin(eager) + ([] if quick else [Setting(m, b0, "fused", compile=True)
+                                                        for m, (b0, _) in sizes.items()])
     batches = {"two_tower": (8192, 16384), "dlrm": (65536, 262144)}
     sizes = {m: batches.get(m, (8192, 16384)) for m in models}
-    for m, (b0, b1) in sizes.items():  # eager rows of every model first ...
-        out += [Setting(m, b0), Setting(m, b0, "fused"), Setting(m, b0, "sparse"), Setting(m, b1, "fused"),
-                Setting(m, b1, "sparse")]
-    for m, (b0, b1) in sizes.items():  # ... then CUDA graphs (a failed capture cannot spoil the eager rows) ...
-        out += [Setting(m, b0, "fused", cuda_graph=True), Setting(m, b0, "fused", bf16=True, cuda_graph=True),
-                Setting(m, b1, "fused", cuda_graph=True)]
-    if not quick:  # ... and compile last (tens of seconds each)
-        out += [Setting(m, b0, "fused", compile=True) for m, (b0, _) in sizes.items()]
-    return out
+    # eager rows first, then CUDA graphs (a failed capture cannot spoil the eager rows), compile last
+    eager = [[Setting(m, b0), Setting(m, b0, "fused"), Setting(m, b0, "sparse"), Setting(m, b1, "fused"),
+              Setting(m, b1, "sparse")] for m, (b0, b1) in sizes.items()]
+    graphs = [[Setting(m, b0, "fused", cuda_graph=True), Setting(m, b0, "fused", bf16=True, cuda_graph=True),
+               Setting(m, b1, "fused", cuda_graph=True)] for m, (b0, b1) in sizes.items()]
+    compiled = [] if quick else [Setting(m, b0, "fused", compile=True) for m, (b0, _) in sizes.items()]
+    return _round_robin(eager) + _round_robin(graphs) + compiled
 
 
 # ------------------------------------------------------------------------------ measuring
