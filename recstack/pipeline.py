@@ -56,7 +56,8 @@ def _features(paths: RunPaths, args: argparse.Namespace) -> str:
 def _train(paths: RunPaths, args: argparse.Namespace) -> str:
     from recstack.models import train_all
 
-    summary = train_all(paths, device=args.device, epochs=args.epochs, progress=args.progress)
+    summary = train_all(paths, device=args.device, epochs=args.epochs, progress=args.progress,
+                        config=getattr(args, "train_config_parsed", None))
     return f"two-tower + DLRM trained on {summary['device']}"
 
 
@@ -151,16 +152,22 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     add_progress_argument(parser)
     parser.add_argument("--serve", type=int, choices=(0, 1), default=1,
                         help="1: keep serving until Ctrl-C (default); 0: stop after printing recommendations")
-    parser.add_argument("--device", default="auto", help="training device: auto|cpu|cuda (default auto)")
+    parser.add_argument("--device", default=None, help="training device: auto|cpu|cuda (default auto)")
     parser.add_argument("--epochs", type=int, default=None, help="override training epochs")
     parser.add_argument("--history-length", type=int, default=HISTORY_LENGTH, help="recent items per user")
     parser.add_argument("--index-kind", choices=("flat", "hnsw", "ivf_flat", "ivf_pq"), default="flat",
                         help="FAISS index kind")
     parser.add_argument("--top-k", type=int, default=100, help="candidates retrieved per request")
+    parser.add_argument("--train-config", default=None, metavar="FILE",
+                        help="training settings file for the train stage (as `recstack train --config`)")
     parser.set_defaults(handler=run)
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.train_config:  # a bad file fails before the first stage
+        from recstack.models.train_config import load_train_config
+
+        args.train_config_parsed = load_train_config(args.train_config, option="--train-config")
     paths = RunPaths.for_dataset(args.dataset)
     print(f"recstack run: dataset {args.dataset} -> {paths.root}")
     times = run_stages(paths, args)

@@ -160,11 +160,12 @@ def parse_train_config(raw: Any) -> TrainConfig:
     return cfg
 
 
-def load_train_config(path: str | Path) -> TrainConfig:
-    """Read ``path`` (``.json``; anything else as YAML) into a checked :class:`TrainConfig`."""
+def load_train_config(path: str | Path, option: str = "--config") -> TrainConfig:
+    """Read ``path`` (``.json``; anything else as YAML) into a checked :class:`TrainConfig`; errors name
+    ``option`` and the file."""
     path = Path(path)
     if not path.is_file():
-        raise InputError(f"--config {path}: no such file")
+        raise InputError(f"{option} {path}: no such file")
     import yaml
 
     text = path.read_text()
@@ -172,9 +173,9 @@ def load_train_config(path: str | Path) -> TrainConfig:
         raw = json.loads(text) if path.suffix.lower() == ".json" else yaml.safe_load(text)
     except (yaml.YAMLError, ValueError) as exc:  # json.JSONDecodeError is a ValueError
         reason = " ".join(str(exc).split())
-        raise InputError(f"--config {path}: not valid {'JSON' if path.suffix.lower() == '.json' else 'YAML'} "
+        raise InputError(f"{option} {path}: not valid {'JSON' if path.suffix.lower() == '.json' else 'YAML'} "
                          f"({reason[:200]})") from None
     try:
         return parse_train_config(raw)
     except InputError as exc:
-        raise InputError(f"--config {path}: {exc}") from None
+        raise InputError(f"{option} {path}: {exc}") from None
