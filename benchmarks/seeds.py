@@ -6,11 +6,12 @@ deviation of every evaluation row's HR@10 / NDCG@10, and the training times.
 
 The run must be prepared (``recstack data prepare`` + ``recstack workflow fit``: ``runs/<ds>/data``,
 ``workflow``, ``features``). Each seed trains in its own folder ``<out>/seed<k>/runs/<ds>/`` (the
-data, workflow and features folders are links to the prepared run's, whose models stay untouched),
-with the config file's settings (default: the recipe), no ONNX export, then ``recstack evaluate``'s
-:func:`recstack.evaluation.evaluate_run` on the test split. The table (markdown) and every number
-(JSON) go to ``<out>/seeds.md`` / ``seeds.json``; ``<out>`` defaults to ``$OUT/seeds`` when ``$OUT`` is
-set, else ``runs/<ds>-seeds``. Standard deviations are over the seeds (n - 1 in the denominator).
+data, workflow and features folders are links to the prepared run's, whose models stay untouched;
+``<work>`` defaults to ``runs/<ds>-seeds``), with the config file's settings (default: the recipe), no
+ONNX export, then ``recstack evaluate``'s :func:`recstack.evaluation.evaluate_run` on the test split.
+The table (markdown) and every number (JSON) go to ``<out>/seeds.md`` / ``seeds.json``, rewritten after
+every seed; ``<out>`` defaults to ``$OUT/seeds`` when ``$OUT`` is set, else ``<work>``. Standard
+deviations are over the seeds (n - 1 in the denominator).
 
 Needs torch, numpy, pandas, pyarrow, PyYAML, tqdm and matplotlib only (no FAISS, Feast or Triton), so it
 runs with a bare PyTorch image's python3.
@@ -32,9 +33,9 @@ import numpy as np
 METRICS = ("hr@10", "ndcg@10")
 
 
-def seed_home(out: Path, dataset: str, source: Path, seed: int) -> Path:
-    """``<out>/seed<k>`` with ``runs/<ds>/{data,workflow,features}`` linked to the prepared run."""
-    home = out / f"seed{seed}"
+def seed_home(work: Path, dataset: str, source: Path, seed: int) -> Path:
+    """``<work>/seed<k>`` with ``runs/<ds>/{data,workflow,features}`` linked to the prepared run."""
+    home = work / f"seed{seed}"
     root = home / "runs" / dataset
     root.mkdir(parents=True, exist_ok=True)
     for name in ("data", "workflow", "features"):
@@ -95,7 +96,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--config", default=None, help="training config file (default: the recipe)")
     parser.add_argument("--device", default=None, help="auto, cpu or cuda (default: the config's, auto)")
     parser.add_argument("--epochs", type=int, default=None, help="override both models' maximum epochs")
-    parser.add_argument("--out", default=None, help="output folder (default $OUT/seeds or runs/<ds>-seeds)")
+    parser.add_argument("--work", default=None, help="folder of the seeds' runs (default runs/<ds>-seeds)")
+    parser.add_argument("--out", default=None, help="folder of the tables (default $OUT/seeds, else the work folder)")
     args = parser.parse_args(argv)
 
     from recstack.errors import InputError
@@ -120,11 +122,11 @@ def main(argv: list[str] | None = None) -> int:
     if missing:
         parser.error(f"--dataset {args.dataset}: {source.root} lacks {', '.join(missing)} "
                      "(run `recstack data prepare` and `recstack workflow fit` first)")
-    out = Path(args.out) if args.out else (Path(os.environ["OUT"]) / "seeds" if os.environ.get("OUT")
-                                           else source.root.parent / f"{args.dataset}-seeds")
+    work = Path(args.work) if args.work else source.root.parent / f"{args.dataset}-seeds"
+    out = Path(args.out) if args.out else (Path(os.environ["OUT"]) / "seeds" if os.environ.get("OUT") else work)
     runs: list[dict[str, Any]] = []
     for seed in seeds:
-        paths = RunPaths.for_dataset(args.dataset, home=seed_home(out, args.dataset, source.root, seed))
+        paths = RunPaths.for_dataset(args.dataset, home=seed_home(work, args.dataset, source.root, seed))
         print(f"[seed {seed}] training in {paths.root}", flush=True)
         train = train_all(paths, config=cfg, seed=seed, epochs=args.epochs, progress=False)
         start = time.perf_counter()
