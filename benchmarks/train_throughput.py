@@ -8,7 +8,8 @@ Each model trains on an ML-1M-shaped layout (6,040 users with 4 side features, 3
 genres and year, 50-item histories; the DLRM also reads hour + weekday) filled with random valid ids,
 as the recipe's training step does (two-tower: in-batch softmax + logQ + 512 uniform negatives; DLRM:
 binary cross-entropy over scored (user, item) pairs). A sample is one training row: one (user, positive)
-pair of the two-tower's batch, one scored (user, item) pair of the DLRM's.
+pair of the two-tower's batch, one scored (user, item) pair of the DLRM's. On CUDA, fp32 matrix products
+may use TF32 (``allow_tf32``, recorded in the JSON).
 
 The sweep tries what should make a step faster on a GPU, one setting per row: Adam's default
 (foreach) vs ``fused=True``; sparse gradients for the embedding tables with SparseAdam (the rest fused
@@ -354,6 +355,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"best {model}: {r['samples_per_s']:,} samples/s at batch {r['batch']} ({r['setting']})")
     env = {"device": torch.cuda.get_device_name() if device.type == "cuda" else platform.processor() or "cpu",
            "torch": torch.__version__, "threads": torch.get_num_threads(), "python": sys.version.split()[0],
+           "tf32_matmul": bool(device.type == "cuda" and torch.backends.cuda.matmul.allow_tf32),
            "wall_s": round(time.perf_counter() - start, 1)}
     out = Path(args.out) if args.out else (Path(os.environ["OUT"]) if os.environ.get("OUT")
                                            else Path(__file__).parent) / f"train_throughput_{device.type}.json"
