@@ -136,3 +136,39 @@ def test_run_baselines_selects_on_valid_only():
     assert rows["item_knn"]["hr@5"] > rows["popularity"]["hr@5"] + 0.2
     again = score_task(ItemKNN(**selection["item_knn"]["params"]).fit(X), valid, 5, ())
     assert again["ndcg@5"] == pytest.approx(rows["item_knn"]["ndcg@5"])
+
+
+def test_temporal_split_by_hand():
+    """One split time for everybody: the fit window is everything before T, targets are the warm items
+    each user first meets at or after T; items first seen after T go to the cold-item count."""
+    import pandas as pd
+
+    from recstack.evaluation.protocols import temporal_split, temporal_tasks
+
+    frame = pd.DataFrame({
+        "user_id": ["a", "a", "b", "b", "a", "b", "c", "a", "b", "a"],
+        "item_id": ["x", "y", "x", "z", "z", "y", "x", "w", "x", "y"],  # b-x again at t=9, a-y at t=10: repeats
+        "timestamp": [1, 2, 3, 4, 5, 6, 7, 8, 9, 10],
+    })
+    split = temporal_split(frame, quantile=0.6, valid_quantile=0.3)
+    # after dropping the two repeats, 8 interactions at t = 1..8: T = quantile 0.6 = 5.2, T_v = 3.1
+    assert split.split_time == pytest.approx(5.2) and split.valid_time == pytest.approx(3.1)
+    valid, test, info = temporal_tasks(split)
+    ids = {name: i for i, name in enumerate(split.item_ids)}
+    # test: fit on t < 5.2 (a: x, y, z; b: x, z); after T: b-y (warm), c-x (c has no history), a-w (w is new)
+    assert test.users.tolist() == [1] and [t.tolist() for t in test.targets] == [[ids["y"]]]
+    assert test.last.tolist() == [ids["z"]] and test.X.sum() == 5
+    assert info["test"] == {"fit_interactions": 5, "users": 1, "targets": 1, "cold_targets": 1, "catalogue": 3}
+    # valid: fit on t < 3.1 (a: x, y; b: x), targets in [3.1, 5.2): b-z and a-z are new items -> none warm
+    assert info["valid"]["targets"] == 0 and info["valid"]["cold_targets"] == 2
+    assert not test.catalogue[ids["w"]] and test.catalogue[ids["z"]]
+
+
+def test_evaluate_cli_rejects_an_unknown_baseline():
+    from recstack.errors import InputError
+    from recstack.evaluation.cli import _baselines
+
+    assert _baselines("all") == ("item_knn", "last_item_knn", "ease", "ials")
+    assert _baselines("none") == () and _baselines("ease, ials") == ("ease", "ials")
+    with pytest.raises(InputError, match="--baselines: unknown baseline.*'slim'"):
+        _baselines("ease,slim")

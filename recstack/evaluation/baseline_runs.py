@@ -79,9 +79,10 @@ def score_task(model: Any, task: RankingTask, k: int, cutoffs: tuple[int, ...], 
 
 def run_baselines(valid: RankingTask, test: RankingTask | None, k: int = 10, cutoffs: tuple[int, ...] = (50,),
                   names: tuple[str, ...] = BASELINES, genres: np.ndarray | None = None,
-                  progress: bool = True) -> tuple[dict[str, dict[str, float]], dict[str, Any], dict[str, str]]:
+                  quality: ListQuality | None = None, progress: bool = True) -> tuple[dict[str, dict[str, float]], dict[str, Any], dict[str, str]]:
     """Choose each baseline's setting on ``valid``; score it on ``test`` (or report ``valid`` when None).
 
+    ``quality``: the list measures of the reported split (default: from its fit window and ``genres``).
     Returns ``(rows {name: metrics}, selection {name: {"params", "valid_ndcg@k", "trials", "fit_s"}},
     skipped {name: reason})``.
     """
@@ -89,7 +90,7 @@ def run_baselines(valid: RankingTask, test: RankingTask | None, k: int = 10, cut
     valid_sim = cosine_similarity(valid.X)
     test_sim = cosine_similarity(test.X) if test is not None else valid_sim
     reported = test if test is not None else valid
-    quality = reported.quality(genres, test_sim)
+    quality = quality if quality is not None else reported.quality(genres, test_sim)
     selection_task = valid.sample(MAX_SELECTION_ROWS)
     rows: dict[str, dict[str, float]] = {}
     selection: dict[str, Any] = {}

@@ -187,7 +187,7 @@ GRIDS: dict[str, list[dict[str, Any]]] = {
     "popularity": [{}],
     "item_knn": [{"neighbors": k} for k in (20, 100, 400, None)],
     "last_item_knn": [{"neighbors": None}],
-    "ease": [{"lam": lam} for lam in (10.0, 50.0, 200.0, 500.0, 1000.0, 3000.0)],
+    "ease": [{"lam": lam} for lam in (20.0, 100.0, 300.0, 1000.0, 3000.0)],
     "ials": [{"factors": f, "regularization": r, "alpha": a}
              for f in (64, 128) for r in (0.01, 1.0) for a in (1.0, 10.0)],
 }
