@@ -9,9 +9,20 @@ import numpy as np
 import pytest
 
 from recstack.evaluation.baseline_runs import RankingTask, run_baselines, score_task
-from recstack.evaluation.baselines import (EASE, IALS, ItemKNN, Popularity, cosine_similarity, interaction_matrix,
-                                           keep_top_per_row)
-from recstack.evaluation.metrics import ListQuality, MultiTargetAccumulator, ReportAccumulator
+from recstack.evaluation.baselines import (
+    EASE,
+    IALS,
+    ItemKNN,
+    Popularity,
+    cosine_similarity,
+    interaction_matrix,
+    keep_top_per_row,
+)
+from recstack.evaluation.metrics import (
+    ListQuality,
+    MultiTargetAccumulator,
+    ReportAccumulator,
+)
 
 # users x items:   i0 i1 i2
 #   u0              1  1  0
@@ -153,7 +164,7 @@ def test_temporal_split_by_hand():
     split = temporal_split(frame, quantile=0.6, valid_quantile=0.3)
     # after dropping the two repeats, 8 interactions at t = 1..8: T = quantile 0.6 = 5.2, T_v = 3.1
     assert split.split_time == pytest.approx(5.2) and split.valid_time == pytest.approx(3.1)
-    valid, test, info = temporal_tasks(split)
+    _, test, info = temporal_tasks(split)
     ids = {name: i for i, name in enumerate(split.item_ids)}
     # test: fit on t < 5.2 (a: x, y, z; b: x, z); after T: b-y (warm), c-x (c has no history), a-w (w is new)
     assert test.users.tolist() == [1] and [t.tolist() for t in test.targets] == [[ids["y"]]]

@@ -18,7 +18,11 @@ import scipy.sparse as sp
 from tqdm.auto import tqdm
 
 from recstack.evaluation.baselines import GRIDS, cosine_similarity, make_baseline
-from recstack.evaluation.metrics import ListQuality, MultiTargetAccumulator, ReportAccumulator
+from recstack.evaluation.metrics import (
+    ListQuality,
+    MultiTargetAccumulator,
+    ReportAccumulator,
+)
 from recstack.ranking import row_batches, score_batch_rows
 
 BASELINES = ("popularity", "item_knn", "last_item_knn", "ease", "ials")
@@ -46,11 +50,11 @@ class RankingTask:
     def multi(self) -> bool:
         return isinstance(self.targets, list)
 
-    def subset(self, rows: np.ndarray) -> "RankingTask":
+    def subset(self, rows: np.ndarray) -> RankingTask:
         targets = [self.targets[r] for r in rows] if self.multi else self.targets[rows]
         return RankingTask(self.X, self.users[rows], targets, self.last[rows], self.catalogue)
 
-    def sample(self, n: int, seed: int = 0) -> "RankingTask":
+    def sample(self, n: int, seed: int = 0) -> RankingTask:
         if len(self.users) <= n:
             return self
         return self.subset(np.sort(np.random.default_rng(seed).choice(len(self.users), n, replace=False)))
@@ -117,7 +121,7 @@ def run_baselines(valid: RankingTask, test: RankingTask | None, k: int = 10, cut
             bar.update(len(GRIDS[name]) + 1 - len(trials))
             continue
         selection[name] = {"params": best["params"], f"valid_{key}": best[key], "trials": trials,
-                           "selection_rows": int(len(selection_task.users)),
+                           "selection_rows": len(selection_task.users),
                            "wall_s": round(time.perf_counter() - start, 2)}
     bar.close()
     return rows, selection, skipped

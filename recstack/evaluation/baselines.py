@@ -37,7 +37,7 @@ EASE_MAX_ITEMS = 20_000
 class Baseline(Protocol):
     name: str
 
-    def fit(self, X: sp.csr_matrix) -> "Baseline": ...
+    def fit(self, X: sp.csr_matrix) -> Baseline: ...
 
     def scores(self, users: np.ndarray, X: sp.csr_matrix, last: np.ndarray | None = None) -> np.ndarray: ...
 
@@ -90,7 +90,7 @@ class Popularity:
     name: str = "popularity"
     counts: np.ndarray | None = field(default=None, repr=False)
 
-    def fit(self, X: sp.csr_matrix) -> "Popularity":
+    def fit(self, X: sp.csr_matrix) -> Popularity:
         self.counts = np.asarray(X.sum(axis=0), dtype=np.float64).reshape(-1)
         return self
 
@@ -108,7 +108,7 @@ class ItemKNN:
     name: str = "item_knn"
     _neighbours: sp.csr_matrix | None = field(default=None, repr=False)
 
-    def fit(self, X: sp.csr_matrix) -> "ItemKNN":
+    def fit(self, X: sp.csr_matrix) -> ItemKNN:
         sim = self.similarity if self.similarity is not None else cosine_similarity(X)
         # row j keeps its own neighbours i; scoring sums column j of X_u @ N^T
         self._neighbours = keep_top_per_row(sim, self.neighbors).T.tocsr()
@@ -136,7 +136,7 @@ class EASE:
     name: str = "ease"
     weights: np.ndarray | None = field(default=None, repr=False)
 
-    def fit(self, X: sp.csr_matrix) -> "EASE":
+    def fit(self, X: sp.csr_matrix) -> EASE:
         n = X.shape[1]
         if n > EASE_MAX_ITEMS:
             raise MemoryError(f"EASE: {n} items > EASE_MAX_ITEMS={EASE_MAX_ITEMS} (dense n^2 inverse)")
@@ -166,7 +166,7 @@ class IALS:
     user_factors: np.ndarray | None = field(default=None, repr=False)
     item_factors: np.ndarray | None = field(default=None, repr=False)
 
-    def fit(self, X: sp.csr_matrix) -> "IALS":
+    def fit(self, X: sp.csr_matrix) -> IALS:
         from implicit.cpu.als import AlternatingLeastSquares
         from threadpoolctl import threadpool_limits
 

@@ -75,7 +75,7 @@ def cold_item_report(paths, data, view, two_tower, item_emb: np.ndarray, split: 
     from recstack.models.predict import user_embeddings
 
     rows, cold_ids = cold_item_rows(paths, data, split)
-    out: dict[str, Any] = {"rows": int(len(rows)), "items": int(len(cold_ids)),
+    out: dict[str, Any] = {"rows": len(rows), "items": len(cold_ids),
                            "definition": "items absent from the training split, scored by the item tower "
                                          "from their side features with the out-of-vocabulary id"}
     if rows.empty:
@@ -83,7 +83,7 @@ def cold_item_report(paths, data, view, two_tower, item_emb: np.ndarray, split: 
     cold_emb, with_features = cold_item_embeddings(paths, data, two_tower, cold_ids)
     column = {item: i for i, item in enumerate(with_features)}
     rows = rows[rows["item_id"].isin(column)].reset_index(drop=True)
-    out.update(rows=int(len(rows)), items=int(len(with_features)),
+    out.update(rows=len(rows), items=len(with_features),
                random_recall_at_50=float(min(50, len(with_features)) / max(len(with_features), 1)))
     if rows.empty:
         return out

@@ -94,7 +94,7 @@ def evaluate_run(paths: RunPaths, k: int = 10, split: str = "test", *, candidate
     genres = _item_genres(paths, n_items, data)
     valid_task, test_task = loo_tasks(data, split)
     quality = (test_task or valid_task).quality(genres)
-    new_accumulator = lambda: ReportAccumulator(n_items, k, cutoffs=cutoffs, quality=quality)  # noqa: E731
+    new_accumulator = lambda: ReportAccumulator(n_items, k, cutoffs=cutoffs, quality=quality)
     accs: dict[str, RankingAccumulator] = {"popularity": new_accumulator()}
     skipped: dict[str, str] = {}
 

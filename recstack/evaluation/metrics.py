@@ -7,8 +7,17 @@ from collections.abc import Callable
 
 import numpy as np
 
-from recstack.ranking import (RankingAccumulator, SeenCSR, catalogue_mask, coverage, exclude_seen, metrics_from_ranks,
-                              row_batches, score_batch_rows, top_k)
+from recstack.ranking import (
+    RankingAccumulator,
+    SeenCSR,
+    catalogue_mask,
+    coverage,
+    exclude_seen,
+    metrics_from_ranks,
+    row_batches,
+    score_batch_rows,
+    top_k,
+)
 
 
 def ranks_from_topk(topk: np.ndarray, targets: np.ndarray, n_catalogue: int) -> np.ndarray:
@@ -99,7 +108,7 @@ class ReportAccumulator(RankingAccumulator):
         out["coverage"] = out[f"coverage@{self.report_k}"]
         if self.quality is not None:
             out.update(self.quality.describe(tops, self.report_k))
-        out["users"] = int(len(ranks))
+        out["users"] = len(ranks)
         return out
 
 
@@ -173,5 +182,5 @@ class MultiTargetAccumulator:
         out["coverage"] = out[f"coverage@{self.k}"]
         if self.quality is not None:
             out.update(self.quality.describe(tops, self.k))
-        out["users"] = int(len(tops))
+        out["users"] = len(tops)
         return out

@@ -93,7 +93,7 @@ class TemporalSplit:
         targets = [np.asarray(g, np.int64) for _, g in grouped]
         last = np.full(self.n_users, -1, np.int64)
         last[self.users[before]] = self.items[before]  # rows are in time order: the newest wins
-        stats = {"fit_interactions": int(before.sum()), "users": int(len(users)),
+        stats = {"fit_interactions": int(before.sum()), "users": len(users),
                  "targets": int(warm.sum()), "cold_targets": int((window & ~catalogue[self.items]).sum()),
                  "catalogue": int(catalogue.sum())}
         return RankingTask(X, users, targets, last[users], catalogue), stats

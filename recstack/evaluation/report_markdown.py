@@ -57,19 +57,20 @@ def format_markdown(report: dict[str, Any]) -> str:
         info = temporal["info"]
         side = info.get(report["split"], info.get("valid", {}))
         out += ["", f"## Global temporal split (T = {temporal['quantile']:.0%} quantile of timestamps)", "",
-                f"Fit window before T = {info['split_time']:.0f}, targets: each user's warm items after T "
-                f"({side.get('users', 0):,} users, {side.get('targets', 0):,} targets, "
-                f"{side.get('cold_targets', 0):,} interactions with items first seen after T left to the cold "
-                f"protocol); settings chosen on the window [T_v, T), T_v = {info['valid_time']:.0f} "
-                f"({temporal['valid_quantile']:.0%} quantile).", "",
+                (f"Fit window before T = {info['split_time']:.0f}, targets: each user's warm items after T "
+                 f"({side.get('users', 0):,} users, {side.get('targets', 0):,} targets, "
+                 f"{side.get('cold_targets', 0):,} interactions with items first seen after T left to the cold "
+                 f"protocol); settings chosen on the window [T_v, T), T_v = {info['valid_time']:.0f} "
+                 f"({temporal['valid_quantile']:.0%} quantile)."), "",
                 markdown_table(temporal["models"], k, cutoffs), ""]
         for name, why in temporal.get("skipped", {}).items():
             out.append(f"- skipped {name}: {why}")
         out += ["", "Settings chosen on validation:", *_selection_lines(temporal["selection"], k)]
     cold = report.get("cold_items")
     if cold:
-        out += ["", "## Cold items", "", f"{cold['items']:,} items absent from the training split, "
-                f"{cold['rows']:,} {report['split']} rows with one as target ({cold['definition']})."]
+        out += ["", "## Cold items", "", (f"{cold['items']:,} items absent from the training split, "
+                                          f"{cold['rows']:,} {report['split']} rows with one as target "
+                                          f"({cold['definition']}).")]
         if "two_tower" in cold:
             out += ["", "| two_tower ranks among | Recall@10 | NDCG@10 | Recall@50 | MRR |", "|---|---:|---:|---:|---:|"]
             for where, m in cold["two_tower"].items():
