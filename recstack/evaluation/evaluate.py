@@ -223,11 +223,12 @@ def write_report(report: dict[str, Any], reports_dir: Path) -> dict[str, str]:
     files["markdown"] = str(reports_dir / f"{stem}.md")
     if (report.get("temporal") or {}).get("models"):
         files["temporal_png"] = str(reports_dir / f"{stem}_temporal.png")
-        plot_rows(report["temporal"]["models"], [m.format(k=report["k"]) for m in METRIC_COLUMNS],
+        plot_rows(report["temporal"]["models"], _plot_metrics(report),
                   f"{report['dataset']}: global temporal split (T = {report['temporal']['quantile']:.0%} quantile)",
                   Path(files["temporal_png"]))
     write_json(json_path, {**report, "files": files})
-    _plot(report, png_path)
+    plot_rows(report["models"], _plot_metrics(report),
+              f"{report['dataset']} {report['split']}: full-catalogue leave-one-out ({report['users']} users)", png_path)
     atomic_write_bytes(Path(files["markdown"]), format_markdown(report).encode())
     return files
 
@@ -250,28 +251,10 @@ def _item_genres(paths: RunPaths, n_items: int, data) -> np.ndarray | None:
     return genre_matrix(codes[keep], table["genres"].to_numpy()[keep].tolist(), n_items)
 
 
-def _plot(report: dict[str, Any], path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg", force=False)
-    import matplotlib.pyplot as plt
-
-    k = report["k"]
-    metrics = [m.format(k=k) for m in METRIC_COLUMNS]
-    models = list(report["models"])
-    fig, ax = plt.subplots(figsize=(8, 4))
-    width = 0.8 / max(len(models), 1)
-    x = np.arange(len(metrics))
-    for i, name in enumerate(models):
-        values = [report["models"][name].get(m, 0.0) for m in metrics]
-        bars = ax.bar(x + i * width - 0.4 + width / 2, values, width, label=name)
-        ax.bar_label(bars, fmt="%.3f", fontsize=7)
-    ax.set_xticks(x, metrics)
-    ax.set_ylabel("value")
-    ax.set_title(f"{report['dataset']} {report['split']}: full-catalogue leave-one-out ({report['users']} users)")
-    ax.legend()
-    fig.tight_layout()
-    save_figure(fig, path)
+def _plot_metrics(report: dict[str, Any]) -> list[str]:
+    """The metrics the bar charts show: HR and NDCG at each cut-off, MRR, coverage@k."""
+    cuts = report.get("cutoffs", [report["k"]])
+    return [f"{m}@{c}" for c in cuts for m in ("hr", "ndcg")] + ["mrr", f"coverage@{report['k']}"]
 
 
 def format_table(report: dict[str, Any]) -> str:

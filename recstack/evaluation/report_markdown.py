@@ -88,7 +88,7 @@ def plot_rows(rows: dict[str, dict[str, float]], metrics: list[str], title: str,
     import matplotlib.pyplot as plt
 
     models = list(rows)
-    fig, ax = plt.subplots(figsize=(max(8, 1.3 * len(metrics) + 0.4 * len(models)), 4.5))
+    fig, ax = plt.subplots(figsize=(max(10, 1.2 * len(metrics) + 0.3 * len(models) + 3), 4.8))
     width = 0.8 / max(len(models), 1)
     x = np.arange(len(metrics))
     for i, name in enumerate(models):
@@ -98,6 +98,6 @@ def plot_rows(rows: dict[str, dict[str, float]], metrics: list[str], title: str,
     ax.set_xticks(x, metrics)
     ax.set_ylabel("value")
     ax.set_title(title)
-    ax.legend(fontsize=7, ncol=2)
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.0, 1.0))
     fig.tight_layout()
     save_figure(fig, path)
