@@ -41,7 +41,7 @@ import torch
 from tqdm.auto import tqdm
 
 from recstack.errors import InputError
-from recstack.io import atomic_write_bytes, save_figure, write_json
+from recstack.io import atomic_write_bytes, write_json
 from recstack.models.data import load_training_data
 from recstack.models.device import resolve_device
 from recstack.models.export import load_dlrm, load_two_tower
