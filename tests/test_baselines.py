@@ -183,3 +183,11 @@ def test_evaluate_cli_rejects_an_unknown_baseline():
     assert _baselines("none") == () and _baselines("ease, ials") == ("ease", "ials")
     with pytest.raises(InputError, match="--baselines: unknown baseline.*'slim'"):
         _baselines("ease,slim")
+
+
+def test_run_baselines_without_validation_rows_skips_with_a_reason():
+    empty = RankingTask(TINY, np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0, np.int64),
+                        np.ones(3, dtype=bool))
+    rows, selection, skipped = run_baselines(empty, None, k=2, names=("popularity", "ease"), progress=False)
+    assert rows == {} and selection == {} and set(skipped) == {"popularity", "ease"}
+    assert "no validation rows" in skipped["ease"]

@@ -91,6 +91,9 @@ def run_baselines(valid: RankingTask, test: RankingTask | None, k: int = 10, cut
     skipped {name: reason})``.
     """
     key = f"ndcg@{k}"
+    if len(valid.users) == 0 or (test is not None and len(test.users) == 0):
+        why = "no validation rows to choose settings on" if len(valid.users) == 0 else "no test rows"
+        return {}, {}, {name: why for name in names}
     valid_sim = cosine_similarity(valid.X)
     test_sim = cosine_similarity(test.X) if test is not None else valid_sim
     reported = test if test is not None else valid

@@ -190,7 +190,10 @@ def _extra_protocols(paths, data, view, split, k, cutoffs, baselines, valid_task
     if temporal:
         out["temporal"] = temporal_report(paths, split, k, cutoffs, ("popularity", *baselines), progress=progress)
     if cold_items and two_tower is not None:
-        out["cold_items"] = cold_item_report(paths, data, view, two_tower, item_emb, split, k)
+        try:
+            out["cold_items"] = cold_item_report(paths, data, view, two_tower, item_emb, split, k)
+        except InputError as err:  # e.g. an items table whose side columns do not match the workflow's
+            out["skipped"]["cold_items"] = str(err)
     return out
 
 
