@@ -167,7 +167,8 @@ def test_evaluate_reports_the_diversity_tradeoff(e2e_paths, tmp_path):
     from recstack.evaluation import evaluate_run, write_report
     from recstack.evaluation.tradeoff import format_tradeoff
 
-    report = evaluate_run(e2e_paths, progress=False, write=False, lambdas=(1.0, 0.7, 0.3, 0.0))
+    report = evaluate_run(e2e_paths, progress=False, write=False, lambdas=(1.0, 0.7, 0.3, 0.0), baselines=(),
+                          temporal=False)
     rows = report["diversity"]["rows"]
     assert [row["lambda"] for row in rows] == [1.0, 0.7, 0.3, 0.0]
     # lambda 1 is the served ranking: the two_tower+dlrm row of the main table

@@ -101,14 +101,35 @@ def ml100k(tmp_path_factory) -> RunPaths:
     return paths
 
 
-def test_popularity_matches_the_data_md_anchor(ml100k):
+# shared/DATA.md's HR@10 / NDCG@10 of the classical baselines on ML-100K (same protocol)
+DATA_MD_ANCHORS = {"popularity": (0.086, 0.044), "item_knn": (0.109, 0.056), "last_item_knn": (0.155, 0.083),
+                   "ease": (0.149, 0.072), "ials": (0.136, 0.070)}
+
+
+def test_baselines_match_the_data_md_anchors(ml100k):
+    """Popularity, item-kNN, last-item kNN, EASE and iALS in one report, each near its DATA.md anchor,
+    with settings chosen on validation; the temporal split and the markdown / PNG report alongside."""
     report = evaluate_run(ml100k, progress=False)
-    pop = report["models"]["popularity"]
-    assert pop["hr@10"] == pytest.approx(0.086, abs=0.01)
-    assert pop["ndcg@10"] == pytest.approx(0.044, abs=0.01)
+    models = report["models"]
+    assert list(models)[:5] == list(DATA_MD_ANCHORS)
+    for name, (hr, ndcg) in DATA_MD_ANCHORS.items():
+        assert models[name]["hr@10"] == pytest.approx(hr, abs=0.015), name
+        assert models[name]["ndcg@10"] == pytest.approx(ndcg, abs=0.008), name
+        for key in ("hr@50", "ndcg@50", "recall@50", "mrr", "coverage@10", "ild@10", "ild_genre@10", "novelty@10"):
+            assert 0 <= models[name][key] <= (20 if key.startswith("novelty") else 1), (name, key)
+        assert models[name]["hr@50"] >= models[name]["hr@10"]
+    for name, chosen in report["baselines"].items():  # the setting reported is the best on validation
+        assert chosen["valid_ndcg@10"] == max(t["ndcg@10"] for t in chosen["trials"])
     assert report["users"] == 943 and "two_tower" in report["skipped"]
-    assert json.loads((ml100k.reports / "evaluation_test.json").read_text())["models"]["popularity"] == pop
-    assert (ml100k.reports / "evaluation_test.png").stat().st_size > 1000
+    temporal = report["temporal"]
+    assert set(temporal["models"]) == set(DATA_MD_ANCHORS) and temporal["info"]["test"]["users"] > 50
+    assert temporal["models"]["ease"]["ndcg@10"] > temporal["models"]["popularity"]["ndcg@10"] * 0.8
+    assert json.loads((ml100k.reports / "evaluation_test.json").read_text())["models"]["popularity"] == \
+        models["popularity"]
+    for name in ("evaluation_test.png", "evaluation_test_temporal.png"):
+        assert (ml100k.reports / name).stat().st_size > 1000
+    markdown = (ml100k.reports / "evaluation_test.md").read_text()
+    assert "| ials |" in markdown and "Global temporal split" in markdown and "NDCG@50" in markdown
 
 
 def test_trained_models_beat_popularity(ml100k):
@@ -116,7 +137,7 @@ def test_trained_models_beat_popularity(ml100k):
     # no context ablation and no diversity sweep here (tests/test_context.py and test_diversity.py
     # cover them): this test is about the fused ranker against popularity
     train_all(ml100k, device="cpu", epochs=3, progress=False, onnx=False, threads=1, context_ablation=False)
-    report = evaluate_run(ml100k, progress=False, lambdas=())
+    report = evaluate_run(ml100k, progress=False, lambdas=(), baselines=(), temporal=False)
     print(format_table(report))
     ndcg = {name: m["ndcg@10"] for name, m in report["models"].items()}
     assert ndcg["two_tower"] > ndcg["popularity"] + 0.02
@@ -127,6 +148,10 @@ def test_trained_models_beat_popularity(ml100k):
     fusion = config["fusion"]
     assert fusion["selected_on"] == "valid" and fusion["dlrm_weight"] > 0 and fusion["retrieval_weight"] > 0
     assert report["fusion"] == fusion
+    # cold items (absent from train, scored from their side features): ML-100K's test split has a few
+    cold = report["cold_items"]
+    assert cold["rows"] >= 1 and 0 <= cold["two_tower"]["full"]["recall@50"] <= 1
+    assert cold["two_tower"]["cold_only"]["mrr"] > 0
     assert fusion["valid_ndcg@10"] >= fusion["valid_ndcg@10_dlrm_only"]
     # the weights are read from config.json and applied: the two extremes reproduce the other rows
     path = ml100k.models / "dlrm" / "config.json"
@@ -134,7 +159,8 @@ def test_trained_models_beat_popularity(ml100k):
         for weights, same_as in (({"dlrm_weight": 0.0, "retrieval_weight": 1.0}, "two_tower"),
                                  ({"dlrm_weight": 1.0, "retrieval_weight": 0.0}, "dlrm_only")):
             path.write_text(json.dumps({**config, "fusion": weights}))
-            again = evaluate_run(ml100k, progress=False, write=False, lambdas=())["models"]
+            again = evaluate_run(ml100k, progress=False, write=False, lambdas=(), baselines=(), temporal=False,
+                                 cold_items=False)["models"]
             assert again["two_tower+dlrm"]["ndcg@10"] == pytest.approx(ndcg[same_as], abs=1e-9)
     finally:
         path.write_text(json.dumps(config))
@@ -149,7 +175,8 @@ def test_evaluate_cli_no_progress_hides_the_bar(ml100k, monkeypatch, capsys):
     parser = argparse.ArgumentParser()
     cli.register(parser.add_subparsers())
     for extra, bar_shown in (([], True), (["--no-progress"], False)):
-        args = parser.parse_args(["evaluate", "--dataset", "ml-100k", "--split", "valid", *extra])
+        args = parser.parse_args(["evaluate", "--dataset", "ml-100k", "--split", "valid", "--baselines", "none",
+                                  "--no-temporal", *extra])
         assert args.handler(args) == 0
         out, err = capsys.readouterr()
         assert ("evaluate valid" in err) is bar_shown and "popularity" in out

@@ -41,7 +41,7 @@ import torch
 from tqdm.auto import tqdm
 
 from recstack.errors import InputError
-from recstack.io import save_figure, write_json
+from recstack.io import atomic_write_bytes, write_json
 from recstack.models.data import load_training_data
 from recstack.models.device import resolve_device
 from recstack.models.export import load_dlrm, load_two_tower
@@ -54,19 +54,31 @@ from recstack.ids import FIRST_CODE
 from recstack.ranking import RankingAccumulator, mask_unrankable, row_batches, score_batch_rows, top_k
 
 METRIC_COLUMNS = ("recall@{k}", "ndcg@{k}", "hr@{k}", "mrr", "coverage")
+EXTRA_CUTOFFS = (50,)
+"""Cut-offs every report carries besides ``k`` (issue 6: @10 and @50)."""
 ABLATION_ROW = "two_tower+dlrm_no_context"
 ABLATION_ALONE_ROW = "dlrm_only_no_context"
 
 
 def evaluate_run(paths: RunPaths, k: int = 10, split: str = "test", *, candidates: int = 100,
                  device: str = "cpu", batch_size: int = 512, progress: bool = True,
-                 write: bool = True, lambdas: tuple[float, ...] | None = None) -> dict[str, Any]:
-    """Score popularity, two_tower, two_tower+dlrm (fused) and dlrm_only on ``split``; write the JSON + PNG report.
+                 write: bool = True, lambdas: tuple[float, ...] | None = None,
+                 baselines: tuple[str, ...] | None = None, temporal: bool = True, cold_items: bool = True,
+                 cutoffs: tuple[int, ...] = EXTRA_CUTOFFS) -> dict[str, Any]:
+    """Score popularity, the classical baselines, two_tower, two_tower+dlrm (fused) and dlrm_only on
+    ``split``; write the JSON, markdown and PNG report.
 
     Returns ``{"dataset", "split", "k", "users", "models": {name: metrics}, "files": {...}}``.
     Models whose folder is missing are reported under ``"skipped"``. ``lambdas``: the MMR lambdas
     of the diversity trade-off (default :data:`recstack.evaluation.tradeoff.LAMBDAS`; ``()``: none).
+    ``baselines``: the classical baselines besides popularity (default all of
+    :data:`recstack.evaluation.baseline_runs.BASELINES`; ``()``: none); ``temporal``: also run them
+    under the global temporal split (``report["temporal"]``); ``cold_items``: the cold-item protocol
+    of the two-tower (``report["cold_items"]``); ``cutoffs``: cut-offs reported besides ``k``.
     """
+    from recstack.evaluation.baseline_runs import BASELINES
+    from recstack.evaluation.metrics import ReportAccumulator, cutoffs_for
+    from recstack.evaluation.protocols import loo_tasks
     from recstack.evaluation.tradeoff import LAMBDAS, DiversityTradeoff
 
     if split not in ("test", "valid"):
@@ -78,7 +90,12 @@ def evaluate_run(paths: RunPaths, k: int = 10, split: str = "test", *, candidate
     data = load_training_data(paths)
     view = split_view(data, split)
     n_items = data.n_items
-    accs: dict[str, RankingAccumulator] = {"popularity": RankingAccumulator(n_items, k)}
+    baselines = tuple(b for b in (BASELINES if baselines is None else baselines) if b != "popularity")
+    genres = _item_genres(paths, n_items, data)
+    valid_task, test_task = loo_tasks(data, split)
+    quality = (test_task or valid_task).quality(genres)
+    new_accumulator = lambda: ReportAccumulator(n_items, k, cutoffs=cutoffs, quality=quality)
+    accs: dict[str, RankingAccumulator] = {"popularity": new_accumulator()}
     skipped: dict[str, str] = {}
 
     two_tower = dlrm = item_emb = fusion = tradeoff = ablation = None
@@ -89,20 +106,20 @@ def evaluate_run(paths: RunPaths, k: int = 10, split: str = "test", *, candidate
         if item_emb.shape[0] != n_items:
             raise InputError(f"{tt_dir / 'item_embeddings.npy'}: {item_emb.shape[0]} rows, the workflow has "
                              f"{n_items} item ids (retrain: recstack train)")
-        accs["two_tower"] = RankingAccumulator(n_items, k)
+        accs["two_tower"] = new_accumulator()
         if (dlrm_dir / "config.json").exists():
             dlrm, dlrm_config = load_dlrm(dlrm_dir, dev)
             fusion = dlrm_config.get("fusion") or dict(LEGACY_FUSION)
             check_fusion(fusion)
-            accs["two_tower+dlrm"] = RankingAccumulator(n_items, k)
-            accs["dlrm_only"] = RankingAccumulator(n_items, k)
+            accs["two_tower+dlrm"] = new_accumulator()
+            accs["dlrm_only"] = new_accumulator()
             lambdas = LAMBDAS if lambdas is None else lambdas
-            tradeoff = (DiversityTradeoff(item_emb, _item_genres(paths, n_items, data), n_items - FIRST_CODE, k,
+            tradeoff = (DiversityTradeoff(item_emb, genres, n_items - FIRST_CODE, k,
                                           lambdas) if lambdas else None)
             ablation = _load_ablation(paths.models / ABLATION_MODEL, dev)
             if ablation is not None:
-                accs[ABLATION_ROW] = RankingAccumulator(n_items, k)
-                accs[ABLATION_ALONE_ROW] = RankingAccumulator(n_items, k)
+                accs[ABLATION_ROW] = new_accumulator()
+                accs[ABLATION_ALONE_ROW] = new_accumulator()
         else:
             skipped["two_tower+dlrm"] = skipped["dlrm_only"] = f"{dlrm_dir} missing"
     else:
@@ -135,11 +152,17 @@ def evaluate_run(paths: RunPaths, k: int = 10, split: str = "test", *, candidate
                     accs[ABLATION_ROW].add(rerank(first, cands, fuse_scores(plain, retrieval, ablation[1])), targets)
                     accs[ABLATION_ALONE_ROW].add(rerank(first, cands, plain), targets)
 
+    extra = _extra_protocols(paths, data, view, split, k, cutoffs, baselines, valid_task, test_task, quality,
+                             two_tower, item_emb, temporal, cold_items, progress)
+    models = {"popularity": accs.pop("popularity").result(), **extra.pop("rows"),
+              **{name: acc.result() for name, acc in accs.items()}}
+    skipped.update(extra.pop("skipped"))
     report: dict[str, Any] = {
-        "dataset": paths.root.name, "split": split, "k": k, "users": int(len(view.users)),
+        "dataset": paths.root.name, "split": split, "k": k, "cutoffs": list(cutoffs_for(k, cutoffs)),
+        "users": int(len(view.users)),
         "catalogue": int(catalogue.sum()), "candidates": candidates,
         "protocol": "leave-one-out, full catalogue, seen items excluded, ties ranked below",
-        "models": {name: acc.result() for name, acc in accs.items()},
+        "models": models, **extra,
         "fusion": fusion,
         "diversity": ({"candidates": candidates, "rows": tradeoff.result(),
                        "ild": "ild_embedding: mean pairwise 1 - cosine of item-tower embeddings; "
@@ -152,6 +175,26 @@ def evaluate_run(paths: RunPaths, k: int = 10, split: str = "test", *, candidate
     if write:
         report["files"] = write_report(report, paths.reports)
     return report
+
+
+def _extra_protocols(paths, data, view, split, k, cutoffs, baselines, valid_task, test_task, quality, two_tower,
+                     item_emb, temporal, cold_items, progress) -> dict[str, Any]:
+    """The classical baselines (leave-one-out), the temporal split and the cold-item protocol (issue 6)."""
+    from recstack.evaluation.baseline_runs import run_baselines
+    from recstack.evaluation.cold_items import cold_item_report
+    from recstack.evaluation.protocols import temporal_report
+
+    rows, selection, skipped = ((run_baselines(valid_task, test_task, k, cutoffs, baselines, quality=quality,
+                                               progress=progress)) if baselines else ({}, {}, {}))
+    out: dict[str, Any] = {"rows": rows, "skipped": skipped, "baselines": selection}
+    if temporal:
+        out["temporal"] = temporal_report(paths, split, k, cutoffs, ("popularity", *baselines), progress=progress)
+    if cold_items and two_tower is not None:
+        try:
+            out["cold_items"] = cold_item_report(paths, data, view, two_tower, item_emb, split, k)
+        except InputError as err:  # e.g. an items table whose side columns do not match the workflow's
+            out["skipped"]["cold_items"] = str(err)
+    return out
 
 
 def _load_ablation(model_dir: Path, dev: torch.device) -> tuple[Any, dict[str, Any]] | None:
@@ -178,8 +221,18 @@ def write_report(report: dict[str, Any], reports_dir: Path) -> dict[str, str]:
         plot_tradeoff(report["diversity"]["rows"], report["k"],
                       f"{report['dataset']} {report['split']}: MMR re-ranking of {report['candidates']} candidates",
                       Path(files["diversity_png"]))
+    from recstack.evaluation.report_markdown import format_markdown, plot_rows
+
+    files["markdown"] = str(reports_dir / f"{stem}.md")
+    if (report.get("temporal") or {}).get("models"):
+        files["temporal_png"] = str(reports_dir / f"{stem}_temporal.png")
+        plot_rows(report["temporal"]["models"], _plot_metrics(report),
+                  f"{report['dataset']}: global temporal split (T = {report['temporal']['quantile']:.0%} quantile)",
+                  Path(files["temporal_png"]))
     write_json(json_path, {**report, "files": files})
-    _plot(report, png_path)
+    plot_rows(report["models"], _plot_metrics(report),
+              f"{report['dataset']} {report['split']}: full-catalogue leave-one-out ({report['users']} users)", png_path)
+    atomic_write_bytes(Path(files["markdown"]), format_markdown(report).encode())
     return files
 
 
@@ -201,28 +254,10 @@ def _item_genres(paths: RunPaths, n_items: int, data) -> np.ndarray | None:
     return genre_matrix(codes[keep], table["genres"].to_numpy()[keep].tolist(), n_items)
 
 
-def _plot(report: dict[str, Any], path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg", force=False)
-    import matplotlib.pyplot as plt
-
-    k = report["k"]
-    metrics = [m.format(k=k) for m in METRIC_COLUMNS]
-    models = list(report["models"])
-    fig, ax = plt.subplots(figsize=(8, 4))
-    width = 0.8 / max(len(models), 1)
-    x = np.arange(len(metrics))
-    for i, name in enumerate(models):
-        values = [report["models"][name].get(m, 0.0) for m in metrics]
-        bars = ax.bar(x + i * width - 0.4 + width / 2, values, width, label=name)
-        ax.bar_label(bars, fmt="%.3f", fontsize=7)
-    ax.set_xticks(x, metrics)
-    ax.set_ylabel("value")
-    ax.set_title(f"{report['dataset']} {report['split']}: full-catalogue leave-one-out ({report['users']} users)")
-    ax.legend()
-    fig.tight_layout()
-    save_figure(fig, path)
+def _plot_metrics(report: dict[str, Any]) -> list[str]:
+    """The metrics the bar charts show: HR and NDCG at each cut-off, MRR, coverage@k."""
+    cuts = report.get("cutoffs", [report["k"]])
+    return [f"{m}@{c}" for c in cuts for m in ("hr", "ndcg")] + ["mrr", f"coverage@{report['k']}"]
 
 
 def format_table(report: dict[str, Any]) -> str:
@@ -230,6 +265,13 @@ def format_table(report: dict[str, Any]) -> str:
     k = report["k"]
     headers = ["model", f"Recall@{k}", f"NDCG@{k}", f"HR@{k}", "MRR", "coverage"]
     keys = [m.format(k=k) for m in METRIC_COLUMNS]
+    for cut in (c for c in report.get("cutoffs", []) if c != k):  # the extra cut-offs and list measures
+        headers += [f"Recall@{cut}", f"NDCG@{cut}"]
+        keys += [f"recall@{cut}", f"ndcg@{cut}"]
+    for key in (f"ild@{k}", f"novelty@{k}"):
+        if any(key in m for m in report["models"].values()):
+            headers.append(key.replace("ild", "ILD"))
+            keys.append(key)
     rows = [[name] + [f"{m.get(key, float('nan')):.4f}" for key in keys] for name, m in report["models"].items()]
     widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(headers)]
     line = lambda cells: "  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(cells, widths)))
