@@ -38,11 +38,13 @@ def user_embeddings(model: TwoTower, data: TrainingData, users: np.ndarray, hist
 
 @torch.no_grad()
 def dlrm_scores(model: DLRM, data: TrainingData, users: np.ndarray, history: np.ndarray,
-                candidates: np.ndarray, context: np.ndarray | None = None, batch_size: int = 8192) -> np.ndarray:
+                candidates: np.ndarray, context: np.ndarray | None = None, batch_size: int = 8192,
+                cross: np.ndarray | None = None) -> np.ndarray:
     """DLRM logits for each row's candidates: ``candidates`` [U, C] -> scores [U, C] float32.
 
     ``context`` [U, 3]: each row's request context (:mod:`recstack.workflows.request_context`);
-    needed by a DLRM whose layout reads context columns."""
+    needed by a DLRM whose layout reads context columns. ``cross`` [U, C, F]: the candidates'
+    ``item_cross`` features (:mod:`recstack.models.candidates`), needed by a DLRM that reads them."""
     model.eval()
     device = next(model.parameters()).device
     U, C = candidates.shape
@@ -53,6 +55,8 @@ def dlrm_scores(model: DLRM, data: TrainingData, users: np.ndarray, history: np.
         r = rows[s:s + batch_size]
         blocks = data.batch(users[r], history[r], flat_items[s:s + batch_size],
                             None if context is None else context[r])
+        if cross is not None:
+            blocks["item_cross"] = cross.reshape(U * C, -1)[s:s + batch_size]
         out[s:s + batch_size] = model(to_tensors(blocks, device)).float().cpu().numpy()
     return out.reshape(U, C)
 

@@ -32,6 +32,9 @@ from recstack.paths import RunPaths
 # rows); softmax over 16 negatives of which 8 from the two-tower's top-100, 3 epochs 0.150 (0.120).
 DLRM_TRAIN = {"positive_min_rating": None, "loss": "softmax", "negatives": 16, "hard_negatives": 8,
               "hard_pool": 100}
+MULTI_SOURCE = True
+"""The DLRM ranks multi-source candidates (two-tower + item-kNN + popular, :mod:`recstack.models.candidates`)
+with their source scores and cross features, trained on those candidates (its negatives drawn from them)."""
 DLRM_EPOCHS = 2  # 3 epochs: valid fused 0.150 but ML-100K `recstack train` ~118 s; 2 epochs: 0.143, ~90 s
 
 ABLATION_MODEL = "dlrm_no_context"
@@ -119,7 +122,7 @@ def train_all(paths: RunPaths, device: str = "auto", epochs: int | None = None, 
                              **sampled)
         dl = train_dlrm(paths, data, device=device, epochs=epochs or DLRM_EPOCHS, seed=seed, refit=refit,
                         progress=progress, two_tower=tt["_model"], onnx=onnx, batch_size=dl_batch,
-                        time_budget_s=budgets[1], **dlrm_train, **sampled)
+                        time_budget_s=budgets[1], multi_source=MULTI_SOURCE, **dlrm_train, **sampled)
         if context_ablation is None:
             context_ablation = len(data.train) < ABLATION_MAX_ROWS
         ablation = None
@@ -129,7 +132,7 @@ def train_all(paths: RunPaths, device: str = "auto", epochs: int | None = None, 
             ablation = train_dlrm(paths, data, device=device, epochs=dl["epochs_run"], seed=seed, refit=refit,
                                   progress=progress, two_tower=tt["_model"], onnx=False, batch_size=dl_batch,
                                   time_budget_s=None, model_name=ABLATION_MODEL, context=False,
-                                  **dlrm_train, **sampled)
+                                  multi_source=dl["_sources"] or False, **dlrm_train, **sampled)
         elif (paths.models / ABLATION_MODEL).exists():  # a stale ablation of earlier models is not comparable
             import shutil
 
