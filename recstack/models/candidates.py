@@ -203,18 +203,27 @@ def in_sorted(keys: np.ndarray, sorted_keys: np.ndarray) -> np.ndarray:
 
 @dataclass
 class KnnScores:
-    """Each row's item-kNN scores as a sparse map: ``keys`` (row keys, sorted, unique) -> ``values``."""
+    """Each row's summed item-kNN scores: ``dense`` [B, n_items] float64 (0 = no co-occurrence) when the
+    batch is small enough (:data:`DENSE_LIMIT`), else a sparse map ``keys`` (row keys, sorted, unique) ->
+    ``values``. Both sum each key's contributions in the same order, so they hold the same floats."""
 
-    keys: np.ndarray
-    values: np.ndarray
+    keys: np.ndarray | None = None
+    values: np.ndarray | None = None
+    dense: np.ndarray | None = None
 
     def lookup(self, ids: np.ndarray, n_items: int) -> np.ndarray:
         """``[B, J]`` ids -> their summed scores (0 where the row has none)."""
+        if self.dense is not None:
+            return np.take_along_axis(self.dense, np.clip(ids, 0, n_items - 1), 1)
         keys = row_keys(ids, n_items)
         if len(self.keys) == 0:
             return np.zeros(ids.shape, np.float64)
         pos = np.minimum(np.searchsorted(self.keys, keys), len(self.keys) - 1)
         return np.where(self.keys[pos] == keys, self.values[pos], 0.0)
+
+
+DENSE_LIMIT = 1 << 23
+"""Batches with at most this many (row, item) cells keep per-row item arrays dense (ML-1M: 2,200 rows)."""
 
 
 @dataclass
@@ -267,14 +276,30 @@ class CandidateSources:
         keep = nb != PAD
         keys = (rows[:, None] * self.n_items + nb)[keep]
         values = (self.neighbour_scores[src] * w[:, None])[keep]
+        cells = len(history) * self.n_items
+        if cells <= DENSE_LIMIT:
+            return KnnScores(dense=np.bincount(keys, weights=values, minlength=cells).reshape(len(history), -1))
         unique, inverse = np.unique(keys, return_inverse=True)
         return KnnScores(unique, np.bincount(inverse.reshape(-1), weights=values, minlength=len(unique)))
 
     def top_knn(self, knn: KnnScores, seen_keys: np.ndarray, batch: int) -> np.ndarray:
-        """The item-kNN source: each row's ``item_knn`` best unseen items -> [B, M] (PAD past the end)."""
+        """The item-kNN source: each row's ``item_knn`` best unseen items -> [B, M] (PAD past the end;
+        order: score, then the lower id)."""
         m = self.cfg.item_knn
         out = np.full((batch, m), PAD, np.int64)
-        if m == 0 or len(knn.keys) == 0:
+        if m == 0:
+            return out
+        if knn.dense is not None:
+            scores = knn.dense.copy()
+            scores.reshape(-1)[seen_keys[seen_keys < scores.size]] = 0.0
+            m_eff = min(m, scores.shape[1])
+            top = np.argpartition(-scores, m_eff - 1, axis=1)[:, :m_eff]
+            top_scores = np.take_along_axis(scores, top, 1)
+            order = np.lexsort((top, -top_scores), axis=1)
+            top, top_scores = np.take_along_axis(top, order, 1), np.take_along_axis(top_scores, order, 1)
+            out[:, :m_eff] = np.where(top_scores > 0, top, PAD)
+            return out
+        if len(knn.keys) == 0:
             return out
         keep = ~in_sorted(knn.keys, seen_keys)
         keys, values = knn.keys[keep], knn.values[keep]
@@ -307,20 +332,29 @@ class CandidateSources:
     def merge(self, two_tower_ids: np.ndarray, history: np.ndarray, seen_keys: np.ndarray) -> Candidates:
         """Two-tower top-K ids [B, K] (seen excluded, PAD past the end) + item-kNN + popular,
         de-duplicated (the first occurrence keeps its slot, later ones become PAD) -> :class:`Candidates`
-        with W = K + item_knn + popular slots."""
+        with W = K + item_knn + popular slots. ``seen_keys``: sorted row keys of the excluded items."""
         batch = len(two_tower_ids)
+        seen_keys = seen_keys[seen_keys < batch * self.n_items]
         knn = self.knn_scores(history)
         parts = [np.asarray(two_tower_ids, np.int64), self.top_knn(knn, seen_keys, batch),
                  self.top_popular(seen_keys, batch)]
         ids = np.concatenate(parts, axis=1)
-        keys = row_keys(ids, self.n_items)
-        sources = np.stack([in_sorted(keys, np.unique(row_keys(p, self.n_items)[p != PAD])) for p in parts], -1)
-        order = np.argsort(keys, axis=1, kind="stable")
-        sorted_keys = np.take_along_axis(keys, order, 1)
-        dup_sorted = np.zeros(keys.shape, bool)
-        dup_sorted[:, 1:] = sorted_keys[:, 1:] == sorted_keys[:, :-1]
-        dup = np.zeros(keys.shape, bool)
-        np.put_along_axis(dup, order, dup_sorted, 1)
+        order = np.argsort(ids, axis=1, kind="stable")
+        sorted_ids = np.take_along_axis(ids, order, 1)
+        same = np.zeros(ids.shape, bool)
+        same[:, 1:] = sorted_ids[:, 1:] == sorted_ids[:, :-1]
+        dup = np.zeros(ids.shape, bool)
+        np.put_along_axis(dup, order, same, 1)
+        # which sources proposed each id: OR over the id's run of equal values in the sorted row
+        part_of = np.repeat(np.arange(3), [p.shape[1] for p in parts])
+        onehot = np.eye(3, dtype=bool)[part_of][None, :, :].repeat(batch, 0)
+        onehot &= (ids != PAD)[:, :, None]
+        sorted_hot = np.take_along_axis(onehot, order[:, :, None], 1)
+        starts = ~same.reshape(-1)  # runs never cross rows: a row's first position always starts one
+        run_flags = np.logical_or.reduceat(sorted_hot.reshape(-1, 3), np.flatnonzero(starts), axis=0)
+        sorted_flags = run_flags[np.cumsum(starts) - 1].reshape(onehot.shape)
+        sources = np.empty_like(onehot)
+        np.put_along_axis(sources, order[:, :, None], sorted_flags, 1)
         empty = dup | (ids == PAD)
         ids = np.where(empty, PAD, ids)
         sources &= ~empty[:, :, None]
