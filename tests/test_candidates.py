@@ -94,3 +94,56 @@ def test_offline_candidates_equal_the_serving_merge(sources):
     assert np.isneginf(retrieval[ids == PAD]).all() and np.isfinite(retrieval[ids != PAD]).all()
     assert np.allclose(cross, sources.features(served.ids, np.take_along_axis(first, served.ids, 1), served.sources,
                                                served.knn, history, times))
+
+
+def test_ranker_trains_on_merged_candidates_and_exports_the_cross_block(tmp_path):
+    """fit_dlrm with sources: negatives from the merged candidates, never the user's train items; the
+    DLRM reads item_cross [B, K, F]; dlrm.onnx takes it and equals PyTorch; selection saw merged lists."""
+    import onnxruntime as ort
+    import torch
+
+    from recstack.models.candidate_pool import build_training_pool, own_item_keys
+    from recstack.models.dlrm import DLRMConfig
+    from recstack.models.dlrm_training import build_candidate_sources, fit_dlrm
+    from recstack.models.export import random_inputs, save_dlrm
+    from recstack.models.predict import item_embeddings, user_embeddings
+    from recstack.models.two_tower import TwoTowerConfig
+    from recstack.models.two_tower_training import fit_two_tower
+    from recstack.models.validation import candidate_set, split_view
+    from recstack.paths import RunPaths
+    from test_models import make_schema, synthetic_data
+    from recstack.models.layout import FeatureLayout
+
+    torch.set_num_threads(1)
+    layout = FeatureLayout.from_schema(make_schema(), history_length=8)
+    data = synthetic_data(layout)
+    tt, _ = fit_two_tower(data, TwoTowerConfig(embedding_dim=8, output_dim=8, hidden=[16], uniform_negatives=8),
+                          epochs=2, batch_size=64, progress=False)
+    sources = build_candidate_sources(RunPaths.for_dataset("tiny", home=tmp_path), data,
+                                      SourceConfig(two_tower=10, item_knn=5, popular=3))
+    rows = data.train
+    rng = np.random.default_rng(0)
+    pool = build_training_pool(sources, user_embeddings(tt, data, rows.users, rows.history), item_embeddings(tt, data),
+                               rows.users, rows.history, rows.items, rows.times,
+                               own_item_keys(rows.users, rows.items, data.n_items), rng, sample=12)
+    own = {(int(u), int(i)) for u, i in zip(rows.users, rows.items)}
+    negatives = [(int(u), int(i)) for u, row in zip(rows.users, pool.negatives) for i in row if i != PAD]
+    assert negatives and not own.intersection(negatives)
+
+    model, hist = fit_dlrm(data, DLRMConfig(embedding_dim=8, dense_hidden=[8], over_hidden=[16]), two_tower=tt,
+                           epochs=2, batch_size=68, negatives=4, loss="softmax", progress=False, sources=sources)
+    assert model.cfg.cross_features == list(CROSS_FEATURES) and "valid_ndcg@10_fused" in hist["history"][0]
+    cset = candidate_set(tt, data, split_view(data, "valid"), 10, sources=sources)
+    assert cset.cands.shape[1] == sources.width and cset.cross.shape == (*cset.cands.shape, len(CROSS_FEATURES))
+
+    folder = save_dlrm(model, tmp_path / "dlrm", {"valid": {}}, {})
+    session = ort.InferenceSession(str(folder / "dlrm.onnx"))
+    assert session.get_inputs()[-1].name == "item_cross"
+    names = [i.name for i in session.get_inputs()]
+    feeds = random_inputs(model.layout, names, 3, seed=4, candidates=5, cross_width=len(CROSS_FEATURES))
+    got = session.run(None, feeds)[0]
+    flat = {k: torch.from_numpy(v.reshape(15, -1) if k.startswith("item") else np.repeat(v, 5, axis=0))
+            for k, v in feeds.items()}
+    with torch.no_grad():
+        want = model(flat).numpy().reshape(3, 5)
+    assert np.abs(got - want).max() < 1e-4
