@@ -9,8 +9,14 @@ import pytest
 
 from recstack.ids import PAD
 from recstack.models.candidates import (
-    CROSS_FEATURES, CandidateSources, SourceConfig, build_sources, item_knn, offline_candidates,
-    padded_seen_keys, source_flags,
+    CROSS_FEATURES,
+    CandidateSources,
+    SourceConfig,
+    build_sources,
+    item_knn,
+    offline_candidates,
+    padded_seen_keys,
+    source_flags,
 )
 
 # users x items (encoded ids 2..6): u0 {2,3}, u1 {2,3,4}, u2 {4,5}, u3 {6}
@@ -101,18 +107,18 @@ def test_ranker_trains_on_merged_candidates_and_exports_the_cross_block(tmp_path
     DLRM reads item_cross [B, K, F]; dlrm.onnx takes it and equals PyTorch; selection saw merged lists."""
     import onnxruntime as ort
     import torch
+    from test_models import make_schema, synthetic_data
 
     from recstack.models.candidate_pool import build_training_pool, own_item_keys
     from recstack.models.dlrm import DLRMConfig
     from recstack.models.dlrm_training import build_candidate_sources, fit_dlrm
     from recstack.models.export import random_inputs, save_dlrm
+    from recstack.models.layout import FeatureLayout
     from recstack.models.predict import item_embeddings, user_embeddings
     from recstack.models.two_tower import TwoTowerConfig
     from recstack.models.two_tower_training import fit_two_tower
     from recstack.models.validation import candidate_set, split_view
     from recstack.paths import RunPaths
-    from test_models import make_schema, synthetic_data
-    from recstack.models.layout import FeatureLayout
 
     torch.set_num_threads(1)
     layout = FeatureLayout.from_schema(make_schema(), history_length=8)
@@ -147,3 +153,20 @@ def test_ranker_trains_on_merged_candidates_and_exports_the_cross_block(tmp_path
     with torch.no_grad():
         want = model(flat).numpy().reshape(3, 5)
     assert np.abs(got - want).max() < 1e-4
+
+
+def test_dense_and_sparse_item_knn_select_the_same_candidates(sources, monkeypatch):
+    """Small batches keep item-kNN scores dense, big ones sparse: the same items, ties to the lower id."""
+    from recstack.models import candidates
+
+    rng = np.random.default_rng(3)
+    history = rng.integers(0, N_ITEMS, (40, 4))
+    seen = padded_seen_keys(history, N_ITEMS)
+    tt = np.zeros((40, 2), np.int64)
+    dense = sources.merge(tt, history, seen)
+    assert dense.knn.dense is not None
+    monkeypatch.setattr(candidates, "DENSE_LIMIT", 0)
+    sparse = sources.merge(tt, history, seen)
+    assert sparse.knn.dense is None
+    assert (dense.ids == sparse.ids).all() and (dense.sources == sparse.sources).all()
+    assert np.array_equal(dense.knn.lookup(dense.ids, N_ITEMS), sparse.knn.lookup(dense.ids, N_ITEMS))

@@ -233,16 +233,17 @@ def QueryIndex(paths: RunPaths, top_k: int = 100) -> ServingOp:  # noqa: N802
         settings=_live_items(paths))
 
 
-def multi_source_width(paths: RunPaths) -> int | None:
-    """W of the multi-source candidates when the run serves them (``models/candidates/`` and a DLRM that
-    reads their ``item_cross`` features), else None."""
+def multi_source_width(paths: RunPaths, top_k: int) -> int | None:
+    """W of the multi-source candidates (``top_k`` FAISS + the item-kNN and popular slots) when the run
+    serves them (``models/candidates/`` and a DLRM that reads their ``item_cross`` features), else None."""
     from recstack.models.candidates import ARTIFACT
 
     config = paths.models / ARTIFACT / "config.json"
     dlrm = paths.models / "dlrm" / "config.json"
     if not (config.is_file() and dlrm.is_file()) or not read_json(dlrm)["hyperparameters"].get("cross_features"):
         return None
-    return int(read_json(config)["width"])
+    sources = read_json(config)["sources"]
+    return int(top_k) + int(sources["item_knn"]) + int(sources["popular"])
 
 
 def MultiSourceRetrieve(paths: RunPaths, top_k: int = 100) -> ServingOp:  # noqa: N802
@@ -251,11 +252,10 @@ def MultiSourceRetrieve(paths: RunPaths, top_k: int = 100) -> ServingOp:  # noqa
     from recstack.models.candidates import ARTIFACT, CROSS_FEATURES
 
     index = QueryIndex(paths, top_k)
-    width = multi_source_width(paths)
-    sources = read_json(paths.models / ARTIFACT / "config.json")["sources"]
-    if width is None or int(sources["two_tower"]) != top_k:
-        raise InputError(f"top_k: the candidate sources were built for a two-tower K of {sources['two_tower']}, "
-                         f"not {top_k}")
+    width = multi_source_width(paths, top_k)
+    if width is None:
+        raise InputError(f"{paths.models / ARTIFACT}: no candidate sources, or a DLRM that does not read them "
+                         "(retrain: recstack train)")
     layout = _layout(paths, "two_tower")
     return ServingOp(
         index.name, "recstack.ensembles.multi_source:MultiSourceIndex", index.params,
@@ -336,7 +336,7 @@ def recommendation_graph(paths: RunPaths, top_k: int = 100, exploration_share: f
     retrieves multi-source candidates (:func:`MultiSourceRetrieve`, W = K + item-kNN + popular slots)."""
     if top_k <= 0:
         raise InputError(f"top_k: must be > 0, got {top_k}")
-    width = multi_source_width(paths)
+    width = multi_source_width(paths, top_k)
     retrieve = QueryIndex(paths, top_k) if width is None else MultiSourceRetrieve(paths, top_k)
     top_k = width or top_k  # the steps after retrieval see W multi-source candidates
     return (RequestContextOp() >> QueryUserFeatures(paths) >> EmbedUser(paths) >> retrieve

@@ -11,7 +11,8 @@ training call, so the served candidates are the evaluated ones. Shapes for a bat
        (two-tower cosine of every candidate, -inf for an empty slot; cold users: the popularity
        list of QueryIndex, unchanged), item_cross float32 [B, W, F]
 
-W = two-tower K + item-kNN + popular slots (``models/candidates/config.json``). The two-tower
+W = ``top_k`` (the FAISS source; ``recstack evaluate`` ranks ``sources.two_tower``, 100, the export's
+default) + the item-kNN and popular slots of ``models/candidates/config.json``. The two-tower
 score of a candidate another source proposed is the inner product with the exported item
 embeddings (``item_embeddings.npy``), the value FAISS returns for the ones it found.
 """
@@ -25,7 +26,11 @@ import numpy as np
 from recstack.ensembles.steps import QueryIndex, _require
 from recstack.errors import InputError
 from recstack.ids import PAD
-from recstack.models.candidates import CROSS_FEATURES, CandidateSources, padded_seen_keys
+from recstack.models.candidates import (
+    CROSS_FEATURES,
+    CandidateSources,
+    padded_seen_keys,
+)
 
 
 class MultiSourceIndex(QueryIndex):
@@ -36,8 +41,7 @@ class MultiSourceIndex(QueryIndex):
                  workflow_dir: str | None = None, live_items: str | None = None):
         super().__init__(index_dir, popularity_path, top_k, dimension, model_dir, workflow_dir, live_items)
         self.sources = CandidateSources(sources_dir)
-        if self.sources.cfg.two_tower != self.top_k:
-            raise InputError(f"top_k: {self.top_k} != the candidate sources' two_tower {self.sources.cfg.two_tower}")
+        self.width = self.top_k + self.sources.cfg.item_knn + self.sources.cfg.popular
         self.item_emb = np.load(Path(embeddings_dir) / "item_embeddings.npy", allow_pickle=False).astype(np.float64)
         if len(self.item_emb) != self.sources.n_items:
             raise InputError(f"{embeddings_dir}: {len(self.item_emb)} item embeddings, the candidate sources have "
@@ -50,7 +54,7 @@ class MultiSourceIndex(QueryIndex):
         known = inputs["user_known"][:, 0].astype(bool)
         history = _require(inputs, "history", np.int64, 2)
         times = _require(inputs, "request_seconds", np.int64, 2)[:, 0]
-        batch, k, width, n = len(queries), self.top_k, self.sources.width, self.sources.n_items
+        batch, k, width, n = len(queries), self.top_k, self.width, self.sources.n_items
         ids = np.zeros((batch, width), np.int64)
         scores = np.full((batch, width), -np.inf, np.float32)
         cross = np.zeros((batch, width, len(CROSS_FEATURES)), np.float32)

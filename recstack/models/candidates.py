@@ -70,7 +70,7 @@ class SourceConfig:
         """W: slots of the merged candidate list."""
         return self.two_tower + self.item_knn + self.popular
 
-    def check(self) -> "SourceConfig":
+    def check(self) -> SourceConfig:
         for name in ("two_tower", "neighbours", "recent"):
             if int(getattr(self, name)) < 1:
                 raise InputError(f"candidates.{name}: must be >= 1, got {getattr(self, name)}")
@@ -223,7 +223,10 @@ class KnnScores:
 
 
 DENSE_LIMIT = 1 << 23
-"""Batches with at most this many (row, item) cells keep per-row item arrays dense (ML-1M: 2,200 rows)."""
+"""Batches with at most this many (row, item) cells keep their item-kNN scores dense (ML-1M: 2,200 rows)."""
+DENSE_ITEMS = 1 << 16
+"""Catalogues above this many items always use the sparse item-kNN scores (a request of a 1M-item
+catalogue would otherwise fill and partition a 1M-wide row). Both forms select the same items."""
 
 
 @dataclass
@@ -250,7 +253,7 @@ class CandidateSources:
         self.n_items = int(config["n_items"])
         self.t0 = int(config["t0"])
         self.log_max_count = float(np.log1p(max(int(config["max_count"]), 1)))
-        load = lambda name: np.load(folder / name, allow_pickle=False)  # noqa: E731
+        load = lambda name: np.load(folder / name, allow_pickle=False)
         self.neighbours = load("neighbours.npy").astype(np.int64)
         self.neighbour_scores = load("neighbour_scores.npy").astype(np.float64)
         self.event_keys = load("event_keys.npy")
@@ -277,7 +280,7 @@ class CandidateSources:
         keys = (rows[:, None] * self.n_items + nb)[keep]
         values = (self.neighbour_scores[src] * w[:, None])[keep]
         cells = len(history) * self.n_items
-        if cells <= DENSE_LIMIT:
+        if cells <= DENSE_LIMIT and self.n_items <= DENSE_ITEMS:
             return KnnScores(dense=np.bincount(keys, weights=values, minlength=cells).reshape(len(history), -1))
         unique, inverse = np.unique(keys, return_inverse=True)
         return KnnScores(unique, np.bincount(inverse.reshape(-1), weights=values, minlength=len(unique)))
@@ -289,21 +292,21 @@ class CandidateSources:
         out = np.full((batch, m), PAD, np.int64)
         if m == 0:
             return out
-        if knn.dense is not None:
+        if knn.dense is not None:  # the m best of each row, ties to the lower id, exactly as the sparse path
             scores = knn.dense.copy()
-            scores.reshape(-1)[seen_keys[seen_keys < scores.size]] = 0.0
+            scores.reshape(-1)[seen_keys] = 0.0
             m_eff = min(m, scores.shape[1])
-            top = np.argpartition(-scores, m_eff - 1, axis=1)[:, :m_eff]
-            top_scores = np.take_along_axis(scores, top, 1)
-            order = np.lexsort((top, -top_scores), axis=1)
-            top, top_scores = np.take_along_axis(top, order, 1), np.take_along_axis(top_scores, order, 1)
-            out[:, :m_eff] = np.where(top_scores > 0, top, PAD)
-            return out
-        if len(knn.keys) == 0:
-            return out
-        keep = ~in_sorted(knn.keys, seen_keys)
-        keys, values = knn.keys[keep], knn.values[keep]
-        rows, items = keys // self.n_items, keys % self.n_items
+            kth = -np.partition(-scores, m_eff - 1, axis=1)[:, m_eff - 1:m_eff]  # [B, 1] m-th best score
+            above = scores > kth
+            tied = (scores == kth) & (np.cumsum(scores == kth, axis=1) <= m_eff - above.sum(1, keepdims=True))
+            rows, items = np.nonzero((above | tied) & (scores > 0))
+            values = scores[rows, items]
+        else:
+            if len(knn.keys) == 0:
+                return out
+            keep = ~in_sorted(knn.keys, seen_keys)
+            keys, values = knn.keys[keep], knn.values[keep]
+            rows, items = keys // self.n_items, keys % self.n_items
         order = np.lexsort((items, -values, rows))
         rows, items = rows[order], items[order]
         first = np.searchsorted(rows, np.arange(batch))
