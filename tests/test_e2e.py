@@ -291,7 +291,11 @@ def test_served_ranking_equals_offline_evaluation_ranking(client, e2e_paths):
     the serving step from ``request_time`` is the one evaluation computed from that timestamp."""
     import torch
 
-    from recstack.models.candidates import ARTIFACT, CandidateSources, offline_candidates
+    from recstack.models.candidates import (
+        ARTIFACT,
+        CandidateSources,
+        offline_candidates,
+    )
     from recstack.models.data import load_training_data
     from recstack.models.export import load_dlrm, load_two_tower
     from recstack.models.fusion import fuse_scores

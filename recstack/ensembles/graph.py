@@ -246,7 +246,7 @@ def multi_source_width(paths: RunPaths, top_k: int) -> int | None:
     return int(top_k) + int(sources["item_knn"]) + int(sources["popular"])
 
 
-def MultiSourceRetrieve(paths: RunPaths, top_k: int = 100) -> ServingOp:  # noqa: N802
+def MultiSourceRetrieve(paths: RunPaths, top_k: int = 100) -> ServingOp:
     """:func:`QueryIndex` merged with the item-kNN and popular sources
     (:class:`~recstack.ensembles.multi_source.MultiSourceIndex`): W candidates with their ``item_cross`` features."""
     from recstack.models.candidates import ARTIFACT, CROSS_FEATURES
@@ -283,10 +283,12 @@ def QueryItemFeatures(paths: RunPaths, top_k: int = 100) -> ServingOp:  # noqa: 
 def Rank(paths: RunPaths, top_k: int = 100) -> ServingOp:  # noqa: N802
     """The DLRM ranker (ONNX) over user x candidate features, fused with the retrieval score."""
     layout = _layout(paths, "dlrm")
-    cross = read_json(paths.models / "dlrm" / "config.json")["hyperparameters"].get("cross_features") or []
+    from recstack.models.candidates import CROSS_FEATURES
+
+    cross = read_json(paths.models / "dlrm" / "config.json")["hyperparameters"].get("cross_features")
     return ServingOp("ranker", f"{STEPS}:Rank", {},
                      _user_block_specs(layout) + _item_block_specs(layout, top_k)
-                     + ([TensorSpec("item_cross", np.float32, (top_k, len(cross)))] if cross else [])
+                     + ([TensorSpec("item_cross", np.float32, (top_k, len(CROSS_FEATURES)))] if cross else [])
                      + [TensorSpec("retrieval_scores", np.float32, (top_k,))],
                      [TensorSpec("rank_scores", np.float32, (top_k,))],
                      artifacts={"model_dir": _model_files(paths, "dlrm", "dlrm.onnx")})

@@ -260,6 +260,8 @@ class CandidateSources:
         self.popular = load("popular.npy")
         self.genres = load("item_genres.npy").astype(np.float32)
         self.recent_weights = self.cfg.decay ** np.arange(self.cfg.recent)[::-1].astype(np.float64)
+        self.cache: dict[Any, Any] = {}
+        """Training's per-(model, rows) candidate pools (:mod:`recstack.models.candidate_pool`)."""
 
     @property
     def width(self) -> int:

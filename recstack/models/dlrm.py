@@ -30,6 +30,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from recstack.models.candidates import CROSS_FEATURES
 from recstack.models.layout import FeatureLayout
 from recstack.models.modules import Bag, HistoryPooling, embedding, mlp
 
@@ -43,8 +44,8 @@ class DLRMConfig:
     max_recency: int = 64
     share_history_table: bool = True  # the history bags use the candidate item-id table
     cross_features: list[str] = field(default_factory=list)
-    """Names of the per-candidate dense features of the ``item_cross`` block
-    (:data:`recstack.models.candidates.CROSS_FEATURES`); empty: no such block."""
+    """Which columns of the ``item_cross`` block (always every one of
+    :data:`recstack.models.candidates.CROSS_FEATURES`) the model reads; empty: no such block."""
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -165,6 +166,12 @@ class DLRM(nn.Module):
         self.n_user_cont = len(layout.user.cont)
         self.n_item_cont = len(layout.item.cont)
         self.n_cross = len(self.cfg.cross_features)
+        unknown = [n for n in self.cfg.cross_features if n not in CROSS_FEATURES]
+        if unknown:
+            raise ValueError(f"DLRMConfig.cross_features: unknown {unknown}; known: {list(CROSS_FEATURES)}")
+        # the item_cross block always carries every CROSS_FEATURES column; the model reads its own
+        self.register_buffer("cross_index", torch.tensor([CROSS_FEATURES.index(n) for n in self.cfg.cross_features],
+                                                         dtype=torch.long), persistent=False)
         self.sparse_arch = SparseArch(layout, e, self.cfg.max_recency, self.cfg.share_history_table)
         self.dense_arch = DenseArch(self.n_user_cont + self.n_item_cont + self.n_cross, self.cfg.dense_hidden, e)
         self.inter_arch = InteractionArch(self.sparse_arch.num_features)
@@ -174,6 +181,8 @@ class DLRM(nn.Module):
               history: torch.Tensor, item_cat: torch.Tensor, item_lists: torch.Tensor | None,
               item_cont: torch.Tensor | None, context: torch.Tensor | None = None,
               item_cross: torch.Tensor | None = None) -> torch.Tensor:
+        if self.n_cross:
+            item_cross = item_cross[:, self.cross_index]
         dense_parts = [x for x, n in ((user_cont, self.n_user_cont), (item_cont, self.n_item_cont),
                                       (item_cross, self.n_cross)) if n]
         dense_in = torch.cat(dense_parts, dim=1) if dense_parts else item_cat
@@ -198,6 +207,8 @@ class DLRM(nn.Module):
             return None if x is None else x.reshape(b * k, x.shape[2])
 
         item_cat, item_lists, item_cont, item_cross = flat(item_cat), flat(item_lists), flat(item_cont), flat(item_cross)
+        if self.n_cross:
+            item_cross = item_cross[:, self.cross_index]
         dense_parts = [x for x, n in ((user_cont, self.n_user_cont), (item_cont, self.n_item_cont),
                                       (item_cross, self.n_cross)) if n]
         if self.n_user_cont:

@@ -78,7 +78,8 @@ def fit_dlrm(data: TrainingData, cfg: DLRMConfig | None = None, *, two_tower: Tw
     if sources is not None:
         if two_tower is None or loss != "softmax":
             raise InputError("sources: multi-source training needs a two-tower and loss='softmax'")
-        cfg = replace(cfg, cross_features=list(CROSS_FEATURES))
+        if not cfg.cross_features:
+            cfg = replace(cfg, cross_features=list(CROSS_FEATURES))
     rows = train_rows if train_rows is not None else data.train
     layout = data.layout.with_context(context_columns(data)) if context else data.layout
     model = DLRM(layout, cfg).to(dev)
@@ -88,11 +89,14 @@ def fit_dlrm(data: TrainingData, cfg: DLRMConfig | None = None, *, two_tower: Tw
     pool = hard_negative_pool(two_tower, data, rows, pos_rows, hard_pool) \
         if (two_tower is not None and hard_negatives and sources is None) else None
     tpool = None
-    if sources is not None:
-        item_emb = item_embeddings(two_tower, data)
-        tpool = build_training_pool(sources, user_embeddings(two_tower, data, rows.users[pos_rows], rows.history[pos_rows]),
-                                    item_emb, rows.users[pos_rows], rows.history[pos_rows], rows.items[pos_rows],
-                                    rows.times[pos_rows], own_item_keys(rows.users, rows.items, data.n_items), rng)
+    if sources is not None:  # the context ablation trains on the same pool: built once per (two-tower, rows, seed)
+        key = (id(two_tower), id(rows), len(pos_rows), seed)
+        tpool = sources.cache.get(key)
+        if tpool is None:
+            tpool = sources.cache[key] = build_training_pool(
+                sources, user_embeddings(two_tower, data, rows.users[pos_rows], rows.history[pos_rows]),
+                item_embeddings(two_tower, data), rows.users[pos_rows], rows.history[pos_rows], rows.items[pos_rows],
+                rows.times[pos_rows], own_item_keys(rows.users, rows.items, data.n_items), rng)
     n_examples = len(pos_rows) * (1 + negatives)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, warmup_cosine(epochs * max(1, math.ceil(n_examples / batch_size))))
     view = split_view(data, "valid")

@@ -30,6 +30,7 @@ from torch import nn
 from recstack.errors import InputError
 from recstack.ids import FIRST_CODE
 from recstack.io import atomic_dir, read_json, write_json
+from recstack.models.candidates import CROSS_FEATURES
 from recstack.models.device import to_tensors
 from recstack.models.dlrm import DLRM, DLRMConfig
 from recstack.models.layout import FeatureLayout
@@ -181,7 +182,7 @@ def save_dlrm(model: DLRM, target: Path, metrics: dict[str, Any], training: dict
         if onnx:
             names = layout.user_blocks() + layout.item_blocks() + (["item_cross"] if model.n_cross else [])
             diff = export_onnx(model, "score_candidates", names, DLRM_ARGS, layout, "score", tmp / "dlrm.onnx",
-                               candidates=True, cross_width=model.n_cross)
+                               candidates=True, cross_width=len(CROSS_FEATURES) if model.n_cross else 0)
             onnx_info = {"dlrm.onnx": {"inputs": names, "outputs": ["score"], "max_abs_diff": diff}}
         write_json(tmp / "config.json", {
             "model": "dlrm", "hyperparameters": model.cfg.to_dict(), "layout": layout.to_dict(),
