@@ -65,12 +65,14 @@ def rerank(first_stage: np.ndarray, candidates: np.ndarray, second_stage: np.nda
     """Scores where the candidates rank first, by ``second_stage``, and the rest keep first-stage order.
 
     ``first_stage`` [U, n_items] (seen items at -inf), ``candidates`` [U, C] item ids,
-    ``second_stage`` [U, C] scores of those candidates. Returns a new [U, n_items] array.
+    ``second_stage`` [U, C] scores of those candidates (-inf: an empty slot, e.g. a multi-source
+    duplicate, never ranked). Returns a new [U, n_items] array.
     """
     final = np.array(first_stage, dtype=np.float64, copy=True)
     top = np.where(np.isfinite(final), final, -1e30).max(axis=1)
     second = second_stage.astype(np.float64)
-    offset = top - second.min(axis=1) + 1.0  # every candidate above every non-candidate
+    lowest = np.where(np.isfinite(second), second, np.inf).min(axis=1)  # -inf: an empty candidate slot
+    offset = top - np.where(np.isfinite(lowest), lowest, 0.0) + 1.0  # every candidate above every non-candidate
     cand_scores = second + offset[:, None]
     cand_first = np.take_along_axis(first_stage, candidates, axis=1)
     cand_scores = np.where(np.isfinite(cand_first), cand_scores, -np.inf)  # never resurrect a seen item
