@@ -170,3 +170,13 @@ def test_dense_and_sparse_item_knn_select_the_same_candidates(sources, monkeypat
     assert sparse.knn.dense is None
     assert (dense.ids == sparse.ids).all() and (dense.sources == sparse.sources).all()
     assert np.array_equal(dense.knn.lookup(dense.ids, N_ITEMS), sparse.knn.lookup(dense.ids, N_ITEMS))
+
+
+def test_rerank_skips_empty_candidate_slots():
+    """A merged list's empty slot (PAD id, -inf score) ranks nowhere and does not disturb the others."""
+    from recstack.models.predict import rerank
+
+    first = np.array([[-np.inf, -np.inf, 0.9, 0.5, 0.1, 0.3]])
+    final = rerank(first, np.array([[3, 0, 4, 0]]), np.array([[2.0, -np.inf, 5.0, -np.inf]]))
+    assert np.isfinite(final[0, 2:]).all() and np.isneginf(final[0, :2]).all()
+    assert np.argsort(-final[0], kind="stable")[:4].tolist() == [4, 3, 2, 5]
