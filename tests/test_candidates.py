@@ -180,3 +180,17 @@ def test_rerank_skips_empty_candidate_slots():
     final = rerank(first, np.array([[3, 0, 4, 0]]), np.array([[2.0, -np.inf, 5.0, -np.inf]]))
     assert np.isfinite(final[0, 2:]).all() and np.isneginf(final[0, :2]).all()
     assert np.argsort(-final[0], kind="stable")[:4].tolist() == [4, 3, 2, 5]
+
+
+def test_history_alignment_does_not_change_the_sources(sources):
+    """Training histories are right-aligned, the online store's left-aligned: same candidates and scores."""
+    right = np.array([[0, 0, 3, 4, 2], [0, 0, 0, 0, 5]])
+    left = np.array([[3, 4, 2, 0, 0], [5, 0, 0, 0, 0]])
+    seen = padded_seen_keys(right, N_ITEMS)
+    a = sources.merge(np.zeros((2, 2), np.int64), right, seen)
+    b = sources.merge(np.zeros((2, 2), np.int64), left, seen)
+    assert (a.ids == b.ids).all() and (a.sources == b.sources).all()
+    assert np.array_equal(a.knn.lookup(a.ids, N_ITEMS), b.knn.lookup(a.ids, N_ITEMS))
+    times = np.array([450, 450])
+    assert np.array_equal(sources.features(a.ids, np.zeros(a.ids.shape), a.sources, a.knn, right, times),
+                          sources.features(b.ids, np.zeros(b.ids.shape), b.sources, b.knn, left, times))

@@ -26,7 +26,7 @@ POOL_SAMPLE = 48
 
 @dataclass
 class TrainingPool:
-    """Per positive row: ``negatives`` int64 [P, S] (PAD = none), their ``negative_sources`` bool
+    """Per positive row: ``negatives`` int32 [P, S] (PAD = none), their ``negative_sources`` bool
     [P, S, 3] and the positive's ``positive_sources`` bool [P, 3]; ``user_emb`` [P, d] float32 and
     ``item_emb`` [n_items, d] for the two-tower cosine feature."""
 
@@ -65,7 +65,7 @@ def build_training_pool(sources: CandidateSources, user_emb: np.ndarray, item_em
     """
     n_items = sources.n_items
     P = len(positives)
-    negatives = np.full((P, sample), PAD, np.int64)
+    negatives = np.full((P, sample), PAD, np.int32)  # ML-1M: 1M rows x 48 = 192 MB
     neg_sources = np.zeros((P, sample, 3), bool)
     pos_sources = np.zeros((P, 3), bool)
     for s in range(0, P, score_batch_rows(batch_size, n_items)):
@@ -108,7 +108,7 @@ def softmax_groups(pool: TrainingPool, positives: np.ndarray, rng: np.random.Gen
     """One epoch's groups: (items [P, 1 + negatives] = positive then negatives, their source flags
     [P, 1 + negatives, 3], empty [P, 1 + negatives] bool: a slot without a negative, masked out of the softmax)."""
     cols, empty = pool.draw(rng, negatives)
-    items = np.concatenate([positives[:, None], np.take_along_axis(pool.negatives, cols, 1)], 1)
+    items = np.concatenate([positives[:, None], np.take_along_axis(pool.negatives, cols, 1)], 1).astype(np.int64)
     flags = np.concatenate([pool.positive_sources[:, None, :],
                             np.take_along_axis(pool.negative_sources, cols[:, :, None], 1)], 1)
     if cols.shape[1] < negatives:  # fewer kept candidates than negatives asked for

@@ -259,7 +259,6 @@ class CandidateSources:
         self.event_keys = load("event_keys.npy")
         self.popular = load("popular.npy")
         self.genres = load("item_genres.npy").astype(np.float32)
-        self.recent_weights = self.cfg.decay ** np.arange(self.cfg.recent)[::-1].astype(np.float64)
         self.cache: dict[Any, Any] = {}
         """Training's per-(model, rows) candidate pools (:mod:`recstack.models.candidate_pool`)."""
 
@@ -270,13 +269,14 @@ class CandidateSources:
     # -- sources
     def knn_scores(self, history: np.ndarray) -> KnnScores:
         """Summed neighbour scores of each row's ``recent`` latest history items (``history`` [B, L],
-        oldest -> newest, 0-padded; the latest item weighs 1, the one before ``decay``, ...)."""
-        recent = history[:, -self.cfg.recent:]
-        weights = self.recent_weights[-recent.shape[1]:]
-        valid = (recent >= FIRST_CODE) & (recent < self.n_items)
-        rows = np.broadcast_to(np.arange(len(history))[:, None], recent.shape)[valid]
-        src = recent[valid]
-        w = np.broadcast_to(weights[None, :], recent.shape)[valid]
+        oldest -> newest, 0-padded on either side: training's histories are right-aligned, the
+        online store's left-aligned; the latest item weighs 1, the one before ``decay``, ...)."""
+        present = history != PAD
+        age = np.cumsum(present[:, ::-1], axis=1)[:, ::-1] - 1  # items after it in the row
+        valid = present & (age < self.cfg.recent) & (history >= FIRST_CODE) & (history < self.n_items)
+        rows = np.broadcast_to(np.arange(len(history))[:, None], history.shape)[valid]
+        src = history[valid]
+        w = self.cfg.decay ** age[valid].astype(np.float64)
         nb = self.neighbours[src]  # [E, M]
         keep = nb != PAD
         keys = (rows[:, None] * self.n_items + nb)[keep]
