@@ -10,6 +10,7 @@ import pytest
 from recstack.ids import PAD
 from recstack.models.candidates import (
     CROSS_FEATURES,
+    RANKER_FEATURES,
     CandidateSources,
     SourceConfig,
     build_sources,
@@ -138,7 +139,7 @@ def test_ranker_trains_on_merged_candidates_and_exports_the_cross_block(tmp_path
 
     model, hist = fit_dlrm(data, DLRMConfig(embedding_dim=8, dense_hidden=[8], over_hidden=[16]), two_tower=tt,
                            epochs=2, batch_size=68, negatives=4, loss="softmax", progress=False, sources=sources)
-    assert model.cfg.cross_features == list(CROSS_FEATURES) and "valid_ndcg@10_fused" in hist["history"][0]
+    assert model.cfg.cross_features == list(RANKER_FEATURES) and "valid_ndcg@10_fused" in hist["history"][0]
     cset = candidate_set(tt, data, split_view(data, "valid"), 10, sources=sources)
     assert cset.cands.shape[1] == sources.width and cset.cross.shape == (*cset.cands.shape, len(CROSS_FEATURES))
 

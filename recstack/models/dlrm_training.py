@@ -26,7 +26,7 @@ from tqdm.auto import tqdm
 from recstack.errors import InputError
 from recstack.models.candidate_pool import build_training_pool, own_item_keys, softmax_groups
 from recstack.models.candidates import (
-    ARTIFACT, CROSS_BLOCK, CROSS_FEATURES, CandidateSources, SourceConfig, build_sources,
+    ARTIFACT, CROSS_BLOCK, RANKER_FEATURES, CandidateSources, SourceConfig, build_sources,
 )
 from recstack.models.data import Interactions, TrainingData, load_training_data
 from recstack.models.device import resolve_device, seed_everything, to_tensors
@@ -66,7 +66,8 @@ def fit_dlrm(data: TrainingData, cfg: DLRMConfig | None = None, *, two_tower: Tw
 
     ``sources`` (multi-source retrieval, :mod:`recstack.models.candidates`; needs the two-tower and
     ``loss="softmax"``): the DLRM reads the ``item_cross`` block (source scores, genre affinity,
-    popularity, time since the item's last interaction), every negative comes from the merged
+    popularity, time since the item's last interaction; ``cfg.cross_features``, default
+    :data:`~recstack.models.candidates.RANKER_FEATURES`), every negative comes from the merged
     candidates of the positive's moment (:mod:`recstack.models.candidate_pool`), never from the
     user's own train items, and selection and fusion score the validation split's merged candidates.
     """
@@ -79,7 +80,7 @@ def fit_dlrm(data: TrainingData, cfg: DLRMConfig | None = None, *, two_tower: Tw
         if two_tower is None or loss != "softmax":
             raise InputError("sources: multi-source training needs a two-tower and loss='softmax'")
         if not cfg.cross_features:
-            cfg = replace(cfg, cross_features=list(CROSS_FEATURES))
+            cfg = replace(cfg, cross_features=list(RANKER_FEATURES))
     rows = train_rows if train_rows is not None else data.train
     layout = data.layout.with_context(context_columns(data)) if context else data.layout
     model = DLRM(layout, cfg).to(dev)
