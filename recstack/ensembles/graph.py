@@ -186,10 +186,11 @@ STORE_UNAVAILABLE = TensorSpec("store_unavailable", np.int32, (1,))
 REQUEST_SECONDS = TensorSpec("request_seconds", np.int64, (1,))
 
 
-def RequestContextOp() -> ServingOp:
-    """Request time (default now) and device -> the ``context`` codes the ranker reads (and the time itself)."""
+def RequestContextOp(request_seconds: bool = False) -> ServingOp:
+    """Request time (default now) and device -> the ``context`` codes the ranker reads (and with
+    ``request_seconds`` the time itself, for the multi-source retrieval's features)."""
     return ServingOp("request_context", "recstack.ensembles.context_step:RequestContext", {},
-                     [ENSEMBLE_INPUTS[0], *CONTEXT_INPUTS], [CONTEXT, REQUEST_SECONDS],
+                     [ENSEMBLE_INPUTS[0], *CONTEXT_INPUTS], [CONTEXT] + ([REQUEST_SECONDS] if request_seconds else []),
                      optional=tuple(s.name for s in CONTEXT_INPUTS))
 
 
@@ -341,7 +342,7 @@ def recommendation_graph(paths: RunPaths, top_k: int = 100, exploration_share: f
     width = multi_source_width(paths, top_k)
     retrieve = QueryIndex(paths, top_k) if width is None else MultiSourceRetrieve(paths, top_k)
     top_k = width or top_k  # the steps after retrieval see W multi-source candidates
-    return (RequestContextOp() >> QueryUserFeatures(paths) >> EmbedUser(paths) >> retrieve
+    return (RequestContextOp(request_seconds=width is not None) >> QueryUserFeatures(paths) >> EmbedUser(paths) >> retrieve
             >> QueryItemFeatures(paths, top_k) >> Rank(paths, top_k)
             >> FilterTopN(paths, top_k, exploration_share=exploration_share,
                           exploration_window_s=exploration_window_s, **(rerank or {})))
