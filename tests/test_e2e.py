@@ -284,13 +284,18 @@ def test_failed_run_keeps_existing_artifacts(cli_env, e2e_paths, capsys):
 
 def test_served_ranking_equals_offline_evaluation_ranking(client, e2e_paths):
     """What `recstack evaluate` measures for two_tower+dlrm is what the ensemble serves (same users,
-    histories, seen items, candidates and fusion; PyTorch in float64 offline vs ONNX and FAISS in
+    histories, seen items, multi-source candidates with their cross features, and fusion; PyTorch in float64 offline vs ONNX and FAISS in
     float32 in Triton). The top-10 lists are equal; two items may trade places only where their
     offline scores tie to 1e-4, and every served score equals the offline one to 1e-4. The request
     is sent at each user's test interaction time, so the ranker's context (hour, weekday) computed by
     the serving step from ``request_time`` is the one evaluation computed from that timestamp."""
     import torch
 
+    from recstack.models.candidates import (
+        ARTIFACT,
+        CandidateSources,
+        offline_candidates,
+    )
     from recstack.models.data import load_training_data
     from recstack.models.export import load_dlrm, load_two_tower
     from recstack.models.fusion import fuse_scores
@@ -314,10 +319,16 @@ def test_served_ranking_equals_offline_evaluation_ranking(client, e2e_paths):
     with torch.no_grad():
         first = user_embeddings(two_tower, data, view.users[rows], view.history[rows]).astype(np.float64) @ item_emb.T
     mask_unrankable(first, view.users[rows], view.seen, view.targets[rows], catalogue_mask(data.n_items))
-    cands = top_k(first, 100)
+    if dlrm.n_cross:  # multi-source candidates (two-tower + item-kNN + popular) with their cross features
+        sources = CandidateSources(e2e_paths.models / ARTIFACT)
+        cands, retrieval, cross = offline_candidates(sources, first, view.history[rows], view.times[rows], 100)
+        assert (cands[:, 100:] != 0).any(), "the other sources added no candidate"
+    else:
+        cands, cross = top_k(first, 100), None
+        retrieval = np.take_along_axis(first, cands, axis=1)
     with torch.no_grad():
-        logits = dlrm_scores(dlrm, data, view.users[rows], view.history[rows], cands, view.context[rows])
-    fused = fuse_scores(logits, np.take_along_axis(first, cands, axis=1), dlrm_config["fusion"])
+        logits = dlrm_scores(dlrm, data, view.users[rows], view.history[rows], cands, view.context[rows], cross=cross)
+    fused = fuse_scores(logits, retrieval, dlrm_config["fusion"])
     final = rerank(first, cands, fused)  # the candidates in fused order, ahead of every other item
 
     test_rows = pd.read_parquet(e2e_paths.data / "test.parquet", columns=["user_id", "timestamp"])
@@ -326,7 +337,7 @@ def test_served_ranking_equals_offline_evaluation_ranking(client, e2e_paths):
     swaps = 0
     for user, rec, row, cand_row, fused_row in zip(raw_users, served, final, cands, fused):
         want = [raw_of[i] for i in np.argsort(-row, kind="stable")[:10]]
-        score_of = {raw_of[int(c)]: float(f) for c, f in zip(cand_row, fused_row) if int(c) in raw_of}
+        score_of = {raw_of[int(c)]: float(f) for c, f in zip(cand_row, fused_row) if int(c) in raw_of and np.isfinite(f)}
         assert len(rec.item_ids) == 10, (user, rec.item_ids)
         for got_item, want_item in zip(rec.item_ids, want):
             if got_item != want_item:

@@ -9,6 +9,8 @@ as before, at the server's current time:
     device       int64 [B, 1]  device code (optional; 0 = not sent, 1 = other,
                                2.. = ``recstack.workflows.request_context.DEVICES``)
     -> context   int64 [B, 3]  (hour, weekday, device) codes, UTC
+       request_seconds int64 [B, 1] the request time used (unix seconds; the multi-source
+                               retrieval's features count interactions before it)
 
 The codes come from :func:`recstack.workflows.request_context.context_codes`, the function the
 ranker's training data went through for each interaction's timestamp.
@@ -49,4 +51,4 @@ class RequestContext:
         times = check_request_times(times) if times is not None else np.full(batch, int(time.time()), np.int64)
         devices = _column(inputs, "device", batch)
         devices = check_device_codes(devices) if devices is not None else np.zeros(batch, np.int64)
-        return {"context": context_codes(times, devices)}
+        return {"context": context_codes(times, devices), "request_seconds": times.astype(np.int64).reshape(batch, 1)}

@@ -183,10 +183,14 @@ KNOWN = TensorSpec("user_known", np.int32, (1,))
 STORE_UNAVAILABLE = TensorSpec("store_unavailable", np.int32, (1,))
 
 
-def RequestContextOp() -> ServingOp:
-    """Request time (default now) and device -> the ``context`` codes the ranker reads."""
+REQUEST_SECONDS = TensorSpec("request_seconds", np.int64, (1,))
+
+
+def RequestContextOp(request_seconds: bool = False) -> ServingOp:
+    """Request time (default now) and device -> the ``context`` codes the ranker reads (and with
+    ``request_seconds`` the time itself, for the multi-source retrieval's features)."""
     return ServingOp("request_context", "recstack.ensembles.context_step:RequestContext", {},
-                     [ENSEMBLE_INPUTS[0], *CONTEXT_INPUTS], [CONTEXT],
+                     [ENSEMBLE_INPUTS[0], *CONTEXT_INPUTS], [CONTEXT] + ([REQUEST_SECONDS] if request_seconds else []),
                      optional=tuple(s.name for s in CONTEXT_INPUTS))
 
 
@@ -230,6 +234,40 @@ def QueryIndex(paths: RunPaths, top_k: int = 100) -> ServingOp:  # noqa: N802
         settings=_live_items(paths))
 
 
+def multi_source_width(paths: RunPaths, top_k: int) -> int | None:
+    """W of the multi-source candidates (``top_k`` FAISS + the item-kNN and popular slots) when the run
+    serves them (``models/candidates/`` and a DLRM that reads their ``item_cross`` features), else None."""
+    from recstack.models.candidates import ARTIFACT
+
+    config = paths.models / ARTIFACT / "config.json"
+    dlrm = paths.models / "dlrm" / "config.json"
+    if not (config.is_file() and dlrm.is_file()) or not read_json(dlrm)["hyperparameters"].get("cross_features"):
+        return None
+    sources = read_json(config)["sources"]
+    return int(top_k) + int(sources["item_knn"]) + int(sources["popular"])
+
+
+def MultiSourceRetrieve(paths: RunPaths, top_k: int = 100) -> ServingOp:
+    """:func:`QueryIndex` merged with the item-kNN and popular sources
+    (:class:`~recstack.ensembles.multi_source.MultiSourceIndex`): W candidates with their ``item_cross`` features."""
+    from recstack.models.candidates import ARTIFACT, CROSS_FEATURES
+
+    index = QueryIndex(paths, top_k)
+    width = multi_source_width(paths, top_k)
+    if width is None:
+        raise InputError(f"{paths.models / ARTIFACT}: no candidate sources, or a DLRM that does not read them "
+                         "(retrain: recstack train)")
+    layout = _layout(paths, "two_tower")
+    return ServingOp(
+        index.name, "recstack.ensembles.multi_source:MultiSourceIndex", index.params,
+        index.inputs + [TensorSpec("history", np.int64, (layout.history_length,)), REQUEST_SECONDS],
+        [TensorSpec("candidate_ids", np.int64, (width,)), TensorSpec("retrieval_scores", np.float32, (width,)),
+         TensorSpec("item_cross", np.float32, (width, len(CROSS_FEATURES)))],
+        artifacts={**index.artifacts, "sources_dir": Artifact(paths.models / ARTIFACT),
+                   "embeddings_dir": Artifact(paths.models / "two_tower", ("item_embeddings.npy",))},
+        settings=index.settings)
+
+
 def QueryItemFeatures(paths: RunPaths, top_k: int = 100) -> ServingOp:  # noqa: N802
     """Item features of the candidates, from the exported item feature table held in memory
     (extended with live items as they are registered)."""
@@ -246,8 +284,12 @@ def QueryItemFeatures(paths: RunPaths, top_k: int = 100) -> ServingOp:  # noqa: 
 def Rank(paths: RunPaths, top_k: int = 100) -> ServingOp:  # noqa: N802
     """The DLRM ranker (ONNX) over user x candidate features, fused with the retrieval score."""
     layout = _layout(paths, "dlrm")
+    from recstack.models.candidates import CROSS_FEATURES
+
+    cross = read_json(paths.models / "dlrm" / "config.json")["hyperparameters"].get("cross_features")
     return ServingOp("ranker", f"{STEPS}:Rank", {},
                      _user_block_specs(layout) + _item_block_specs(layout, top_k)
+                     + ([TensorSpec("item_cross", np.float32, (top_k, len(CROSS_FEATURES)))] if cross else [])
                      + [TensorSpec("retrieval_scores", np.float32, (top_k,))],
                      [TensorSpec("rank_scores", np.float32, (top_k,))],
                      artifacts={"model_dir": _model_files(paths, "dlrm", "dlrm.onnx")})
@@ -291,10 +333,16 @@ def recommendation_graph(paths: RunPaths, top_k: int = 100, exploration_share: f
                          exploration_window_s: float = EXPLORATION_WINDOW_S,
                          rerank: dict[str, float] | None = None) -> ServingGraph:
     """The full retrieval + ranking chain of DESIGN.md for one run; ``rerank``: export-time defaults
-    of ``diversity_lambda`` / ``freshness_weight`` / ``genre_cap`` (see :func:`FilterTopN`)."""
+    of ``diversity_lambda`` / ``freshness_weight`` / ``genre_cap`` (see :func:`FilterTopN`).
+
+    ``top_k``: the two-tower's FAISS candidates; a run with candidate sources and a DLRM reading them
+    retrieves multi-source candidates (:func:`MultiSourceRetrieve`, W = K + item-kNN + popular slots)."""
     if top_k <= 0:
         raise InputError(f"top_k: must be > 0, got {top_k}")
-    return (RequestContextOp() >> QueryUserFeatures(paths) >> EmbedUser(paths) >> QueryIndex(paths, top_k)
+    width = multi_source_width(paths, top_k)
+    retrieve = QueryIndex(paths, top_k) if width is None else MultiSourceRetrieve(paths, top_k)
+    top_k = width or top_k  # the steps after retrieval see W multi-source candidates
+    return (RequestContextOp(request_seconds=width is not None) >> QueryUserFeatures(paths) >> EmbedUser(paths) >> retrieve
             >> QueryItemFeatures(paths, top_k) >> Rank(paths, top_k)
             >> FilterTopN(paths, top_k, exploration_share=exploration_share,
                           exploration_window_s=exploration_window_s, **(rerank or {})))

@@ -384,7 +384,7 @@ class Rank:
         retrieval_scores = _require(inputs, "retrieval_scores", np.float32, 2)
         feeds = {}
         for name in self.input_names:
-            dtype = np.float32 if name.endswith("_cont") else np.int64
+            dtype = np.float32 if name.endswith("_cont") or name == "item_cross" else np.int64
             feeds[name] = _require(inputs, name, dtype, 3 if name.startswith("item_") else 2)
         (logits,) = self.session.run([self.output_name], feeds)  # [B, K]: user blocks read once per user
         fused = fuse_scores(logits.astype(np.float32), retrieval_scores, self.fusion)

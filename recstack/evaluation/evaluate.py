@@ -11,7 +11,9 @@ item is ranked, ties pessimistically (:mod:`recstack.ranking`, the protocol trai
   give 0.084 / 0.043);
 * ``two_tower``: user-tower embedding . ``item_embeddings.npy`` (the exported item vectors);
 * ``two_tower+dlrm`` (what is served): the two-tower's top-``candidates`` (seen items
-  excluded first) are reranked by the fused score
+  excluded first), merged with the item-kNN and popular sources when the ranker reads their
+  features (``models/candidates/``, :func:`recstack.models.candidates.offline_candidates`, the
+  computation of the serving step at the test interaction's time), are reranked by the fused score
   ``dlrm_weight * dlrm_logit + retrieval_weight * retrieval_score``
   (:func:`recstack.models.fusion.fuse_scores`, weights chosen on valid at training time and
   read from ``models/dlrm/config.json`` ``"fusion"``); the other items follow in two-tower order;
@@ -42,6 +44,7 @@ from tqdm.auto import tqdm
 
 from recstack.errors import InputError
 from recstack.io import atomic_write_bytes, write_json
+from recstack.models.candidates import ARTIFACT, CandidateSources, offline_candidates
 from recstack.models.data import load_training_data
 from recstack.models.device import resolve_device
 from recstack.models.export import load_dlrm, load_two_tower
@@ -98,7 +101,7 @@ def evaluate_run(paths: RunPaths, k: int = 10, split: str = "test", *, candidate
     accs: dict[str, RankingAccumulator] = {"popularity": new_accumulator()}
     skipped: dict[str, str] = {}
 
-    two_tower = dlrm = item_emb = fusion = tradeoff = ablation = None
+    two_tower = dlrm = item_emb = fusion = tradeoff = ablation = sources = None
     tt_dir, dlrm_dir = paths.models / "two_tower", paths.models / "dlrm"
     if (tt_dir / "config.json").exists():
         two_tower, _ = load_two_tower(tt_dir, dev)
@@ -111,6 +114,7 @@ def evaluate_run(paths: RunPaths, k: int = 10, split: str = "test", *, candidate
             dlrm, dlrm_config = load_dlrm(dlrm_dir, dev)
             fusion = dlrm_config.get("fusion") or dict(LEGACY_FUSION)
             check_fusion(fusion)
+            sources = CandidateSources(paths.models / ARTIFACT) if dlrm.n_cross else None
             accs["two_tower+dlrm"] = new_accumulator()
             accs["dlrm_only"] = new_accumulator()
             lambdas = LAMBDAS if lambdas is None else lambdas
@@ -139,16 +143,21 @@ def evaluate_run(paths: RunPaths, k: int = 10, split: str = "test", *, candidate
             mask_unrankable(first, users, view.seen, targets, catalogue)
             accs["two_tower"].add(first.copy(), targets)
             if dlrm is not None:
-                cands = top_k(first, candidates)
-                logits = dlrm_scores(dlrm, data, users, view.history[rows], cands, view.context[rows])
-                retrieval = np.take_along_axis(first, cands, axis=1)  # inner products of unit vectors
+                if sources is not None:  # the served multi-source candidates and their cross features
+                    cands, retrieval, cross = offline_candidates(sources, first, view.history[rows],
+                                                                 view.times[rows], candidates)
+                else:
+                    cands, cross = top_k(first, candidates), None
+                    retrieval = np.take_along_axis(first, cands, axis=1)  # inner products of unit vectors
+                logits = dlrm_scores(dlrm, data, users, view.history[rows], cands, view.context[rows], cross=cross)
                 fused = fuse_scores(logits, retrieval, fusion)
                 accs["two_tower+dlrm"].add(rerank(first, cands, fused), targets)
                 if tradeoff is not None:
                     tradeoff.add(cands, np.where(np.isfinite(retrieval), fused, -np.inf), targets)
                 accs["dlrm_only"].add(rerank(first, cands, logits), targets)
                 if ablation is not None:
-                    plain = dlrm_scores(ablation[0], data, users, view.history[rows], cands, view.context[rows])
+                    plain = dlrm_scores(ablation[0], data, users, view.history[rows], cands, view.context[rows],
+                                        cross=cross if ablation[0].n_cross else None)
                     accs[ABLATION_ROW].add(rerank(first, cands, fuse_scores(plain, retrieval, ablation[1])), targets)
                     accs[ABLATION_ALONE_ROW].add(rerank(first, cands, plain), targets)
 
@@ -161,6 +170,7 @@ def evaluate_run(paths: RunPaths, k: int = 10, split: str = "test", *, candidate
         "dataset": paths.root.name, "split": split, "k": k, "cutoffs": list(cutoffs_for(k, cutoffs)),
         "users": int(len(view.users)),
         "catalogue": int(catalogue.sum()), "candidates": candidates,
+        "candidate_sources": dict(vars(sources.cfg), width=sources.width) if sources is not None else None,
         "protocol": "leave-one-out, full catalogue, seen items excluded, ties ranked below",
         "models": models, **extra,
         "fusion": fusion,

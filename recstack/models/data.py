@@ -38,29 +38,33 @@ from recstack.workflows.request_context import CONTEXT_COLUMNS, context_codes
 class Interactions:
     """Encoded interactions sorted by (user, time): ``users``/``items`` [N] int64, ``ratings`` [N]
     float32 (NaN without ratings), ``history`` [N, L] int64, ``context`` [N, 3] int64 (hour,
-    weekday, device codes of the interaction time; all 0 = unknown when not given)."""
+    weekday, device codes of the interaction time; all 0 = unknown when not given), ``times`` [N]
+    int64 unix seconds of each interaction (0 when not given)."""
 
     users: np.ndarray
     items: np.ndarray
     ratings: np.ndarray
     history: np.ndarray
     context: np.ndarray | None = None
+    times: np.ndarray | None = None
 
     def __post_init__(self) -> None:
         if self.context is None:
             self.context = np.zeros((len(self.users), len(CONTEXT_COLUMNS)), np.int64)
+        if self.times is None:
+            self.times = np.zeros(len(self.users), np.int64)
 
     def __len__(self) -> int:
         return len(self.users)
 
     def subset(self, index: np.ndarray) -> "Interactions":
         return Interactions(self.users[index], self.items[index], self.ratings[index], self.history[index],
-                            self.context[index])
+                            self.context[index], self.times[index])
 
     @staticmethod
     def concat(parts: list["Interactions"]) -> "Interactions":
         return Interactions(*(np.concatenate([getattr(p, f) for p in parts])
-                              for f in ("users", "items", "ratings", "history", "context")))
+                              for f in ("users", "items", "ratings", "history", "context", "times")))
 
 
 @dataclass
@@ -197,16 +201,17 @@ def build_training_data(layout: FeatureLayout, workflow: Workflow, train: pd.Dat
     i = allf["i"].to_numpy(np.int64)
     r = allf["rating"].to_numpy(np.float32)
     ctx = context_codes(allf["timestamp"].to_numpy(np.float64), allf["device"].to_numpy(dtype=object))
+    times = allf["timestamp"].to_numpy(np.float64).astype(np.int64)
 
     tr = splits == 0
     train_x = Interactions(u[tr], i[tr], r[tr], _train_history(u[tr], i[tr], allf["timestamp"].to_numpy()[tr], L),
-                           ctx[tr])
+                           ctx[tr], times[tr])
     out = {}
     for split_no, name in ((1, "valid"), (2, "test")):
         m = splits == split_no
         prior = splits < split_no
         hist = last_items(u[prior], i[prior], u[m], L)
-        out[name] = Interactions(u[m], i[m], r[m], hist, ctx[m])
+        out[name] = Interactions(u[m], i[m], r[m], hist, ctx[m], times[m])
     user_feats = _side_table(layout, workflow, users, "user")
     item_feats = _side_table(layout, workflow, items, "item")
     return TrainingData(layout, user_feats, item_feats, train_x, out["valid"], out["test"],

@@ -30,6 +30,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from recstack.models.candidates import CROSS_FEATURES
 from recstack.models.layout import FeatureLayout
 from recstack.models.modules import Bag, HistoryPooling, embedding, mlp
 
@@ -42,6 +43,9 @@ class DLRMConfig:
     dropout: float = 0.1
     max_recency: int = 64
     share_history_table: bool = True  # the history bags use the candidate item-id table
+    cross_features: list[str] = field(default_factory=list)
+    """Which columns of the ``item_cross`` block (always every one of
+    :data:`recstack.models.candidates.CROSS_FEATURES`) the model reads; empty: no such block."""
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -148,8 +152,10 @@ class OverArch(nn.Module):
 class DLRM(nn.Module):
     """Score (user, candidate item) pairs: ``forward(batch) -> logit [B]`` (sigmoid = click probability).
 
-    ``batch`` holds ``user_cat, user_lists?, user_cont?, history, item_cat, item_lists?, item_cont?``
-    and ``context`` [B, 3] when ``layout.context`` names columns.
+    ``batch`` holds ``user_cat, user_lists?, user_cont?, history, item_cat, item_lists?, item_cont?``,
+    ``context`` [B, 3] when ``layout.context`` names columns, and ``item_cross`` [B, F] float32 (the
+    candidate's source scores and cross features, :mod:`recstack.models.candidates`) when
+    ``cfg.cross_features`` names them; they join the dense (bottom MLP) input.
     """
 
     def __init__(self, layout: FeatureLayout, cfg: DLRMConfig | None = None):
@@ -159,15 +165,26 @@ class DLRM(nn.Module):
         e = self.cfg.embedding_dim
         self.n_user_cont = len(layout.user.cont)
         self.n_item_cont = len(layout.item.cont)
+        self.n_cross = len(self.cfg.cross_features)
+        unknown = [n for n in self.cfg.cross_features if n not in CROSS_FEATURES]
+        if unknown:
+            raise ValueError(f"DLRMConfig.cross_features: unknown {unknown}; known: {list(CROSS_FEATURES)}")
+        # the item_cross block always carries every CROSS_FEATURES column; the model reads its own
+        self.register_buffer("cross_index", torch.tensor([CROSS_FEATURES.index(n) for n in self.cfg.cross_features],
+                                                         dtype=torch.long), persistent=False)
         self.sparse_arch = SparseArch(layout, e, self.cfg.max_recency, self.cfg.share_history_table)
-        self.dense_arch = DenseArch(self.n_user_cont + self.n_item_cont, self.cfg.dense_hidden, e)
+        self.dense_arch = DenseArch(self.n_user_cont + self.n_item_cont + self.n_cross, self.cfg.dense_hidden, e)
         self.inter_arch = InteractionArch(self.sparse_arch.num_features)
         self.over_arch = OverArch(self.inter_arch.output_dim(e), self.cfg.over_hidden, self.cfg.dropout)
 
     def score(self, user_cat: torch.Tensor, user_lists: torch.Tensor | None, user_cont: torch.Tensor | None,
               history: torch.Tensor, item_cat: torch.Tensor, item_lists: torch.Tensor | None,
-              item_cont: torch.Tensor | None, context: torch.Tensor | None = None) -> torch.Tensor:
-        dense_parts = [x for x, n in ((user_cont, self.n_user_cont), (item_cont, self.n_item_cont)) if n]
+              item_cont: torch.Tensor | None, context: torch.Tensor | None = None,
+              item_cross: torch.Tensor | None = None) -> torch.Tensor:
+        if self.n_cross:
+            item_cross = item_cross[:, self.cross_index]
+        dense_parts = [x for x, n in ((user_cont, self.n_user_cont), (item_cont, self.n_item_cont),
+                                      (item_cross, self.n_cross)) if n]
         dense_in = torch.cat(dense_parts, dim=1) if dense_parts else item_cat
         dense = self.dense_arch(dense_in, item_cat)
         sparse = self.sparse_arch(user_cat, user_lists, history, item_cat, item_lists, context)
@@ -176,7 +193,7 @@ class DLRM(nn.Module):
     def score_candidates(self, user_cat: torch.Tensor, user_lists: torch.Tensor | None,
                          user_cont: torch.Tensor | None, history: torch.Tensor, item_cat: torch.Tensor,
                          item_lists: torch.Tensor | None, item_cont: torch.Tensor | None,
-                         context: torch.Tensor | None = None) -> torch.Tensor:
+                         context: torch.Tensor | None = None, item_cross: torch.Tensor | None = None) -> torch.Tensor:
         """Serving form of :meth:`score`: user blocks (and ``context``) ``[B, *]`` once per request, candidate item blocks
         ``[B, K, *]`` -> logits ``[B, K]``. The user's sparse vectors (history pooling included) are
         computed once per user, not once per candidate; the logits equal :meth:`score` on the
@@ -189,8 +206,11 @@ class DLRM(nn.Module):
         def flat(x: torch.Tensor | None) -> torch.Tensor | None:  # [B, K, *] -> [B*K, *]
             return None if x is None else x.reshape(b * k, x.shape[2])
 
-        item_cat, item_lists, item_cont = flat(item_cat), flat(item_lists), flat(item_cont)
-        dense_parts = [x for x, n in ((user_cont, self.n_user_cont), (item_cont, self.n_item_cont)) if n]
+        item_cat, item_lists, item_cont, item_cross = flat(item_cat), flat(item_lists), flat(item_cont), flat(item_cross)
+        if self.n_cross:
+            item_cross = item_cross[:, self.cross_index]
+        dense_parts = [x for x, n in ((user_cont, self.n_user_cont), (item_cont, self.n_item_cont),
+                                      (item_cross, self.n_cross)) if n]
         if self.n_user_cont:
             dense_parts[0] = per_candidate(user_cont)
         dense_in = torch.cat(dense_parts, dim=1) if dense_parts else item_cat
@@ -201,4 +221,5 @@ class DLRM(nn.Module):
 
     def forward(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         return self.score(batch["user_cat"], batch.get("user_lists"), batch.get("user_cont"), batch["history"],
-                          batch["item_cat"], batch.get("item_lists"), batch.get("item_cont"), batch.get("context"))
+                          batch["item_cat"], batch.get("item_lists"), batch.get("item_cont"), batch.get("context"),
+                          batch.get("item_cross"))

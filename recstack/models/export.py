@@ -30,6 +30,7 @@ from torch import nn
 from recstack.errors import InputError
 from recstack.ids import FIRST_CODE
 from recstack.io import atomic_dir, read_json, write_json
+from recstack.models.candidates import CROSS_FEATURES
 from recstack.models.device import to_tensors
 from recstack.models.dlrm import DLRM, DLRMConfig
 from recstack.models.layout import FeatureLayout
@@ -57,21 +58,26 @@ class _Positional(nn.Module):
 
 
 def random_inputs(layout: FeatureLayout, names: list[str], batch: int, seed: int = 0,
-                  history_length: int | None = None, candidates: int | None = None) -> dict[str, np.ndarray]:
+                  history_length: int | None = None, candidates: int | None = None,
+                  cross_width: int = 0) -> dict[str, np.ndarray]:
     """Random but valid input blocks (ids within cardinality, some padding) for export checks.
 
     ``candidates``: item blocks get the shape ``[batch, candidates, *]`` (DLRM serving form).
+    ``cross_width``: features of the ``item_cross`` block.
     """
     rng = np.random.default_rng(seed)
     if candidates is not None:
         out = random_inputs(layout, [n for n in names if not n.startswith("item")], batch, seed, history_length)
-        items = random_inputs(layout, [n for n in names if n.startswith("item")], batch * candidates, seed + 1)
+        items = random_inputs(layout, [n for n in names if n.startswith("item")], batch * candidates, seed + 1,
+                              cross_width=cross_width)
         out.update({n: v.reshape(batch, candidates, -1) for n, v in items.items()})
         return out
     out: dict[str, np.ndarray] = {}
     for name in names:
         side = layout.user if name.startswith("user") or name == "history" else layout.item
-        if name == "context":
+        if name == "item_cross":
+            out[name] = rng.random((batch, cross_width)).astype(np.float32)
+        elif name == "context":
             out[name] = np.stack([rng.integers(0, CONTEXT_CARDINALITY[c], batch) for c in CONTEXT_COLUMNS],
                                  1).astype(np.int64)
         elif name.endswith("_cat"):
@@ -95,7 +101,8 @@ def random_inputs(layout: FeatureLayout, names: list[str], batch: int, seed: int
 
 
 def export_onnx(module: nn.Module, method: str, names: list[str], all_names: list[str],
-                layout: FeatureLayout, output_name: str, path: Path, candidates: bool = False) -> float:
+                layout: FeatureLayout, output_name: str, path: Path, candidates: bool = False,
+                cross_width: int = 0) -> float:
     """Export ``module.method`` over the input blocks ``names`` to ``path``; return the max abs diff vs PyTorch.
 
     ``candidates``: item blocks carry a second dynamic dimension, K candidates per user.
@@ -104,7 +111,8 @@ def export_onnx(module: nn.Module, method: str, names: list[str], all_names: lis
 
     module = copy.deepcopy(module).cpu().eval()
     wrapper = _Positional(module, method, names, all_names).eval()
-    example = random_inputs(layout, names, batch=3, seed=1, candidates=4 if candidates else None)
+    example = random_inputs(layout, names, batch=3, seed=1, candidates=4 if candidates else None,
+                            cross_width=cross_width)
     batch = torch.export.Dim("batch", min=1, max=1 << 20)
     hist_len = torch.export.Dim("history_length", min=1, max=4096)
     k = torch.export.Dim("candidates", min=1, max=1 << 16)
@@ -120,7 +128,8 @@ def export_onnx(module: nn.Module, method: str, names: list[str], all_names: lis
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     diff = 0.0
     for seed, size, length in ((7, 5, None), (8, 17, max(1, layout.history_length // 2 + 1))):
-        feeds = random_inputs(layout, names, batch=size, seed=seed, history_length=length, candidates=size % 7 + 2 if candidates else None)
+        feeds = random_inputs(layout, names, batch=size, seed=seed, history_length=length,
+                              candidates=size % 7 + 2 if candidates else None, cross_width=cross_width)
         got = session.run([output_name], feeds)[0]
         with torch.no_grad():
             want = wrapper(*[torch.from_numpy(feeds[n]) for n in names]).numpy()
@@ -134,7 +143,7 @@ def export_onnx(module: nn.Module, method: str, names: list[str], all_names: lis
 
 USER_ARGS = ["user_cat", "user_lists", "user_cont", "history"]
 ITEM_ARGS = ["item_cat", "item_lists", "item_cont"]
-DLRM_ARGS = USER_ARGS + ITEM_ARGS + ["context"]
+DLRM_ARGS = USER_ARGS + ITEM_ARGS + ["context", "item_cross"]
 
 
 def save_two_tower(model: TwoTower, target: Path, item_features: dict[str, np.ndarray],
@@ -171,9 +180,9 @@ def save_dlrm(model: DLRM, target: Path, metrics: dict[str, Any], training: dict
         torch.save(model.state_dict(), tmp / "model.pt")
         onnx_info: dict[str, Any] = {}
         if onnx:
-            names = layout.user_blocks() + layout.item_blocks()
+            names = layout.user_blocks() + layout.item_blocks() + (["item_cross"] if model.n_cross else [])
             diff = export_onnx(model, "score_candidates", names, DLRM_ARGS, layout, "score", tmp / "dlrm.onnx",
-                               candidates=True)
+                               candidates=True, cross_width=len(CROSS_FEATURES) if model.n_cross else 0)
             onnx_info = {"dlrm.onnx": {"inputs": names, "outputs": ["score"], "max_abs_diff": diff}}
         write_json(tmp / "config.json", {
             "model": "dlrm", "hyperparameters": model.cfg.to_dict(), "layout": layout.to_dict(),

@@ -38,11 +38,13 @@ def user_embeddings(model: TwoTower, data: TrainingData, users: np.ndarray, hist
 
 @torch.no_grad()
 def dlrm_scores(model: DLRM, data: TrainingData, users: np.ndarray, history: np.ndarray,
-                candidates: np.ndarray, context: np.ndarray | None = None, batch_size: int = 8192) -> np.ndarray:
+                candidates: np.ndarray, context: np.ndarray | None = None, batch_size: int = 8192,
+                cross: np.ndarray | None = None) -> np.ndarray:
     """DLRM logits for each row's candidates: ``candidates`` [U, C] -> scores [U, C] float32.
 
     ``context`` [U, 3]: each row's request context (:mod:`recstack.workflows.request_context`);
-    needed by a DLRM whose layout reads context columns."""
+    needed by a DLRM whose layout reads context columns. ``cross`` [U, C, F]: the candidates'
+    ``item_cross`` features (:mod:`recstack.models.candidates`), needed by a DLRM that reads them."""
     model.eval()
     device = next(model.parameters()).device
     U, C = candidates.shape
@@ -53,6 +55,8 @@ def dlrm_scores(model: DLRM, data: TrainingData, users: np.ndarray, history: np.
         r = rows[s:s + batch_size]
         blocks = data.batch(users[r], history[r], flat_items[s:s + batch_size],
                             None if context is None else context[r])
+        if cross is not None:
+            blocks["item_cross"] = cross.reshape(U * C, -1)[s:s + batch_size]
         out[s:s + batch_size] = model(to_tensors(blocks, device)).float().cpu().numpy()
     return out.reshape(U, C)
 
@@ -61,12 +65,14 @@ def rerank(first_stage: np.ndarray, candidates: np.ndarray, second_stage: np.nda
     """Scores where the candidates rank first, by ``second_stage``, and the rest keep first-stage order.
 
     ``first_stage`` [U, n_items] (seen items at -inf), ``candidates`` [U, C] item ids,
-    ``second_stage`` [U, C] scores of those candidates. Returns a new [U, n_items] array.
+    ``second_stage`` [U, C] scores of those candidates (-inf: an empty slot, e.g. a multi-source
+    duplicate, never ranked). Returns a new [U, n_items] array.
     """
     final = np.array(first_stage, dtype=np.float64, copy=True)
     top = np.where(np.isfinite(final), final, -1e30).max(axis=1)
     second = second_stage.astype(np.float64)
-    offset = top - second.min(axis=1) + 1.0  # every candidate above every non-candidate
+    lowest = np.where(np.isfinite(second), second, np.inf).min(axis=1)  # -inf: an empty candidate slot
+    offset = top - np.where(np.isfinite(lowest), lowest, 0.0) + 1.0  # every candidate above every non-candidate
     cand_scores = second + offset[:, None]
     cand_first = np.take_along_axis(first_stage, candidates, axis=1)
     cand_scores = np.where(np.isfinite(cand_first), cand_scores, -np.inf)  # never resurrect a seen item

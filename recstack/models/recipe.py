@@ -36,6 +36,8 @@ from recstack.paths import RunPaths
 # offset (learn a residual) 0.133 (0.034: the two-tower is overconfident on its own training
 # rows); softmax over 16 negatives of which 8 from the two-tower's top-100, 3 epochs 0.150 (0.120).
 # 3 epochs: valid fused 0.150 but ML-100K `recstack train` ~118 s; 2 epochs: 0.143, ~90 s.
+# TrainConfig.dlrm.multi_source (default on): the DLRM ranks multi-source candidates (two-tower + item-kNN +
+# popular, recstack.models.candidates) with their cross features, its negatives drawn from those candidates.
 
 ABLATION_MODEL = "dlrm_no_context"
 ABLATION_MAX_ROWS = 300_000
@@ -153,7 +155,8 @@ def train_all(paths: RunPaths, device: str | None = None, epochs: int | None = N
                       "hard_negatives": d.hard_negatives, "hard_pool": d.hard_pool, "lr": d.lr,
                       "weight_decay": d.weight_decay, "patience": d.patience, "batch_size": d.batch_size or dl_batch}
         dl = train_dlrm(paths, data, epochs=d.epochs, cfg=d.model, two_tower=tt["_model"], onnx=cfg.onnx,
-                        checkpoint_dir=checkpoints and checkpoints / "dlrm", **dlrm_train, **common)
+                        checkpoint_dir=checkpoints and checkpoints / "dlrm", multi_source=d.multi_source,
+                        **dlrm_train, **common)
         context_ablation = cfg.context_ablation
         if context_ablation is None:
             context_ablation = len(data.train) < ABLATION_MAX_ROWS
@@ -164,7 +167,7 @@ def train_all(paths: RunPaths, device: str | None = None, epochs: int | None = N
             ablation = train_dlrm(paths, data, epochs=max(1, dl["epochs_run"]), cfg=d.model, two_tower=tt["_model"],
                                   onnx=False, model_name=ABLATION_MODEL, context=False,
                                   checkpoint_dir=checkpoints and checkpoints / ABLATION_MODEL,
-                                  **dlrm_train, **common)
+                                  multi_source=dl["_sources"] or False, **dlrm_train, **common)
         elif (paths.models / ABLATION_MODEL).exists() and ddp.is_main:  # a stale ablation is not comparable
             import shutil
 

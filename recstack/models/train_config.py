@@ -8,7 +8,7 @@ A file names only what it changes; every other key keeps the default below (the 
     context_ablation, max_train_rows, valid_users,
     two_tower: {epochs, patience, batch_size, lr, weight_decay, model: {TwoTowerConfig fields}}
     dlrm:      {epochs, patience, batch_size, lr, weight_decay, loss, negatives, hard_negatives,
-                hard_pool, positive_min_rating, model: {DLRMConfig fields}}
+                hard_pool, positive_min_rating, multi_source, model: {DLRMConfig fields}}
 
 An unknown key or an impossible value is an :class:`~recstack.errors.InputError` naming the
 dotted key (``two_tower.model.dropout: expected a number in [0, 1), got 1.5``).
@@ -56,6 +56,7 @@ class DLRMTraining:
     hard_negatives: int = 8     # of ``negatives``, from the two-tower's top-``hard_pool`` items
     hard_pool: int = 100
     positive_min_rating: float | None = None  # None: every interaction is a positive
+    multi_source: bool = True   # rank multi-source candidates with their cross features (models.candidates)
     model: DLRMConfig = field(default_factory=DLRMConfig)
 
 

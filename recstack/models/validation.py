@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 
 from recstack.ids import FIRST_CODE
+from recstack.models.candidates import CandidateSources, offline_candidates
 from recstack.models.data import Interactions, TrainingData
 from recstack.models.dlrm import DLRM
 from recstack.models.fusion import LEGACY_FUSION, fuse_scores, select_fusion
@@ -34,13 +35,15 @@ class SplitView:
     targets: np.ndarray
     seen: SeenCSR
     context: np.ndarray | None = None
+    times: np.ndarray | None = None
+    """[U] unix seconds of each target interaction (the request time)."""
 
 
 def split_view(data: TrainingData, split: str) -> SplitView:
     """Validation: history and seen = train. Test: history and seen = train + valid."""
     x: Interactions = getattr(data, split)
     seen_splits = ("train",) if split == "valid" else ("train", "valid")
-    return SplitView(x.users, x.history, x.items, data.seen(seen_splits), x.context)
+    return SplitView(x.users, x.history, x.items, data.seen(seen_splits), x.context, x.times)
 
 
 def two_tower_full_scores(model: TwoTower, data: TrainingData, view: SplitView, rows: np.ndarray,
@@ -75,21 +78,30 @@ class CandidateSet:
     cands: np.ndarray
     retrieval: np.ndarray
     context: np.ndarray | None = None
+    cross: np.ndarray | None = None
+    """[U, C, F] the candidates' ``item_cross`` features (multi-source candidates only)."""
 
 
 def candidate_set(two_tower: TwoTower, data: TrainingData, view: SplitView, candidates: int = 100,
-                  batch_size: int = 1024) -> CandidateSet:
+                  batch_size: int = 1024, sources: CandidateSources | None = None) -> CandidateSet:
+    """The candidates the served chain would rank for the view's rows: the two-tower's top-``candidates``,
+    or with ``sources`` the merged multi-source list (:func:`recstack.models.candidates.offline_candidates`)."""
     item_emb = item_embeddings(two_tower, data)
     catalogue = catalogue_mask(data.n_items)
-    cands, retr = [], []
+    cands, retr, cross = [], [], []
     for rows in row_batches(len(view.users), score_batch_rows(batch_size, data.n_items)):
         first = two_tower_full_scores(two_tower, data, view, rows, item_emb).astype(np.float64)
         mask_unrankable(first, view.users[rows], view.seen, view.targets[rows], catalogue)
-        c = top_k(first, candidates)
+        if sources is not None:
+            c, r, x = offline_candidates(sources, first, view.history[rows], view.times[rows], candidates)
+            cross.append(x)
+        else:
+            c = top_k(first, candidates)
+            r = np.take_along_axis(first, c, axis=1)
         cands.append(c)
-        retr.append(np.take_along_axis(first, c, axis=1))
+        retr.append(r)
     return CandidateSet(view.users, view.history, view.targets, np.concatenate(cands), np.concatenate(retr),
-                        view.context)
+                        view.context, np.concatenate(cross) if cross else None)
 
 
 def candidate_ndcg(cset: CandidateSet, scores: np.ndarray, k: int = 10) -> float:
@@ -120,14 +132,15 @@ def dlrm_valid_metric(model: DLRM, data: TrainingData, view: SplitView, cset: Ca
     """The DLRM's selection score on valid, recording the metrics in ``record``: AUC of the targets vs
     4 uniform items per user; with a two-tower's ``cset``, NDCG@10 of reranking by the DLRM alone
     and by the best fusion (the returned score)."""
-    rng = np.random.default_rng(123)
-    neg = rng.integers(FIRST_CODE, data.n_items, (len(view.users), 4))
-    pos_s = dlrm_scores(model, data, view.users, view.history, view.targets[:, None], view.context)[:, 0]
-    neg_s = dlrm_scores(model, data, view.users, view.history, neg, view.context).reshape(-1)
-    record["valid_auc"] = auc(pos_s, neg_s)
+    if not model.n_cross:  # a cross-feature ranker scores only candidates retrieval produced
+        rng = np.random.default_rng(123)
+        neg = rng.integers(FIRST_CODE, data.n_items, (len(view.users), 4))
+        pos_s = dlrm_scores(model, data, view.users, view.history, view.targets[:, None], view.context)[:, 0]
+        neg_s = dlrm_scores(model, data, view.users, view.history, neg, view.context).reshape(-1)
+        record["valid_auc"] = auc(pos_s, neg_s)
     if cset is None:
         return record["valid_auc"]
-    logits = dlrm_scores(model, data, cset.users, cset.history, cset.cands, cset.context)
+    logits = dlrm_scores(model, data, cset.users, cset.history, cset.cands, cset.context, cross=cset.cross)
     record["valid_ndcg@10_rerank"] = candidate_ndcg(cset, logits.astype(np.float64))
     fusion, _ = choose_fusion(cset, logits, temperature)
     record["valid_ndcg@10_fused"] = fusion["valid_ndcg@10"]
@@ -143,16 +156,16 @@ def choose_fusion(cset: CandidateSet, dlrm_logits: np.ndarray, temperature: floa
                                                    .astype(np.float64)), temperature, **kwargs)
 
 
-def fusion_on_valid(model: DLRM, two_tower: TwoTower | None, data: TrainingData,
-                    candidates: int = 100) -> tuple[dict[str, Any], list[dict[str, float]]]:
+def fusion_on_valid(model: DLRM, two_tower: TwoTower | None, data: TrainingData, candidates: int = 100,
+                    sources: CandidateSources | None = None) -> tuple[dict[str, Any], list[dict[str, float]]]:
     """The fusion weights for ``config.json``, chosen on the validation split's two-tower candidates.
 
     Without a two-tower there is nothing to fuse with: the DLRM score alone (``selected_on: default``).
     """
     if two_tower is None:
         return dict(LEGACY_FUSION), []
-    cset = candidate_set(two_tower, data, split_view(data, "valid"), candidates)
-    logits = dlrm_scores(model, data, cset.users, cset.history, cset.cands, cset.context)
+    cset = candidate_set(two_tower, data, split_view(data, "valid"), candidates, sources=sources)
+    logits = dlrm_scores(model, data, cset.users, cset.history, cset.cands, cset.context, cross=cset.cross)
     fusion, trials = choose_fusion(cset, logits, two_tower.cfg.temperature)
     fusion["valid_ndcg@10_dlrm_only"] = candidate_ndcg(cset, logits.astype(np.float64))
     fusion["valid_ndcg@10_two_tower"] = candidate_ndcg(cset, cset.retrieval)

@@ -1,0 +1,197 @@
+"""Multi-source candidates (recstack.models.candidates): item-kNN against hand-computed cosines,
+the merge (de-duplication, source flags, seen items excluded), the features at a request time,
+and the offline computation against the serving one."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from recstack.ids import PAD
+from recstack.models.candidates import (
+    CROSS_FEATURES,
+    RANKER_FEATURES,
+    CandidateSources,
+    SourceConfig,
+    build_sources,
+    item_knn,
+    offline_candidates,
+    padded_seen_keys,
+    source_flags,
+)
+
+# users x items (encoded ids 2..6): u0 {2,3}, u1 {2,3,4}, u2 {4,5}, u3 {6}
+PAIRS = np.array([[0, 2], [0, 3], [1, 2], [1, 3], [1, 4], [2, 4], [2, 5], [3, 6]])
+N_ITEMS = 7
+
+
+def test_item_knn_is_cosine_of_co_occurrence():
+    ids, scores = item_knn(PAIRS[:, 0], PAIRS[:, 1], N_ITEMS, neighbours=3)
+    # item 2: users {0,1}; item 3: {0,1} -> cos 1; item 4: {1,2} -> 1/2; items 5, 6: 0
+    assert ids[2].tolist() == [3, 4, PAD] and np.allclose(scores[2], [1.0, 0.5, 0.0])
+    # item 4: {1,2}; 2 and 3 share user 1 (1/2 each, lower id first); 5 shares user 2: 1/sqrt(2)
+    assert ids[4].tolist() == [5, 2, 3] and np.allclose(scores[4], [1 / np.sqrt(2), 0.5, 0.5])
+    assert (ids[6] == PAD).all() and (scores[6] == 0).all()  # no co-occurrence: no neighbour
+
+
+@pytest.fixture()
+def sources(tmp_path) -> CandidateSources:
+    cfg = SourceConfig(two_tower=2, item_knn=2, popular=2, neighbours=3, recent=2, decay=0.5)
+    # events (item, unix seconds): item 2 three times, item 4 twice, item 3 once
+    items = np.array([2, 2, 4, 3, 2, 4])
+    times = np.array([100, 200, 250, 300, 400, 500])
+    genres = np.array([[0, 0], [0, 0], [2, 0], [2, 3], [3, 0], [4, 0], [2, 4]])  # codes >= 2 are genres
+    folder = build_sources(tmp_path / "candidates", cfg, N_ITEMS, PAIRS[:, 0], PAIRS[:, 1], items, times, genres)
+    return CandidateSources(folder)
+
+
+def test_merge_dedups_keeps_flags_and_excludes_seen(sources):
+    history = np.array([[0, 2], [0, 0]])  # row 0 watched item 2; row 1 nothing
+    seen = np.array([[2], [0]])
+    two_tower = np.array([[3, 5], [6, 4]])
+    cands = sources.merge(two_tower, history, padded_seen_keys(seen, N_ITEMS))
+    assert cands.ids.shape == (2, sources.width)
+    # row 0: two-tower 3, 5; item-kNN of 2: 3 (dup -> PAD), 4; popular unseen: 4 (dup), 3 (dup)
+    assert cands.ids[0].tolist() == [3, 5, PAD, 4, PAD, PAD]
+    assert cands.sources[0, 0].tolist() == [True, True, True]  # 3: two-tower, item-kNN and popular
+    assert cands.sources[0, 3].tolist() == [False, True, True]
+    assert cands.sources[0, 1].tolist() == [True, False, False]
+    # row 1: no history -> no item-kNN; popular 2, 4 (4 already from the two-tower)
+    assert cands.ids[1].tolist() == [6, 4, PAD, PAD, 2, PAD]
+    assert not (cands.ids[0] == 2).any()  # seen: never a candidate
+    flags = source_flags(cands.ids, cands.sources, np.array([[4, 2], [2, 5]]))
+    assert flags[0].tolist() == [[False, True, True], [False, False, False]]
+    assert flags[1].tolist() == [[False, False, True], [False, False, False]]
+
+
+def test_features_use_only_interactions_before_the_request(sources):
+    history = np.array([[3, 2]])
+    items = np.array([[2, 4, 5, PAD]])
+    flags = np.zeros((1, 4, 3), bool)
+    feats = sources.features(items, np.array([[0.5, -0.25, 0.1, -np.inf]]), flags, sources.knn_scores(history),
+                             history, np.array([400]))
+    assert feats.shape == (1, 4, len(CROSS_FEATURES))
+    f = dict(zip(CROSS_FEATURES, feats[0].T))
+    assert np.allclose(f["two_tower_score"], [0.5, -0.25, 0.1, 0.0])
+    log_max = np.log1p(3)  # item 2: 3 events in all
+    # strictly before t=400: item 2 twice (100, 200), item 4 once (250), item 5 never
+    assert np.allclose(f["log_popularity"], [np.log1p(2) / log_max, np.log1p(1) / log_max, 0, 0], atol=1e-6)
+    cap = np.log1p(24 * 365 * 10)
+    assert np.allclose(f["log_hours_since_last"], [np.log1p(200 / 3600) / cap, np.log1p(150 / 3600) / cap, 1, 0],
+                       atol=1e-6)
+    # history {3: genres 2,3; 2: genre 2}: item 2 (genre 2) shares with both; 4 (3) with item 3; 5 (4) none
+    assert np.allclose(f["genre_affinity"], [1.0, 0.5, 0.0, 0.0])
+    # item-kNN: latest item 2 (weight 1) -> 4: 0.5; item 3 (weight 0.5) -> 4: 0.5 * 0.5
+    assert np.allclose(f["item_knn_score"][1], np.log1p(0.5 + 0.25), atol=1e-6)
+
+
+def test_offline_candidates_equal_the_serving_merge(sources):
+    rng = np.random.default_rng(0)
+    first = rng.normal(size=(3, N_ITEMS))
+    first[:, :2] = -np.inf
+    seen = np.array([[2, 5], [0, 0], [6, 0]])
+    for row, s in enumerate(seen):
+        first[row, s[s != PAD]] = -np.inf
+    history = np.array([[2, 5], [0, 0], [0, 6]])
+    times = np.array([450, 450, 50])
+    ids, retrieval, cross = offline_candidates(sources, first, history, times)
+    top = np.argsort(-first, axis=1, kind="stable")[:, :2]
+    served = sources.merge(top, history, padded_seen_keys(seen, N_ITEMS))
+    assert (ids == served.ids).all()
+    assert np.isneginf(retrieval[ids == PAD]).all() and np.isfinite(retrieval[ids != PAD]).all()
+    assert np.allclose(cross, sources.features(served.ids, np.take_along_axis(first, served.ids, 1), served.sources,
+                                               served.knn, history, times))
+
+
+def test_ranker_trains_on_merged_candidates_and_exports_the_cross_block(tmp_path):
+    """fit_dlrm with sources: negatives from the merged candidates, never the user's train items; the
+    DLRM reads item_cross [B, K, F]; dlrm.onnx takes it and equals PyTorch; selection saw merged lists."""
+    import onnxruntime as ort
+    import torch
+    from test_models import make_schema, synthetic_data
+
+    from recstack.models.candidate_pool import build_training_pool, own_item_keys
+    from recstack.models.dlrm import DLRMConfig
+    from recstack.models.dlrm_training import build_candidate_sources, fit_dlrm
+    from recstack.models.export import random_inputs, save_dlrm
+    from recstack.models.layout import FeatureLayout
+    from recstack.models.predict import item_embeddings, user_embeddings
+    from recstack.models.two_tower import TwoTowerConfig
+    from recstack.models.two_tower_training import fit_two_tower
+    from recstack.models.validation import candidate_set, split_view
+    from recstack.paths import RunPaths
+
+    torch.set_num_threads(1)
+    layout = FeatureLayout.from_schema(make_schema(), history_length=8)
+    data = synthetic_data(layout)
+    tt, _ = fit_two_tower(data, TwoTowerConfig(embedding_dim=8, output_dim=8, hidden=[16], uniform_negatives=8),
+                          epochs=2, batch_size=64, progress=False)
+    sources = build_candidate_sources(RunPaths.for_dataset("tiny", home=tmp_path), data,
+                                      SourceConfig(two_tower=10, item_knn=5, popular=3))
+    rows = data.train
+    rng = np.random.default_rng(0)
+    pool = build_training_pool(sources, user_embeddings(tt, data, rows.users, rows.history), item_embeddings(tt, data),
+                               rows.users, rows.history, rows.items, rows.times,
+                               own_item_keys(rows.users, rows.items, data.n_items), rng, sample=12)
+    own = {(int(u), int(i)) for u, i in zip(rows.users, rows.items)}
+    negatives = [(int(u), int(i)) for u, row in zip(rows.users, pool.negatives) for i in row if i != PAD]
+    assert negatives and not own.intersection(negatives)
+
+    model, hist = fit_dlrm(data, DLRMConfig(embedding_dim=8, dense_hidden=[8], over_hidden=[16]), two_tower=tt,
+                           epochs=2, batch_size=68, negatives=4, loss="softmax", progress=False, sources=sources)
+    assert model.cfg.cross_features == list(RANKER_FEATURES) and "valid_ndcg@10_fused" in hist["history"][0]
+    cset = candidate_set(tt, data, split_view(data, "valid"), 10, sources=sources)
+    assert cset.cands.shape[1] == sources.width and cset.cross.shape == (*cset.cands.shape, len(CROSS_FEATURES))
+
+    folder = save_dlrm(model, tmp_path / "dlrm", {"valid": {}}, {})
+    session = ort.InferenceSession(str(folder / "dlrm.onnx"))
+    assert session.get_inputs()[-1].name == "item_cross"
+    names = [i.name for i in session.get_inputs()]
+    feeds = random_inputs(model.layout, names, 3, seed=4, candidates=5, cross_width=len(CROSS_FEATURES))
+    got = session.run(None, feeds)[0]
+    flat = {k: torch.from_numpy(v.reshape(15, -1) if k.startswith("item") else np.repeat(v, 5, axis=0))
+            for k, v in feeds.items()}
+    with torch.no_grad():
+        want = model(flat).numpy().reshape(3, 5)
+    assert np.abs(got - want).max() < 1e-4
+
+
+def test_dense_and_sparse_item_knn_select_the_same_candidates(sources, monkeypatch):
+    """Small batches keep item-kNN scores dense, big ones sparse: the same items, ties to the lower id."""
+    from recstack.models import candidates
+
+    rng = np.random.default_rng(3)
+    history = rng.integers(0, N_ITEMS, (40, 4))
+    seen = padded_seen_keys(history, N_ITEMS)
+    tt = np.zeros((40, 2), np.int64)
+    dense = sources.merge(tt, history, seen)
+    assert dense.knn.dense is not None
+    monkeypatch.setattr(candidates, "DENSE_LIMIT", 0)
+    sparse = sources.merge(tt, history, seen)
+    assert sparse.knn.dense is None
+    assert (dense.ids == sparse.ids).all() and (dense.sources == sparse.sources).all()
+    assert np.array_equal(dense.knn.lookup(dense.ids, N_ITEMS), sparse.knn.lookup(dense.ids, N_ITEMS))
+
+
+def test_rerank_skips_empty_candidate_slots():
+    """A merged list's empty slot (PAD id, -inf score) ranks nowhere and does not disturb the others."""
+    from recstack.models.predict import rerank
+
+    first = np.array([[-np.inf, -np.inf, 0.9, 0.5, 0.1, 0.3]])
+    final = rerank(first, np.array([[3, 0, 4, 0]]), np.array([[2.0, -np.inf, 5.0, -np.inf]]))
+    assert np.isfinite(final[0, 2:]).all() and np.isneginf(final[0, :2]).all()
+    assert np.argsort(-final[0], kind="stable")[:4].tolist() == [4, 3, 2, 5]
+
+
+def test_history_alignment_does_not_change_the_sources(sources):
+    """Training histories are right-aligned, the online store's left-aligned: same candidates and scores."""
+    right = np.array([[0, 0, 3, 4, 2], [0, 0, 0, 0, 5]])
+    left = np.array([[3, 4, 2, 0, 0], [5, 0, 0, 0, 0]])
+    seen = padded_seen_keys(right, N_ITEMS)
+    a = sources.merge(np.zeros((2, 2), np.int64), right, seen)
+    b = sources.merge(np.zeros((2, 2), np.int64), left, seen)
+    assert (a.ids == b.ids).all() and (a.sources == b.sources).all()
+    assert np.array_equal(a.knn.lookup(a.ids, N_ITEMS), b.knn.lookup(a.ids, N_ITEMS))
+    times = np.array([450, 450])
+    assert np.array_equal(sources.features(a.ids, np.zeros(a.ids.shape), a.sources, a.knn, right, times),
+                          sources.features(b.ids, np.zeros(b.ids.shape), b.sources, b.knn, left, times))
