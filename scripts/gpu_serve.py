@@ -129,7 +129,7 @@ def main() -> int:
         on_device.close()
     print(f"\nrecstack bench serve ({args.dataset}, steps on {args.device}):\n{bench.format_table(report)}")
     name = f"fused model, SQLite, PyTorch steps on {args.device}"
-    print(f"\n| configuration | concurrency | req/s | p50 ms | p95 ms | p99 ms | errors |\n|---|---|---|---|---|---|---|")
+    print("\n| configuration | concurrency | req/s | p50 ms | p95 ms | p99 ms | errors |\n|---|---|---|---|---|---|---|")
     for level in report.levels:
         lat = level.latency_ms
         print(f"| {name} | {level.level:g} | {level.throughput_rps:,.0f} | {lat['p50']:.1f} | {lat['p95']:.1f} | "

@@ -83,6 +83,6 @@ def test_exact_search_imports_without_faiss():
             "x = np.eye(4, dtype=np.float32)\n"
             "s, i = ExactSearch(x, np.arange(4), 'cpu').search(x[:1], 2)\n"
             "print(i.tolist())\n")
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=False)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "[[0, 1]]" or out.stdout.strip().startswith("[[0,")

@@ -13,5 +13,6 @@ _EXPORTS = {
     "read_flat_index": "flat_file", "INDEX_FILE": "index", "META_FILE": "index", "ItemIndex": "index",
     "build_index": "index", "load_item_embeddings": "index", "KINDS": "kinds", "IndexConfig": "kinds",
 }
-__all__ = sorted(_EXPORTS)
+__all__ = ["INDEX_FILE", "KINDS", "META_FILE", "ExactItemIndex", "ExactSearch", "IndexConfig", "ItemIndex",
+           "build_index", "exact_search", "load_item_embeddings", "read_flat_index"]
 __getattr__ = lazy_exports(__name__, _EXPORTS)

@@ -45,10 +45,10 @@ class ExactItemIndex:
         self.dimension = int(vectors.shape[1])
         self._search = ExactSearch(vectors, ids, device)
         self.backend = self._search.backend
-        self._ids = set(int(i) for i in ids)
+        self._ids = {int(i) for i in ids}
 
     @classmethod
-    def load(cls, directory: Path | str, device: str = "auto") -> "ExactItemIndex":
+    def load(cls, directory: Path | str, device: str = "auto") -> ExactItemIndex:
         directory = Path(directory)
         meta_path, index_path = directory / META_FILE, directory / INDEX_FILE
         if not meta_path.is_file() or not index_path.is_file():
