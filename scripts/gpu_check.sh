@@ -34,9 +34,23 @@ serve() {
   tar -C "$work" -xJf ".gpu/tritonserver-py$pyv.tar.xz" && tar -C "$site" -xJf ".gpu/site-py$pyv.tar.xz" \
     && tar -C "$work/home" -xJf ".gpu/run-${SERVE_DATASET:-ml-100k}.tar.xz" || return 1
   # the python models' environment: these site packages, then recstack (this checkout), then the
-  # packages of the interpreter running this script (PyTorch with CUDA), in that order
+  # packages of the interpreter running this script (PyTorch with CUDA), in that order and ahead
+  # of whatever the system Python's dist-packages hold (the stub runs the system libpython)
   base=$("$PY" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')
-  printf '%s\nimport site; site.addsitedir(%s)\n' "$PWD" "'$base'" >"$site/zz-recstack-gpu.pth"
+  cat >"$site/recstack_gpu_path.py" <<EOF
+"""Written by scripts/gpu_check.sh: sys.path = stdlib, the carried site packages, recstack, the host's packages."""
+import site
+import sys
+
+SITE, REPO, BASE = "$site", "$PWD", "$base"
+_before = list(sys.path)
+site.addsitedir(BASE)
+_added = [p for p in sys.path if p not in _before]
+_rest = [p for p in _before if p not in (SITE, REPO)]
+_at = next((i for i, p in enumerate(_rest) if p.endswith(("site-packages", "dist-packages"))), len(_rest))
+sys.path[:] = _rest[:_at] + [SITE, REPO] + _added + _rest[_at:]
+EOF
+  echo "import recstack_gpu_path" >"$site/zz-recstack-gpu.pth"
   echo "serving: unpacked .gpu/ into $work in $((SECONDS - t0))s (python $pyv, base packages $base)"
   if [ -n "${SERVE_DEVICE:-}" ]; then dev=$SERVE_DEVICE
   elif nvidia-smi -L >/dev/null 2>&1; then dev=cuda
