@@ -8,7 +8,8 @@
 # run under $RECSTACK_GPU_WORK (default /tmp/recstack-gpu), makes a python environment for the
 # server's python models (the carried site packages first, then this interpreter's, then this
 # repository), and runs scripts/gpu_serve.py with RECSTACK_TORCH_DEVICE=$SERVE_DEVICE (default
-# cuda when nvidia-smi sees a GPU, else cpu). SERVE=0 skips it; SERVE_ONLY=1 runs only it.
+# cuda when nvidia-smi sees a GPU, else cpu). SERVE=0 skips it; SERVE_ONLY=1 runs only it;
+# GPU_CHECK_LOGS=<dir> keeps the server's log there.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-$( [ -x .venv/bin/python ] && echo .venv/bin/python || echo python3 )}
@@ -59,6 +60,9 @@ EOF
     timeout "${SERVE_TIMEOUT_S:-200}" "$PY" scripts/gpu_serve.py --home "$work/home" --dataset "${SERVE_DATASET:-ml-100k}" \
     --python-env "$work/env" --device "$dev" --levels "${SERVE_LEVELS:-1,16,64}" --seconds "${SERVE_SECONDS:-4}"
   local rc=$?
+  if [ -n "${GPU_CHECK_LOGS:-}" ]; then  # keep the server's log (and the load tool's reports) there
+    cp "$work/home/tritonserver.log" "$GPU_CHECK_LOGS/" 2>/dev/null
+  fi
   if [ $rc -ne 0 ]; then
     echo "serving: FAIL (exit $rc); last lines of the server log:"
     tail -n 25 "$work/home/tritonserver.log" 2>/dev/null
