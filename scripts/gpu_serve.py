@@ -6,7 +6,7 @@
         --python-env <env> --device cuda --levels 1,16,64 --seconds 4
 
 Prints, in order:
-  1. ``in-process``: the exported repository run in this process (``RepoRunner``) with the steps'
+  1. ``in-process``: the exported repository run in this process (``RepositoryRunner``) with the steps'
      PyTorch parts on ``--device`` and on cpu: how many users got the same top-10 on both;
   2. ``served``: tritonserver's startup time, then how many of 20 users got the same top-10 from
      the server as in this process (same device, same request time);
@@ -27,7 +27,7 @@ from pathlib import Path
 
 import numpy as np
 
-from recstack.ensembles.repo_runner import RepoRunner
+from recstack.ensembles.repo_runner import RepositoryRunner
 from recstack.ensembles.torch_steps import TORCH_DEVICE_ENV
 from recstack.paths import RunPaths
 from recstack.serving import bench
@@ -45,16 +45,16 @@ def request(users: list[int], k: int) -> dict[str, np.ndarray]:
             "request_time": np.full((n, 1), REQUEST_TIME, np.int64)}
 
 
-def runner(paths: RunPaths, device: str) -> RepoRunner:
+def runner(paths: RunPaths, device: str) -> RepositoryRunner:
     env = {**serving_environment(paths.feature_repo), TORCH_DEVICE_ENV: device}
-    return RepoRunner(paths.triton_repo, environment=env)
+    return RepositoryRunner(paths.triton_repo, environment=env)
 
 
-def top_lists(run: RepoRunner, users: list[int], k: int) -> list[list[int]]:
+def top_lists(run: RepositoryRunner, users: list[int], k: int) -> list[list[int]]:
     return [run.execute(request([u], k))["item_ids"].reshape(-1).tolist() for u in users]
 
 
-def where_steps_run(run: RepoRunner) -> str:
+def where_steps_run(run: RepositoryRunner) -> str:
     """``user_tower: torch cuda:0, retrieve: torch-cuda, ...``: where each step's model runs."""
     found = []
     for model in run.models.values():
@@ -71,7 +71,7 @@ def where_steps_run(run: RepoRunner) -> str:
     return ", ".join(found) or "no model steps found"
 
 
-def in_process_ms(run: RepoRunner, users: list[int], k: int) -> np.ndarray:
+def in_process_ms(run: RepositoryRunner, users: list[int], k: int) -> np.ndarray:
     """Milliseconds per single-user call of the chain (the first call, a warm-up, left out)."""
     run.execute(request(users[:1], k))
     times = []
