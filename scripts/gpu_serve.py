@@ -6,6 +6,7 @@
         --python-env <env> --device cuda --levels 1,16,64 --seconds 4
 
 Prints, in order:
+  0. ``packages``: the versions this process imports (the carried site folder shadows the host's);
   1. ``in-process``: the exported repository run in this process (``RepositoryRunner``) with the steps'
      PyTorch parts on ``--device`` and on cpu: how many users got the same top-10 on both;
   2. ``served``: tritonserver's startup time, then how many of 20 users got the same top-10 from
@@ -54,6 +55,17 @@ def top_lists(run: RepositoryRunner, users: list[int], k: int) -> list[list[int]
     return [run.execute(request([u], k))["item_ids"].reshape(-1).tolist() for u in users]
 
 
+def package_versions() -> str:
+    """Versions of what the served steps import (where they come from matters on a borrowed host)."""
+    from importlib import metadata
+
+    import torch
+
+    names = ("numpy", "pandas", "pyarrow", "feast", "protobuf", "grpcio", "tritonclient", "torch")
+    found = [f"{name} {metadata.version(name)}" for name in names]
+    return ", ".join(found) + f"; torch.cuda.is_available() {torch.cuda.is_available()}"
+
+
 def where_steps_run(run: RepositoryRunner) -> str:
     """``user_tower: torch cuda:0, retrieve: torch-cuda, ...``: where each step's model runs."""
     found = []
@@ -93,6 +105,7 @@ def main() -> int:
     parser.add_argument("-k", type=int, default=10)
     args = parser.parse_args()
     paths = RunPaths.for_dataset(args.dataset, home=args.home)
+    print(f"packages: {package_versions()}", flush=True)
     users = bench.draw_users(paths, 500, seed=0)
     ok = True
 
