@@ -125,3 +125,24 @@ def test_an_index_that_does_not_fit_the_user_tower_is_refused_at_load(e2e_paths)
 
     with pytest.raises(InputError, match=r"index: dimension 64 does not match the user tower's 32"):
         QueryIndex(str(e2e_paths.index), str(e2e_paths.features / "popularity.parquet"), dimension=32)
+
+
+def test_pytorch_steps_equal_the_onnx_and_faiss_chain(graph, user_ids, monkeypatch):
+    """RECSTACK_TORCH_DEVICE (cpu here, cuda on a GPU host): the user tower, the DLRM and exact
+    top-K in PyTorch give the same lists as onnxruntime + FAISS (scores to float rounding)."""
+    from recstack.ensembles.torch_steps import TORCH_DEVICE_ENV
+
+    inputs = {"user_id": user_ids.reshape(-1, 1), "top_n": np.full((len(user_ids), 1), 10, np.int32),
+              "request_time": np.full((len(user_ids), 1), 1_700_000_000, np.int64)}
+    want = run_in_process(graph, inputs, {})
+    monkeypatch.setenv(TORCH_DEVICE_ENV, "cpu")
+    steps: dict = {}
+    got = run_in_process(graph, inputs, steps)
+    chain = steps["chain"].steps
+    assert {"TorchUserTower", "TorchRanker"} <= {type(getattr(s, "torch", None)).__name__ for s in chain}
+    assert "ExactItemIndex" in {type(getattr(s, "index", None)).__name__ for s in chain}
+    np.testing.assert_array_equal(got["item_ids"], want["item_ids"])
+    np.testing.assert_allclose(got["scores"], want["scores"], rtol=1e-4, atol=1e-4)
+    monkeypatch.setenv(TORCH_DEVICE_ENV, "gpu")
+    with pytest.raises(InputError, match=TORCH_DEVICE_ENV):
+        run_in_process(graph, inputs, {})

@@ -153,7 +153,8 @@ def _layout(paths: RunPaths, model: str) -> FeatureLayout:
 
 
 def _model_files(paths: RunPaths, model: str, *onnx: str) -> Artifact:
-    """A model folder's ``config.json`` (layout, fusion) and the named ONNX files: what a step loads."""
+    """A model folder's ``config.json`` (layout, fusion) and the named files (ONNX; ``model.pt`` for the
+    PyTorch path of ``RECSTACK_TORCH_DEVICE``): what a step loads."""
     return Artifact(paths.models / model, ("config.json", *onnx))
 
 
@@ -210,7 +211,7 @@ def EmbedUser(paths: RunPaths) -> ServingOp:  # noqa: N802
     dim = int(read_json(paths.models / "two_tower" / "config.json")["embedding_dim"])
     return ServingOp("user_tower", f"{STEPS}:EmbedUser", {},
                      _user_block_specs(layout), [TensorSpec("user_embedding", np.float32, (dim,))],
-                     artifacts={"model_dir": _model_files(paths, "two_tower", "user_tower.onnx")})
+                     artifacts={"model_dir": _model_files(paths, "two_tower", "user_tower.onnx", "model.pt")})
 
 
 def _live_items(paths: RunPaths) -> dict[str, str]:
@@ -292,7 +293,7 @@ def Rank(paths: RunPaths, top_k: int = 100) -> ServingOp:  # noqa: N802
                      + ([TensorSpec("item_cross", np.float32, (top_k, len(CROSS_FEATURES)))] if cross else [])
                      + [TensorSpec("retrieval_scores", np.float32, (top_k,))],
                      [TensorSpec("rank_scores", np.float32, (top_k,))],
-                     artifacts={"model_dir": _model_files(paths, "dlrm", "dlrm.onnx")})
+                     artifacts={"model_dir": _model_files(paths, "dlrm", "dlrm.onnx", "model.pt")})
 
 
 def FilterTopN(paths: RunPaths, top_k: int = 100, max_top_n: int = 100,  # noqa: N802

@@ -183,13 +183,20 @@ class QueryUserFeatures:
 
 
 class EmbedUser:
-    """User tower (ONNX, onnxruntime): user blocks -> ``user_embedding`` float32 [B, d] (L2-normalised)."""
+    """User tower (ONNX, onnxruntime): user blocks -> ``user_embedding`` float32 [B, d] (L2-normalised).
+
+    With ``RECSTACK_TORCH_DEVICE`` set, the saved PyTorch tower runs on that device instead
+    (:mod:`recstack.ensembles.torch_steps`)."""
 
     def __init__(self, model_dir: str):
+        from recstack.ensembles.torch_steps import TorchUserTower, serving_torch_device
+
         model_dir = Path(model_dir)
         self.layout, config = _model_layout(model_dir)
-        self.session = _onnx_session(model_dir / "user_tower.onnx")
-        self.input_names = [i.name for i in self.session.get_inputs()]
+        device = serving_torch_device()
+        self.torch = TorchUserTower(model_dir, device) if device else None
+        self.session = None if self.torch else _onnx_session(model_dir / "user_tower.onnx")
+        self.input_names = self.torch.input_names if self.torch else [i.name for i in self.session.get_inputs()]
         self.dim = int(config["embedding_dim"])
 
     def execute(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -197,12 +204,16 @@ class EmbedUser:
         for name in self.input_names:
             dtype = np.float32 if name.endswith("_cont") else np.int64
             feeds[name] = _require(inputs, name, dtype, 2)
-        (embedding,) = self.session.run(["user_embedding"], feeds)
+        if self.torch:
+            embedding = self.torch(feeds)
+        else:
+            (embedding,) = self.session.run(["user_embedding"], feeds)
         return {"user_embedding": np.ascontiguousarray(embedding, dtype=np.float32)}
 
 
 class QueryIndex:
     """FAISS top-K over item embeddings, the user's seen items excluded; popularity for cold users.
+    With ``RECSTACK_TORCH_DEVICE`` set: exact top-K on that device (flat index only, no FAISS needed).
 
     Inputs: ``user_embedding`` float32 [B, d], ``seen_items`` int64 [B, S] (0 = pad),
     ``user_known`` int32 [B, 1]. Outputs: ``candidate_ids`` int64 [B, K] (encoded item ids,
@@ -217,13 +228,21 @@ class QueryIndex:
 
     def __init__(self, index_dir: str, popularity_path: str, top_k: int = 100, dimension: int | None = None,
                  model_dir: str | None = None, workflow_dir: str | None = None, live_items: str | None = None):
-        from recstack.retrieval import ItemIndex
+        from recstack.ensembles.torch_steps import serving_torch_device
 
         if top_k <= 0:
             raise InputError(f"top_k: must be > 0, got {top_k}")
-        # one FAISS thread per model instance: OpenMP threads fighting over the cores made a
-        # 64-query batch 10x slower on a 2-core machine; scale with instances instead
-        self.index = ItemIndex.load(index_dir, threads=1)
+        device = serving_torch_device()
+        if device:  # exact top-K on that device (FAISS-GPU or PyTorch); FAISS need not be installed
+            from recstack.retrieval import ExactItemIndex
+
+            self.index = ExactItemIndex.load(index_dir, device)
+        else:
+            from recstack.retrieval import ItemIndex
+
+            # one FAISS thread per model instance: OpenMP threads fighting over the cores made a
+            # 64-query batch 10x slower on a 2-core machine; scale with instances instead
+            self.index = ItemIndex.load(index_dir, threads=1)
         if dimension is not None:
             self.index.require_dimension(dimension, "the user tower")
         self.top_k = int(top_k)
@@ -359,7 +378,8 @@ class QueryItemFeatures:
 
 
 class Rank:
-    """DLRM (ONNX) scores every candidate, fused with the retrieval score as chosen on validation.
+    """DLRM (ONNX; PyTorch on ``RECSTACK_TORCH_DEVICE`` when set) scores every candidate, fused with the
+    retrieval score as chosen on validation.
 
     Inputs: the user blocks [B, *], the item blocks [B, K, *] and ``retrieval_scores`` float32
     [B, K]. The exported DLRM takes that shape as it is (the user's vectors, history pooling
@@ -369,14 +389,17 @@ class Rank:
     """
 
     def __init__(self, model_dir: str):
+        from recstack.ensembles.torch_steps import TorchRanker, serving_torch_device
         from recstack.models.fusion import read_fusion
 
         model_dir = Path(model_dir)
         self.layout, _ = _model_layout(model_dir)
         self.fusion = read_fusion(model_dir)
-        self.session = _onnx_session(model_dir / "dlrm.onnx")
-        self.input_names = [i.name for i in self.session.get_inputs()]
-        self.output_name = self.session.get_outputs()[0].name
+        device = serving_torch_device()
+        self.torch = TorchRanker(model_dir, device) if device else None
+        self.session = None if self.torch else _onnx_session(model_dir / "dlrm.onnx")
+        self.input_names = self.torch.input_names if self.torch else [i.name for i in self.session.get_inputs()]
+        self.output_name = None if self.torch else self.session.get_outputs()[0].name
 
     def execute(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         from recstack.models.fusion import fuse_scores
@@ -386,7 +409,10 @@ class Rank:
         for name in self.input_names:
             dtype = np.float32 if name.endswith("_cont") or name == "item_cross" else np.int64
             feeds[name] = _require(inputs, name, dtype, 3 if name.startswith("item_") else 2)
-        (logits,) = self.session.run([self.output_name], feeds)  # [B, K]: user blocks read once per user
+        if self.torch:
+            logits = self.torch(feeds)
+        else:
+            (logits,) = self.session.run([self.output_name], feeds)  # [B, K]: user blocks read once per user
         fused = fuse_scores(logits.astype(np.float32), retrieval_scores, self.fusion)
         return {"rank_scores": np.ascontiguousarray(fused, dtype=np.float32)}
 

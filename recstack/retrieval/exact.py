@@ -4,14 +4,14 @@
 (tests compare it with FAISS ``IndexFlatIP``); ``"cuda"`` uses FAISS-GPU (``GpuIndexFlatIP``)
 when ``faiss.get_num_gpus() > 0``, else a PyTorch matmul + ``topk`` on the GPU; ``"auto"`` is
 ``cuda`` when a GPU is visible, else ``cpu``. torch is imported only here, so CPU serving
-processes that never ask for a device do not pay for it.
+processes that never ask for a device do not pay for it. FAISS is imported only to look for
+FAISS-GPU: without FAISS installed (a GPU serving host that carries only PyTorch) the PyTorch path runs.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-import faiss
 import numpy as np
 
 from recstack.errors import InputError
@@ -19,8 +19,18 @@ from recstack.errors import InputError
 SCORE_BLOCK = 1 << 26  # at most this many float32 scores ([queries, items]) in memory at once (256 MiB)
 
 
+def _faiss() -> Any | None:
+    """The faiss module, or None when it is not installed."""
+    try:
+        import faiss
+    except ImportError:
+        return None
+    return faiss
+
+
 def _gpu_faiss_available() -> bool:
-    return hasattr(faiss, "get_num_gpus") and faiss.get_num_gpus() > 0
+    faiss = _faiss()
+    return faiss is not None and hasattr(faiss, "get_num_gpus") and faiss.get_num_gpus() > 0
 
 
 def resolve_device(device: str) -> str:
@@ -48,6 +58,7 @@ class ExactSearch:
         self.dimension = int(vectors.shape[1])
         self.ids = np.ascontiguousarray(ids, dtype=np.int64)
         if self.device == "cuda" and _gpu_faiss_available():
+            faiss = _faiss()
             self.backend = "faiss-gpu"
             self._resources = faiss.StandardGpuResources()
             self._index: Any = faiss.GpuIndexFlatIP(self._resources, self.dimension)

@@ -59,14 +59,46 @@ class TritonInstall:
     python_version: str  # "3.11": the stub built for the interpreter running recstack
 
 
-@functools.lru_cache(maxsize=4)
-def find_triton(python_version: str | None = None) -> TritonInstall:
-    """Locate tritonserver, its libraries and the python backend inside the installed pytriton package.
+TRITON_DIR_ENV = "RECSTACK_TRITONSERVER_DIR"
+"""Environment variable naming an unpacked server bundle (``scripts/gpu_bundle.sh``) to use instead of
+the installed pytriton package: ``tritonserver``, ``lib/``, ``backends/python/`` (backend, utils and
+the stub of the Python version in ``PYTHON_VERSION``)."""
 
-    Raises :class:`InputError` with the fix when pytriton is missing or incomplete,
-    or when the system ``libpython<X.Y>.so.1.0`` that the stub needs is not installed.
+
+def find_triton(python_version: str | None = None) -> TritonInstall:
+    """Locate tritonserver, its libraries and the python backend: the bundle named by
+    ``$RECSTACK_TRITONSERVER_DIR`` when set, else inside the installed pytriton package.
+
+    Raises :class:`InputError` with the fix when pytriton (or the bundle) is missing or incomplete,
+    when the bundle's stub is for another Python version, or when the system ``libpython<X.Y>.so.1.0``
+    that the stub needs is not installed.
     """
     version = python_version or f"{sys.version_info.major}.{sys.version_info.minor}"
+    return _find_triton(version, os.environ.get(TRITON_DIR_ENV) or None)
+
+
+def _bundle_install(bundle: Path, version: str) -> TritonInstall:
+    stamp = bundle / "PYTHON_VERSION"
+    built_for = stamp.read_text().strip() if stamp.is_file() else None
+    if built_for != version:
+        raise InputError(f"{TRITON_DIR_ENV}: the bundle {bundle} has the python backend stub for Python {built_for}, "
+                         f"this interpreter is {version} (rebuild it: scripts/gpu_bundle.sh --python {version})")
+    python_dir = bundle / "backends" / "python"
+    return TritonInstall(binary=bundle / "tritonserver", lib_dir=bundle / "lib",
+                         python_backend_lib=python_dir / "libtriton_python.so",
+                         python_backend_utils=python_dir / "triton_python_backend_utils.py",
+                         python_stub=python_dir / "triton_python_backend_stub", python_version=version)
+
+
+@functools.lru_cache(maxsize=4)
+def _find_triton(version: str, bundle: str | None) -> TritonInstall:
+    if bundle:
+        install = _bundle_install(Path(bundle), version)
+        for field in ("binary", "lib_dir", "python_backend_lib", "python_backend_utils", "python_stub"):
+            if not getattr(install, field).exists():
+                raise InputError(f"{TRITON_DIR_ENV}: {getattr(install, field)} is missing from the bundle")
+        check_libpython(version, install.python_stub, install.lib_dir)
+        return install
     spec = importlib.util.find_spec("pytriton")
     if spec is None or not spec.submodule_search_locations:
         raise InputError(
