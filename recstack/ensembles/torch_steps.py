@@ -70,7 +70,8 @@ class TorchRanker:
         self.device = resolve_device(device)
         self.model, _ = load_dlrm(Path(model_dir), self.device)
         layout = self.model.layout
-        self.input_names = layout.user_blocks() + layout.item_blocks()
+        # the same inputs as dlrm.onnx: a multi-source ranker also reads the candidates' item_cross [B, K, 8]
+        self.input_names = layout.user_blocks() + layout.item_blocks() + (["item_cross"] if self.model.n_cross else [])
 
     def __call__(self, feeds: dict[str, np.ndarray]) -> np.ndarray:
         import torch
