@@ -1,18 +1,25 @@
 """Serving load on one machine: the same run served three ways, against the same steps in-process.
 
     python benchmarks/serving_load.py --home /tmp/hm --dataset ml-100k --levels 1,4,16,64
+    python benchmarks/serving_load.py --dataset ml-1m --levels 1,32 --seconds 6 --configs fused-sqlite
 
-For each configuration (fused model + SQLite online store, fused + Redis, one model per step +
-SQLite) it starts a real tritonserver, drives it with `recstack bench serve`'s load generator
-(gRPC, closed loop, real test users) and prints req/s and latency percentiles per concurrency
-level. The baseline is the same chain called in this process, one user at a time: Triton's
-overhead is reported as the ratio of the served p50 at concurrency 1 to the in-process p50.
+For each configuration (``fused-sqlite``: fused model + SQLite online store, ``fused-redis``,
+``per-step-sqlite``: one model per step) it exports the run with this checkout's defaults into a
+temporary folder, starts a real tritonserver, drives it with `recstack bench serve`'s load
+generator (gRPC, closed loop, real test users) and prints req/s and latency percentiles per
+concurrency level. The baseline is the same chain called in this process, one user at a time:
+Triton's overhead is reported as the ratio of the served p50 at concurrency 1 to the in-process p50.
 The load generator runs on the same cores as the server.
+
+Each row also gives the CPU time per request (ms, user + system, from ``/proc``) of the load
+generator, of tritonserver and of its python-backend stubs: unlike latency, CPU time barely moves
+when other jobs share the cores, so it compares two code versions on a busy machine.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import shutil
 import subprocess
 import tempfile
@@ -28,6 +35,11 @@ from recstack.serving import bench
 from recstack.serving.server import start_server
 
 
+CONFIGS = {"fused-sqlite": ("fused, SQLite", True, "sqlite"), "fused-redis": ("fused, Redis", True, "redis"),
+           "per-step-sqlite": ("per step, SQLite", False, "sqlite")}
+"""--configs name -> (table label, fused export, online store)."""
+
+
 def in_process_ms(paths: RunPaths, users: list[int], k: int) -> np.ndarray:
     graph, steps = recommendation_graph(paths), {}
     run_in_process(graph, {"user_id": np.array([[users[0]]], np.int64), "top_n": np.array([[k]], np.int32)}, steps)
@@ -37,6 +49,27 @@ def in_process_ms(paths: RunPaths, users: list[int], k: int) -> np.ndarray:
         run_in_process(graph, {"user_id": np.array([[user]], np.int64), "top_n": np.array([[k]], np.int32)}, steps)
         times.append((time.perf_counter() - start) * 1e3)
     return np.array(times)
+
+
+def group_cpu_ms(pgid: int) -> tuple[float, float]:
+    """CPU ms (user + system) so far of process group ``pgid``: (tritonserver, its other processes,
+    i.e. the python-backend stubs). Linux ``/proc``; processes that ended are not counted."""
+    tick = os.sysconf("SC_CLK_TCK")
+    server = stubs = 0.0
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            stat = Path(f"/proc/{pid}/stat").read_text()
+        except OSError:
+            continue
+        name, fields = stat[stat.index("(") + 1:stat.rindex(")")], stat[stat.rindex(")") + 2:].split()
+        if int(fields[2]) != pgid:  # field 5: process group
+            continue
+        ms = (int(fields[11]) + int(fields[12])) * 1e3 / tick  # fields 14, 15: utime, stime
+        if name.startswith("tritonserver"):
+            server += ms
+        else:
+            stubs += ms
+    return server, stubs
 
 
 def redis_feature_repo(paths: RunPaths, folder: Path) -> tuple[Path, subprocess.Popen]:
@@ -55,7 +88,14 @@ def main() -> None:
     parser.add_argument("--levels", default="1,4,16,64")
     parser.add_argument("--seconds", type=float, default=8.0, help="measurement window per level")
     parser.add_argument("-k", type=int, default=10)
+    parser.add_argument("--configs", default=",".join(CONFIGS), help=f"comma list of {', '.join(CONFIGS)}")
+    parser.add_argument("--max-queue-delay-us", type=int, default=None,
+                        help="dynamic-batching window of the exports (default: recstack export's)")
+    parser.add_argument("--instances", type=int, default=None, help="instances per model (default: recstack export's)")
     args = parser.parse_args()
+    chosen = args.configs.split(",")
+    if set(chosen) - set(CONFIGS):
+        parser.error(f"--configs: {sorted(set(chosen) - set(CONFIGS))} not among {CONFIGS}")
     paths = RunPaths.for_dataset(args.dataset, home=args.home)
     users = bench.draw_users(paths, 500, seed=0)
     levels = [int(x) for x in args.levels.split(",")]
@@ -65,36 +105,44 @@ def main() -> None:
           f"p95 {np.percentile(base, 95):.2f} ms")
 
     tmp = Path(tempfile.mkdtemp(prefix="recstack-load-"))
-    redis_repo, redis_proc = redis_feature_repo(paths, tmp)
-    export_ensemble(recommendation_graph(paths), tmp / "per_step", fuse=False)
-    configs = [("fused, SQLite", paths.triton_repo, paths.feature_repo),
-               ("fused, Redis", paths.triton_repo, redis_repo),
-               ("per step, SQLite", tmp / "per_step", paths.feature_repo)]
+    redis_proc = None
+    export_options = {k: v for k, v in (("max_queue_delay_us", args.max_queue_delay_us),
+                                        ("instances", args.instances)) if v is not None}
     rows = []
     try:
-        for name, repo, feature_repo in configs:
-            server = start_server(repo, feature_repo)
+        for config in chosen:
+            name, fuse, online = CONFIGS[config]
+            repo = export_ensemble(recommendation_graph(paths), tmp / config, fuse=fuse, **export_options)
+            if online == "redis" and redis_proc is None:
+                redis_repo, redis_proc = redis_feature_repo(paths, tmp)
+            server = start_server(repo, redis_repo if online == "redis" else paths.feature_repo)
             try:
-                report = bench.bench_serve(bench.BenchConfig(
-                    url=server.grpc_url, users=users, concurrency=levels, k=args.k,
-                    measurement_interval_s=args.seconds, warmup_s=1.0))
+                for level in levels:  # one level at a time: CPU per request per level
+                    cpu0 = group_cpu_ms(server.pid)
+                    report = bench.bench_serve(bench.BenchConfig(
+                        url=server.grpc_url, users=users, concurrency=[level], k=args.k,
+                        measurement_interval_s=args.seconds, warmup_s=1.0))
+                    cpu = [(b - a) / max(report.levels[0].sent, 1) for a, b in zip(cpu0, group_cpu_ms(server.pid))]
+                    print(f"\n== {name}\n{bench.format_table(report)}")
+                    lv = report.levels[0]
+                    rows.append((name, lv.level, lv.throughput_rps, lv.latency_ms["p50"], lv.latency_ms["p95"],
+                                 lv.latency_ms["p99"], lv.errors, lv.client_cpu_ms, *cpu))
             finally:
                 server.stop()
-            print(f"\n== {name}\n{bench.format_table(report)}")
-            for level in report.levels:
-                rows.append((name, level.level, level.throughput_rps, level.latency_ms["p50"],
-                             level.latency_ms["p95"], level.latency_ms["p99"], level.errors))
     finally:
-        redis_proc.terminate()
+        if redis_proc is not None:
+            redis_proc.terminate()
         shutil.rmtree(tmp, ignore_errors=True)
 
     base_p50 = float(np.percentile(base, 50))
-    print("\n| configuration | concurrency | req/s | p50 ms | p95 ms | p99 ms | errors | p50 / in-process p50 |")
-    print("|---|---|---|---|---|---|---|---|")
-    for name, level, rps, p50, p95, p99, errors in rows:
-        print(f"| {name} | {level} | {rps:.0f} | {p50:.1f} | {p95:.1f} | {p99:.1f} | {errors} | {p50 / base_p50:.2f}x |")
+    print("\n| configuration | concurrency | req/s | p50 ms | p95 ms | p99 ms | errors | p50 / in-process p50 "
+          "| CPU ms/request: load generator, tritonserver, stubs |")
+    print("|---|---|---|---|---|---|---|---|---|")
+    for name, level, rps, p50, p95, p99, errors, client, server_cpu, stubs in rows:
+        print(f"| {name} | {level} | {rps:.0f} | {p50:.1f} | {p95:.1f} | {p99:.1f} | {errors} | {p50 / base_p50:.2f}x "
+              f"| {client:.2f}, {server_cpu:.2f}, {stubs:.2f} |")
     print(f"| in-process chain (baseline) | 1 | {1e3 / base.mean():.0f} | {base_p50:.1f} | "
-          f"{np.percentile(base, 95):.1f} | {np.percentile(base, 99):.1f} | 0 | 1.00x |")
+          f"{np.percentile(base, 95):.1f} | {np.percentile(base, 99):.1f} | 0 | 1.00x | |")
 
 
 if __name__ == "__main__":

@@ -18,7 +18,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from recstack.ensembles.graph import ENSEMBLE_OUTPUTS, export_ensemble, recommendation_graph, run_in_process
+from recstack.ensembles.graph import (
+    ENSEMBLE_OUTPUTS, MAX_QUEUE_DELAY_US, export_ensemble, recommendation_graph, run_in_process,
+)
 from recstack.ensembles.model_repo import TensorSpec
 from recstack.errors import InputError
 from recstack.ids import HISTORY_LENGTH
@@ -61,7 +63,8 @@ def test_onnx_models_are_onnxruntime_configs_that_fit_their_onnx_files(onnx_repo
     for name, source in ONNX_MODELS.items():
         config = _parse(onnx_repo / name)
         assert (config.name, config.platform, config.backend) == (name, "onnxruntime_onnx", "onnxruntime")
-        assert config.max_batch_size == 64 and config.dynamic_batching.max_queue_delay_microseconds == 200
+        assert config.max_batch_size == 64 and config.HasField("dynamic_batching")
+        assert config.dynamic_batching.max_queue_delay_microseconds == MAX_QUEUE_DELAY_US
         assert [(g.kind, g.count) for g in config.instance_group] == [(config.instance_group[0].KIND_GPU, 1)]
         copied = onnx_repo / name / "1" / "model.onnx"
         assert hashlib.sha256(copied.read_bytes()).digest() == \

@@ -112,6 +112,32 @@ def test_modules_import_outside_triton_and_need_the_backend_only_for_io():
         tio.pb_utils()
 
 
+def test_mark_consumed_keeps_numpys_capsule_destructor_quiet(monkeypatch):
+    """The stub renames a capsule it took to "used_dlpack"; numpy's destructor then reports an
+    error (a traceback in the server log per output tensor) unless the capsule is marked consumed."""
+    import ctypes
+    import sys
+
+    import recstack.ensembles.triton_io as tio
+
+    def released(mark: bool) -> list:
+        reported = []
+        monkeypatch.setattr(sys, "unraisablehook", lambda info: reported.append(info.exc_value))
+        capsule = np.arange(6, dtype=np.int64).__dlpack__()
+        assert tio._capsule_name(capsule) == b"dltensor"
+        assert tio.mark_consumed(capsule) is False  # not taken by the stub yet: left alone
+        ctypes.pythonapi.PyCapsule_SetName(ctypes.py_object(capsule), ctypes.c_char_p(tio.STUB_CONSUMED_NAME))
+        if mark:
+            assert tio.mark_consumed(capsule) is True
+            assert tio._capsule_name(capsule) == tio.CONSUMED_NAME
+        del capsule
+        return reported
+
+    unmarked = released(mark=False)
+    assert len(unmarked) == 1 and "PyCapsule_GetPointer" in str(unmarked[0])
+    assert released(mark=True) == []
+
+
 def test_missing_libpython_names_debian_package():
     with pytest.raises(InputError, match=r"libpython9\.97"):
         check_libpython("9.97")
@@ -199,6 +225,15 @@ def test_random_roundtrip_equals_in_process(client):
         want = step.execute(case)
         got = client.infer("affine", case, list(want))
         _assert_same(got, want)
+
+
+def test_outputs_leave_no_capsule_errors_in_the_log(server, client):
+    # before triton_io.mark_consumed every output tensor wrote a ValueError traceback to the log
+    case = _case(np.random.default_rng(5), 3, 4)
+    for _ in range(5):
+        _assert_same(client.infer("affine", case, ["floats_out", "ints_out", "count"]), AffineCheckStep().execute(case))
+    log = server.log_path.read_text(errors="replace")
+    assert "PyCapsule_GetPointer" not in log
 
 
 def test_wrong_dtype_missing_input_and_big_batch_are_errors(client):
