@@ -23,7 +23,8 @@ from recstack.models.data import Interactions, TrainingData, load_training_data
 from recstack.models.device import resolve_device, seed_everything, to_tensors
 from recstack.models.export import save_two_tower
 from recstack.models.loop import EpochSelection, optimiser_step, warmup_cosine
-from recstack.models.two_tower import TwoTower, TwoTowerConfig, in_batch_softmax_loss
+from recstack.models.sequence_training import fit_sequence_two_tower
+from recstack.models.two_tower import TwoTower, TwoTowerConfig, drop_ids, in_batch_softmax_loss
 from recstack.models.validation import evaluate_two_tower, split_view
 from recstack.paths import RunPaths
 
@@ -36,11 +37,18 @@ def fit_two_tower(data: TrainingData, cfg: TwoTowerConfig | None = None, *, epoc
     """Train a two-tower model on ``train_rows`` (default: data.train); select the epoch on valid.
 
     Returns the model with the best validation NDCG@10 (``select=True``) or the last epoch's
-    weights, and a history dict (per-epoch loss / metrics, best epoch, seconds).
+    weights, and a history dict (per-epoch loss / metrics, best epoch, seconds). A config with
+    ``user_encoder="sasrec"`` trains with :func:`recstack.models.sequence_training.fit_sequence_two_tower`
+    (every position of each user's sequence; ``batch_size`` / ``patience`` / ``lr`` from the config's
+    ``sequence_*`` fields instead).
     """
+    cfg = cfg or TwoTowerConfig()
+    if cfg.user_encoder == "sasrec":
+        return fit_sequence_two_tower(data, cfg, epochs=epochs, lr=cfg.sequence_lr, weight_decay=weight_decay, device=device,
+                                      seed=seed, time_budget_s=time_budget_s, train_rows=train_rows,
+                                      select=select, progress=progress)
     seed_everything(seed)
     dev = resolve_device(device)
-    cfg = cfg or TwoTowerConfig()
     rows = train_rows if train_rows is not None else data.train
     model = TwoTower(data.layout, cfg).to(dev)
     counts = np.bincount(rows.items, minlength=data.n_items).astype(np.float64)
@@ -62,14 +70,17 @@ def fit_two_tower(data: TrainingData, cfg: TwoTowerConfig | None = None, *, epoc
             items = rows.items[idx]
             batch = to_tensors(data.batch(rows.users[idx], rows.history[idx], items), dev)
             item_ids = batch["item_cat"][:, 0]
+            batch["user_cat"] = drop_ids(batch["user_cat"], cfg.id_dropout)
+            batch["item_cat"] = drop_ids(batch["item_cat"], cfg.id_dropout)
             user_emb, item_emb = model(batch)
             log_q = (log_p[item_ids] + math.log(len(idx))) if cfg.logq_correction else None
             neg_emb = neg_ids = neg_log_q = None
             if cfg.uniform_negatives > 0:
                 neg = rng.integers(FIRST_CODE, data.n_items, cfg.uniform_negatives)
                 neg_batch = to_tensors({k: v[neg] for k, v in data.item_features.items()}, dev)
-                neg_emb = model.item_embedding(neg_batch)
                 neg_ids = neg_batch["item_cat"][:, 0]
+                neg_batch["item_cat"] = drop_ids(neg_batch["item_cat"], cfg.id_dropout)
+                neg_emb = model.item_embedding(neg_batch)
                 if cfg.logq_correction:
                     neg_log_q = torch.full((len(neg),), math.log(cfg.uniform_negatives / n_cat), device=dev)
             loss = in_batch_softmax_loss(user_emb, item_emb, item_ids, cfg.temperature, log_q,
@@ -99,7 +110,8 @@ def train_two_tower(paths: RunPaths, data: TrainingData | None = None, *, device
     rows: Interactions | None = fit_kwargs.pop("train_rows", None)  # a sample of train (train_all's max_train_rows)
     if refit and rows is not None:
         raise InputError("refit: retrains on all of train + valid, not on a sample of train_rows")
-    model, hist = fit_two_tower(data, cfg, epochs=epochs or 20, device=device, seed=seed, progress=progress,
+    default_epochs = cfg.sequence_epochs if cfg.user_encoder == "sasrec" else 20
+    model, hist = fit_two_tower(data, cfg, epochs=epochs or default_epochs, device=device, seed=seed, progress=progress,
                                 time_budget_s=time_budget_s, train_rows=rows, **fit_kwargs)
     valid_metrics = evaluate_two_tower(model, data, split_view(data, "valid"))
     if refit:
