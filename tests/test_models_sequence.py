@@ -5,19 +5,24 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from test_models import N_ITEMS, L, make_schema, synthetic_data
 from torch.nn import functional as F
 
 from recstack.ids import FIRST_CODE, OOV
 from recstack.models.data import Interactions
 from recstack.models.export import load_two_tower, random_inputs, save_two_tower
 from recstack.models.layout import FeatureLayout
-from recstack.models.sequence import SequenceEncoder, full_softmax_loss, right_align, sampled_softmax_loss
+from recstack.models.sequence import (
+    SequenceEncoder,
+    full_softmax_loss,
+    right_align,
+    sampled_softmax_loss,
+)
 from recstack.models.sequence_training import training_windows
 from recstack.models.two_tower import TwoTower, TwoTowerConfig, drop_ids
 from recstack.models.two_tower_training import fit_two_tower
-from test_models import L, N_ITEMS, make_schema, synthetic_data
 
-SMALL = dict(embedding_dim=16, output_dim=16, hidden=[32], uniform_negatives=16, dropout=0.0)
+SMALL = {"embedding_dim": 16, "output_dim": 16, "hidden": [32], "uniform_negatives": 16, "dropout": 0.0}
 
 
 @pytest.fixture(scope="module")
@@ -119,7 +124,7 @@ def trained(layout):
 
 
 def test_sequence_training_learns_the_next_item(trained):
-    data, model, hist = trained
+    hist = trained[2]
     losses = [h["loss"] for h in hist["history"]]
     assert hist["softmax"] == "full" and losses[-1] < 0.5 * losses[0]
     assert max(h["valid_hr@10"] for h in hist["history"]) > 0.8  # a pooled history cannot read "last + 1"

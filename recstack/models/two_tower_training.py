@@ -24,7 +24,12 @@ from recstack.models.device import resolve_device, seed_everything, to_tensors
 from recstack.models.export import save_two_tower
 from recstack.models.loop import EpochSelection, optimiser_step, warmup_cosine
 from recstack.models.sequence_training import fit_sequence_two_tower
-from recstack.models.two_tower import TwoTower, TwoTowerConfig, drop_ids, in_batch_softmax_loss
+from recstack.models.two_tower import (
+    TwoTower,
+    TwoTowerConfig,
+    drop_ids,
+    in_batch_softmax_loss,
+)
 from recstack.models.validation import evaluate_two_tower, split_view
 from recstack.paths import RunPaths
 
