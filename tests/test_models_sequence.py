@@ -180,3 +180,17 @@ def test_user_tower_onnx_equals_torch(layout, tmp_path, encoder):
             want = model.user_embedding(blocks).numpy()
             again = reloaded.user_embedding(blocks).numpy()
         assert np.abs(got - want).max() < 1e-4 and np.abs(again - want).max() < 1e-6
+
+
+def test_training_positions_match_the_served_embedding(layout):
+    """Position t of every_position (what training scores) is the user tower's output for history[:t + 1]."""
+    torch.manual_seed(4)
+    model = TwoTower(layout, TwoTowerConfig(**SMALL)).eval()
+    feeds = {k: torch.from_numpy(v) for k, v in random_inputs(layout, layout.user_blocks(), 3, seed=2).items()}
+    hist = torch.randint(FIRST_CODE, N_ITEMS, (3, L))
+    with torch.no_grad():
+        every = model.user_tower.every_position(feeds["user_cat"], None, feeds["user_cont"], hist)
+        for t in (0, L // 2, L - 1):
+            prefix = torch.cat([torch.zeros(3, L - t - 1, dtype=torch.int64), hist[:, :t + 1]], 1)
+            served = model.user_tower(feeds["user_cat"], None, feeds["user_cont"], prefix)
+            assert torch.allclose(every[:, t], served, atol=1e-5)

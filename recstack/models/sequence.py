@@ -5,12 +5,13 @@ either side, :func:`right_align` moves it to the left) -> ``[B, L, e]``: output 
 the items at positions <= t only (a causal mask), so during training every position predicts
 the next item, and at serving time the last position summarises the whole history.
 
-Layers: the item-id embedding table **shared** with the item tower (scaled by sqrt(e)), plus a
-learned embedding of "how many items ago" (0 = the most recent; capped at ``max_positions - 1``;
-counting from the newest item makes a served history of any length mean the same as in
-training) -> dropout -> ``blocks`` pre-LayerNorm transformer blocks (multi-head causal
-self-attention, ReLU feed-forward, residuals, dropout) -> a final LayerNorm; pad positions
-output zeros.
+Layers: the item-id embedding table **shared** with the item tower (scaled by sqrt(e)) ->
+dropout -> ``blocks`` pre-LayerNorm transformer blocks (multi-head causal self-attention with a
+learned bias per head for each query-key distance "j items earlier", capped at
+``max_positions - 1``; ReLU feed-forward; residuals; dropout) -> a final LayerNorm; pad positions
+output zeros. Positions are **relative** (no absolute position embedding): output t is exactly
+what the encoder gives for the history cut after t, so what training scores at every position
+is what serving computes at the last one, whatever the history length.
 
 Time gaps between events are not an input: the online store keeps each user's recent item ids
 but not their times (``user_history.recent_items``; only the newest event time is stored), so
@@ -46,21 +47,28 @@ def right_align(history: torch.Tensor) -> torch.Tensor:
 
 
 class CausalSelfAttention(nn.Module):
-    """Multi-head self-attention under a boolean mask: x [B, L, e], allowed [B, 1, L, L] -> [B, L, e]."""
+    """Multi-head self-attention with a learned bias per head and query-key distance.
 
-    def __init__(self, dim: int, heads: int, dropout: float):
+    x [B, L, e], ``allowed`` [B, 1, L, L] bool, ``distance`` [L, L] int64 (query - key, clamped to
+    0 .. max_positions - 1) -> [B, L, e].
+    """
+
+    def __init__(self, dim: int, heads: int, dropout: float, max_positions: int):
         super().__init__()
         if dim % heads:
             raise ValueError(f"sequence encoder: dim {dim} is not divisible by heads {heads}")
         self.heads = heads
         self.qkv = nn.Linear(dim, 3 * dim)
         self.out = nn.Linear(dim, dim)
+        self.distance_bias = nn.Embedding(max_positions, heads)
+        nn.init.zeros_(self.distance_bias.weight)
         self.dropout = nn.Dropout(dropout)
 
-    def forward(self, x: torch.Tensor, allowed: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, allowed: torch.Tensor, distance: torch.Tensor) -> torch.Tensor:
         B, L, e = x.shape
         q, k, v = self.qkv(x).reshape(B, L, 3, self.heads, e // self.heads).permute(2, 0, 3, 1, 4)  # [B, h, L, e/h]
         scores = q @ k.transpose(-1, -2) / math.sqrt(e // self.heads)                        # [B, h, L, L]
+        scores = scores + self.distance_bias(distance).permute(2, 0, 1).unsqueeze(0)         # [1, h, L, L]
         weights = torch.softmax(scores.masked_fill(~allowed, float("-inf")), dim=-1)
         mixed = (self.dropout(weights) @ v).transpose(1, 2).reshape(B, L, e)
         return self.out(mixed)
@@ -69,15 +77,15 @@ class CausalSelfAttention(nn.Module):
 class Block(nn.Module):
     """Pre-LN transformer block: x + attn(LN(x)), then x + FFN(LN(x)); [B, L, e] -> [B, L, e]."""
 
-    def __init__(self, dim: int, heads: int, dropout: float):
+    def __init__(self, dim: int, heads: int, dropout: float, max_positions: int):
         super().__init__()
         self.norm1, self.norm2 = nn.LayerNorm(dim), nn.LayerNorm(dim)
-        self.attn = CausalSelfAttention(dim, heads, dropout)
+        self.attn = CausalSelfAttention(dim, heads, dropout, max_positions)
         self.ffn = nn.Sequential(nn.Linear(dim, dim), nn.ReLU(), nn.Dropout(dropout), nn.Linear(dim, dim))
         self.dropout = nn.Dropout(dropout)
 
-    def forward(self, x: torch.Tensor, allowed: torch.Tensor) -> torch.Tensor:
-        x = x + self.dropout(self.attn(self.norm1(x), allowed))
+    def forward(self, x: torch.Tensor, allowed: torch.Tensor, distance: torch.Tensor) -> torch.Tensor:
+        x = x + self.dropout(self.attn(self.norm1(x), allowed, distance))
         return x + self.dropout(self.ffn(self.norm2(x)))
 
 
@@ -94,10 +102,8 @@ class SequenceEncoder(nn.Module):
         dim = item_table.embedding_dim
         self.item_table = item_table
         self.max_positions = int(max_positions)
-        self.positions = nn.Embedding(self.max_positions, dim)
-        nn.init.normal_(self.positions.weight, std=0.05)
         self.dropout = nn.Dropout(dropout)
-        self.blocks = nn.ModuleList([Block(dim, heads, dropout) for _ in range(blocks)])
+        self.blocks = nn.ModuleList([Block(dim, heads, dropout, self.max_positions) for _ in range(blocks)])
         self.norm = nn.LayerNorm(dim)
         self.scale = math.sqrt(dim)
 
@@ -106,15 +112,15 @@ class SequenceEncoder(nn.Module):
         valid = history > 0                                                        # [B, L]
         length = history.shape[1]
         steps = torch.arange(length, device=history.device)
-        ago = (length - 1 - steps).clamp(max=self.max_positions - 1)               # [L]: 0 = newest
-        x = self.item_table(history) * self.scale + self.positions(ago).unsqueeze(0)
-        x = self.dropout(x) * valid.unsqueeze(-1).to(x.dtype)
-        causal = steps.unsqueeze(0) <= steps.unsqueeze(1)                          # [L, L]: key j <= query i
-        # a pad key is never read; every query may read itself, so no row is all -inf
-        allowed = (causal & valid.unsqueeze(1)) | torch.eye(length, dtype=torch.bool, device=history.device)
+        distance = steps.unsqueeze(1) - steps.unsqueeze(0)                         # [L, L]: query i - key j
+        x = self.dropout(self.item_table(history) * self.scale)
+        x = x * valid.unsqueeze(-1).to(x.dtype)
+        # a key after the query or a pad key is never read; every query may read itself (no all -inf row)
+        allowed = ((distance >= 0) & valid.unsqueeze(1)) | (distance == 0)
         allowed = allowed.unsqueeze(1)                                             # [B, 1, L, L]
+        distance = distance.clamp(0, self.max_positions - 1)
         for block in self.blocks:
-            x = block(x, allowed)
+            x = block(x, allowed, distance)
         return self.norm(x) * valid.unsqueeze(-1).to(x.dtype)
 
     def last(self, history: torch.Tensor) -> torch.Tensor:

@@ -106,7 +106,9 @@ def fit_sequence_two_tower(data: TrainingData, cfg: TwoTowerConfig, *, epochs: i
     full = cfg.use_full_softmax(data.n_items)
     opt = torch.optim.Adam(model.parameters(), lr=lr, weight_decay=weight_decay)
     batch = cfg.sequence_batch_size
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, warmup_cosine(epochs * max(1, math.ceil(len(users) / batch))))
+    total_steps = epochs * max(1, math.ceil(len(users) / batch))
+    # a small dataset has few windows per epoch: warm up over at most 5% of the run
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, warmup_cosine(total_steps, warmup=min(50, total_steps // 20 + 1)))
     rng = np.random.default_rng(seed)
     gen = torch.Generator().manual_seed(seed)
     view = split_view(data, "valid")
