@@ -159,16 +159,17 @@ def test_sampled_softmax_training_lowers_the_loss(layout):
     assert hist["softmax"] == "sampled" and losses[-1] < losses[0]
 
 
-@pytest.mark.parametrize("encoder", ["sasrec", "pool"])
+@pytest.mark.parametrize("encoder", ["sasrec", "sasrec+mean", "pool"])
 def test_user_tower_onnx_equals_torch(layout, tmp_path, encoder):
     """The exported user tower (either encoder) gives the in-process embedding, any batch / history length /
     padding side, and the saved model reloads to the same scores."""
     torch.manual_seed(3)
-    model = TwoTower(layout, TwoTowerConfig(**SMALL, user_encoder=encoder)).eval()
+    cfg = TwoTowerConfig(**SMALL, user_encoder=encoder.split("+")[0], sequence_mean=encoder.endswith("mean"))
+    model = TwoTower(layout, cfg).eval()
     data = synthetic_data(layout)
     out = save_two_tower(model, tmp_path / encoder, data.item_features, {"valid": {}}, {})
     reloaded, config = load_two_tower(out)
-    assert config["hyperparameters"]["user_encoder"] == encoder
+    assert config["hyperparameters"]["user_encoder"] == cfg.user_encoder
     import onnxruntime as ort
 
     sess = ort.InferenceSession(str(out / "user_tower.onnx"), providers=["CPUExecutionProvider"])
@@ -182,10 +183,11 @@ def test_user_tower_onnx_equals_torch(layout, tmp_path, encoder):
         assert np.abs(got - want).max() < 1e-4 and np.abs(again - want).max() < 1e-6
 
 
-def test_training_positions_match_the_served_embedding(layout):
+@pytest.mark.parametrize("with_mean", [False, True])
+def test_training_positions_match_the_served_embedding(layout, with_mean):
     """Position t of every_position (what training scores) is the user tower's output for history[:t + 1]."""
     torch.manual_seed(4)
-    model = TwoTower(layout, TwoTowerConfig(**SMALL)).eval()
+    model = TwoTower(layout, TwoTowerConfig(**SMALL, sequence_mean=with_mean)).eval()
     feeds = {k: torch.from_numpy(v) for k, v in random_inputs(layout, layout.user_blocks(), 3, seed=2).items()}
     hist = torch.randint(FIRST_CODE, N_ITEMS, (3, L))
     with torch.no_grad():

@@ -25,7 +25,7 @@ from torch.nn import functional as F
 
 from recstack.ids import OOV
 from recstack.models.layout import FeatureLayout
-from recstack.models.modules import Bag, HistoryPooling, embedding, mlp
+from recstack.models.modules import Bag, HistoryPooling, embedding, masked_mean, mlp
 from recstack.models.sequence import SequenceEncoder
 
 USER_ENCODERS = ("sasrec", "pool")
@@ -48,14 +48,15 @@ class TwoTowerConfig:
     blocks: int = 2               # sasrec: transformer blocks
     heads: int = 1                # sasrec: attention heads
     sequence_dropout: float = 0.2  # sasrec: dropout inside the encoder (SASRec's ML-1M value)
+    sequence_mean: bool = False   # sasrec: also join the mean of the history's item embeddings (causal in training)
     # sasrec loss: "full" softmax over the catalogue, "sampled" (in-batch targets + uniform
     # negatives, logQ-corrected), "auto" = full up to full_softmax_max_items items
     softmax: str = "auto"
     full_softmax_max_items: int = 200_000
     sequence_epochs: int = 200    # sasrec: epoch cap when none is given (early stopping on valid NDCG@10)
     sequence_patience: int = 10   # sasrec: epochs without a validation gain before stopping
-    sequence_batch_size: int = 128  # sasrec: sequences per step (each with up to history_length targets)
-    sequence_lr: float = 1e-3     # sasrec: Adam learning rate (SASRec's)
+    sequence_batch_size: int = 64   # sasrec: sequences per step (each with up to history_length targets)
+    sequence_lr: float = 3e-3     # sasrec: Adam learning rate
     id_dropout: float = 0.1       # training: a user / item id becomes OOV with this probability
 
     def __post_init__(self) -> None:
@@ -138,8 +139,9 @@ class UserTower(nn.Module):
                                            cfg.sequence_dropout)
         else:
             self.history = HistoryPooling(item_id_table, cfg.max_recency)
+        self.with_mean = self.sequential and cfg.sequence_mean
         self.n_cont = len(layout.user.cont)
-        history_width = e if self.sequential else 2 * e
+        history_width = (2 * e if self.with_mean else e) if self.sequential else 2 * e
         in_dim = e * (len(self.cat_tables) + len(self.list_bags)) + history_width + self.n_cont
         self.mlp = mlp(in_dim, cfg.hidden, cfg.output_dim, cfg.dropout)
 
@@ -160,7 +162,12 @@ class UserTower(nn.Module):
 
     def forward(self, user_cat: torch.Tensor, user_lists: torch.Tensor | None = None,
                 user_cont: torch.Tensor | None = None, history: torch.Tensor | None = None) -> torch.Tensor:
-        read = self.encoder.last(history) if self.sequential else self.history(history)
+        if not self.sequential:
+            read = self.history(history)
+        elif self.with_mean:
+            read = torch.cat([self.encoder.last(history), masked_mean(self.encoder.item_table(history), history)], 1)
+        else:
+            read = self.encoder.last(history)
         return F.normalize(self.mlp(self._join(read, user_cat, user_lists, user_cont)), dim=-1)
 
     def every_position(self, user_cat: torch.Tensor, user_lists: torch.Tensor | None,
@@ -168,6 +175,10 @@ class UserTower(nn.Module):
         """Sequence encoder only: the user embedding after each history position, [B, L, output_dim]
         (position t has read history[:, :t + 1]; ``history`` right-aligned, as training builds it)."""
         seq = self.encoder(history)                                            # [B, L, e]
+        if self.with_mean:  # the mean of history[:, :t + 1] at each t
+            valid = (history > 0).unsqueeze(-1).to(seq.dtype)
+            total = torch.cumsum(self.encoder.item_table(history) * valid, dim=1)
+            seq = torch.cat([seq, total / torch.cumsum(valid, dim=1).clamp(min=1.0)], dim=2)
         return F.normalize(self.mlp(self._join(seq, user_cat, user_lists, user_cont)), dim=-1)
 
 
