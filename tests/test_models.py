@@ -91,7 +91,7 @@ def test_layout_tensors(layout):
 
 def test_module_shapes(layout):
     b = batch_of(layout, n=6)
-    cfg = TwoTowerConfig(embedding_dim=8, output_dim=16, hidden=[32])
+    cfg = TwoTowerConfig(embedding_dim=8, output_dim=16, hidden=[32], user_encoder="sasrec")
     tt = TwoTower(layout, cfg)
     u, v = tt(b)
     assert u.shape == (6, 16) and v.shape == (6, 16)
@@ -110,8 +110,9 @@ def test_module_shapes(layout):
     assert isinstance(d.over_arch, OverArch) and d(b).shape == (6,)
 
 
-def test_history_padding_side_does_not_matter(layout):
-    tt = TwoTower(layout, TwoTowerConfig(embedding_dim=8, output_dim=8, hidden=[16])).eval()
+@pytest.mark.parametrize("encoder", ["pool", "sasrec"])
+def test_history_padding_side_does_not_matter(layout, encoder):
+    tt = TwoTower(layout, TwoTowerConfig(embedding_dim=8, output_dim=8, hidden=[16], user_encoder=encoder)).eval()
     b = batch_of(layout, n=4, seed=3)
     left = torch.from_numpy(pad_lists([[5, 6, 7], [9], []], L, keep="last", align="left"))
     right = torch.from_numpy(pad_lists([[5, 6, 7], [9], []], L, keep="last", align="right"))

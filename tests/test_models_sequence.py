@@ -19,10 +19,15 @@ from recstack.models.sequence import (
     sampled_softmax_loss,
 )
 from recstack.models.sequence_training import training_windows
-from recstack.models.two_tower import TwoTower, TwoTowerConfig, drop_ids
+from recstack.models.two_tower import (
+    SEQUENCE_MIN_ROWS,
+    TwoTower,
+    TwoTowerConfig,
+    drop_ids,
+)
 from recstack.models.two_tower_training import fit_two_tower
 
-SMALL = {"embedding_dim": 16, "output_dim": 16, "hidden": [32], "uniform_negatives": 16, "dropout": 0.0}
+SMALL = {"user_encoder": "sasrec", "embedding_dim": 16, "output_dim": 16, "hidden": [32], "uniform_negatives": 16, "dropout": 0.0}
 
 
 @pytest.fixture(scope="module")
@@ -110,6 +115,12 @@ def test_config_switches():
     assert TwoTowerConfig(softmax="auto", full_softmax_max_items=100).use_full_softmax(100)
     assert not TwoTowerConfig(softmax="auto", full_softmax_max_items=100).use_full_softmax(101)
     assert not TwoTowerConfig(softmax="sampled").use_full_softmax(10)
+    # "auto": the pool for a small dataset, the sequence encoder for a large one; a model needs it resolved
+    assert TwoTowerConfig().resolved(SEQUENCE_MIN_ROWS - 1).user_encoder == "pool"
+    assert TwoTowerConfig().resolved(SEQUENCE_MIN_ROWS).user_encoder == "sasrec"
+    assert TwoTowerConfig(user_encoder="pool").resolved(10**9).user_encoder == "pool"
+    with pytest.raises(ValueError, match="resolve"):
+        TwoTower(FeatureLayout.from_schema(make_schema(), history_length=L), TwoTowerConfig())
 
 
 @pytest.fixture(scope="module")
@@ -164,7 +175,7 @@ def test_user_tower_onnx_equals_torch(layout, tmp_path, encoder):
     """The exported user tower (either encoder) gives the in-process embedding, any batch / history length /
     padding side, and the saved model reloads to the same scores."""
     torch.manual_seed(3)
-    cfg = TwoTowerConfig(**SMALL, user_encoder=encoder.split("+")[0], sequence_mean=encoder.endswith("mean"))
+    cfg = TwoTowerConfig(**{**SMALL, "user_encoder": encoder.split("+")[0]}, sequence_mean=encoder.endswith("mean"))
     model = TwoTower(layout, cfg).eval()
     data = synthetic_data(layout)
     out = save_two_tower(model, tmp_path / encoder, data.item_features, {"valid": {}}, {})

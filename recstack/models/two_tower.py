@@ -16,7 +16,7 @@ drawn uniformly from the catalogue, and duplicates of a row's positive masked ou
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 import torch
@@ -28,7 +28,14 @@ from recstack.models.layout import FeatureLayout
 from recstack.models.modules import Bag, HistoryPooling, embedding, masked_mean, mlp
 from recstack.models.sequence import SequenceEncoder
 
-USER_ENCODERS = ("sasrec", "pool")
+USER_ENCODERS = ("auto", "sasrec", "pool")
+SEQUENCE_MIN_ROWS = 300_000
+"""``user_encoder="auto"`` picks the sequence encoder from this many training interactions on.
+ML-100K (99k rows, CPU, valid NDCG@10): pool 0.139 after 4 epochs (test HR@10 / NDCG@10 .2153 /
+.1138); sasrec 0.126 after 17 epochs and still climbing slowly, ~5x the pool's training time; so
+the small dataset keeps the pool. ML-1M (~1M rows, ~165 items per user) is where a sequence model
+is expected to pay off (published SASRec .285 / .160 HR / NDCG@10, .315 HR@10 with full
+cross-entropy)."""
 SOFTMAX_KINDS = ("auto", "full", "sampled")
 
 
@@ -43,8 +50,9 @@ class TwoTowerConfig:
     uniform_negatives: int = 512  # extra catalogue-uniform negatives shared by a batch (0 = in-batch only)
     max_recency: int = 64
     # "sasrec": causal self-attention over the ordered history (recstack.models.sequence), trained
-    # on every position; "pool": the masked mean + recency-weighted mean of HistoryPooling.
-    user_encoder: str = "sasrec"
+    # on every position; "pool": the masked mean + recency-weighted mean of HistoryPooling;
+    # "auto": sasrec from SEQUENCE_MIN_ROWS training rows on, else pool (resolved at training)
+    user_encoder: str = "auto"
     blocks: int = 2               # sasrec: transformer blocks
     heads: int = 1                # sasrec: attention heads
     sequence_dropout: float = 0.2  # sasrec: dropout inside the encoder (SASRec's ML-1M value)
@@ -66,6 +74,12 @@ class TwoTowerConfig:
             raise ValueError(f"softmax: expected one of {SOFTMAX_KINDS}, got {self.softmax!r}")
         if not 0.0 <= self.id_dropout < 1.0:
             raise ValueError(f"id_dropout: expected a probability in [0, 1), got {self.id_dropout!r}")
+
+    def resolved(self, n_train_rows: int) -> "TwoTowerConfig":
+        """This config with ``user_encoder="auto"`` replaced by the encoder for that many training rows."""
+        if self.user_encoder != "auto":
+            return self
+        return replace(self, user_encoder="sasrec" if n_train_rows >= SEQUENCE_MIN_ROWS else "pool")
 
     def use_full_softmax(self, n_items: int) -> bool:
         return self.softmax == "full" or (self.softmax == "auto" and n_items <= self.full_softmax_max_items)
@@ -133,6 +147,8 @@ class UserTower(nn.Module):
         self.list_splits = [c.max_length for c in layout.user.lists]
         self.cat_tables = nn.ModuleList([embedding(c.cardinality, e) for c in layout.user.cat])
         self.list_bags = nn.ModuleList([Bag(embedding(c.cardinality, e)) for c in layout.user.lists])
+        if cfg.user_encoder == "auto":
+            raise ValueError('user_encoder "auto": resolve it first (TwoTowerConfig.resolved(n_train_rows))')
         self.sequential = cfg.user_encoder == "sasrec"
         if self.sequential:
             self.encoder = SequenceEncoder(item_id_table, layout.history_length, cfg.blocks, cfg.heads,

@@ -47,14 +47,14 @@ def fit_two_tower(data: TrainingData, cfg: TwoTowerConfig | None = None, *, epoc
     (every position of each user's sequence; ``batch_size`` / ``patience`` / ``lr`` from the config's
     ``sequence_*`` fields instead).
     """
-    cfg = cfg or TwoTowerConfig()
+    rows = train_rows if train_rows is not None else data.train
+    cfg = (cfg or TwoTowerConfig()).resolved(len(rows))
     if cfg.user_encoder == "sasrec":
-        return fit_sequence_two_tower(data, cfg, epochs=epochs, lr=cfg.sequence_lr, weight_decay=weight_decay, device=device,
-                                      seed=seed, time_budget_s=time_budget_s, train_rows=train_rows,
+        return fit_sequence_two_tower(data, cfg, epochs=epochs, lr=cfg.sequence_lr, weight_decay=weight_decay,
+                                      device=device, seed=seed, time_budget_s=time_budget_s, train_rows=train_rows,
                                       select=select, progress=progress)
     seed_everything(seed)
     dev = resolve_device(device)
-    rows = train_rows if train_rows is not None else data.train
     model = TwoTower(data.layout, cfg).to(dev)
     counts = np.bincount(rows.items, minlength=data.n_items).astype(np.float64)
     log_p = torch.from_numpy(np.log(np.maximum(counts, 1.0) / max(counts.sum(), 1.0))).float().to(dev)
@@ -115,6 +115,7 @@ def train_two_tower(paths: RunPaths, data: TrainingData | None = None, *, device
     rows: Interactions | None = fit_kwargs.pop("train_rows", None)  # a sample of train (train_all's max_train_rows)
     if refit and rows is not None:
         raise InputError("refit: retrains on all of train + valid, not on a sample of train_rows")
+    cfg = cfg.resolved(len(rows) if rows is not None else len(data.train))
     default_epochs = cfg.sequence_epochs if cfg.user_encoder == "sasrec" else 20
     model, hist = fit_two_tower(data, cfg, epochs=epochs or default_epochs, device=device, seed=seed, progress=progress,
                                 time_budget_s=time_budget_s, train_rows=rows, **fit_kwargs)
