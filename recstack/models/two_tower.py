@@ -63,9 +63,10 @@ class TwoTowerConfig:
     full_softmax_max_items: int = 200_000
     sequence_epochs: int = 200    # sasrec: epoch cap when none is given (early stopping on valid NDCG@10)
     sequence_patience: int = 10   # sasrec: epochs without a validation gain before stopping
-    # sasrec batch / lr, ML-100K valid NDCG@10 (CPU, L = 50): batch 128, lr 2e-3: 0.101 after 6 epochs;
-    # batch 64 (twice the steps per epoch) lr 2e-3: 0.121 after 14; lr 5e-3: 0.090 after 4 (2e-3:
-    # 0.094); lr 3e-3 with relative positions: 0.107 after 6, 0.132 after 19
+    # sasrec batch / lr, ML-100K valid NDCG@10 (CPU, L = 50), batch 64 (SASRec's 128 halves the
+    # steps of a small dataset's epoch): lr 2e-3 with absolute positions 0.101 after 6 epochs, 0.121
+    # after 14; lr 5e-3 0.090 after 4 (2e-3: 0.094); lr 3e-3 with relative positions 0.107 after 6,
+    # 0.132 after 19
     sequence_batch_size: int = 64   # sasrec: sequences per step (each with up to history_length targets)
     sequence_lr: float = 3e-3     # sasrec: Adam learning rate
     id_dropout: float = 0.1       # training: a user / item id becomes OOV with this probability
