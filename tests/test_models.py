@@ -91,12 +91,14 @@ def test_layout_tensors(layout):
 
 def test_module_shapes(layout):
     b = batch_of(layout, n=6)
-    cfg = TwoTowerConfig(embedding_dim=8, output_dim=16, hidden=[32])
+    cfg = TwoTowerConfig(embedding_dim=8, output_dim=16, hidden=[32], user_encoder="sasrec")
     tt = TwoTower(layout, cfg)
     u, v = tt(b)
     assert u.shape == (6, 16) and v.shape == (6, 16)
     assert torch.allclose(u.norm(dim=1), torch.ones(6), atol=1e-5)
-    assert tt.user_tower.history.table is tt.item_tower.id_table  # shared item-id table
+    assert tt.user_tower.encoder.item_table is tt.item_tower.id_table  # shared item-id table (sasrec default)
+    pooled = TwoTower(layout, TwoTowerConfig(embedding_dim=8, output_dim=16, hidden=[32], user_encoder="pool"))
+    assert pooled.user_tower.history.table is pooled.item_tower.id_table and pooled(b)[0].shape == (6, 16)
     d = DLRM(layout, DLRMConfig(embedding_dim=8, dense_hidden=[16], over_hidden=[16]))
     sparse = d.sparse_arch(b["user_cat"], None, b["history"], b["item_cat"], b["item_lists"])
     F = 2 + 2 + 2 + 1  # user cats, history mean + recent, item cats, genres bag
@@ -108,8 +110,9 @@ def test_module_shapes(layout):
     assert isinstance(d.over_arch, OverArch) and d(b).shape == (6,)
 
 
-def test_history_padding_side_does_not_matter(layout):
-    tt = TwoTower(layout, TwoTowerConfig(embedding_dim=8, output_dim=8, hidden=[16])).eval()
+@pytest.mark.parametrize("encoder", ["pool", "sasrec"])
+def test_history_padding_side_does_not_matter(layout, encoder):
+    tt = TwoTower(layout, TwoTowerConfig(embedding_dim=8, output_dim=8, hidden=[16], user_encoder=encoder)).eval()
     b = batch_of(layout, n=4, seed=3)
     left = torch.from_numpy(pad_lists([[5, 6, 7], [9], []], L, keep="last", align="left"))
     right = torch.from_numpy(pad_lists([[5, 6, 7], [9], []], L, keep="last", align="right"))

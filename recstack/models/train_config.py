@@ -29,14 +29,16 @@ from recstack.models.two_tower import TwoTowerConfig
 ZERO_ALLOWED = {"uniform_negatives", "hard_negatives", "weight_decay", "seed", "positive_min_rating"}
 """Integer / float keys that may be 0 (every other count must be >= 1, every rate > 0)."""
 
-UNIT_INTERVAL = {"dropout"}  # [0, 1)
-CHOICES = {"device": ("auto", "cpu", "cuda"), "precision": ("auto", "fp32", "bf16"),
+UNIT_INTERVAL = {"dropout", "sequence_dropout", "id_dropout"}  # [0, 1)
+CHOICES = {"device": ("auto", "cpu", "cuda"), "user_encoder": ("auto", "sasrec", "pool"),
+           "softmax": ("auto", "full", "sampled"), "precision": ("auto", "fp32", "bf16"),
            "compile": ("auto", True, False), "loss": ("bce", "softmax")}
 
 
 @dataclass
 class TwoTowerTraining:
-    epochs: int = 20            # at most this many epochs; early stopping on valid NDCG@10
+    epochs: int | None = None   # at most this many epochs (None: 20 for the pooled user tower, the model's
+                                # sequence_epochs for the sequence tower); early stopping on valid NDCG@10
     patience: int = 3           # epochs without a better valid score before stopping
     batch_size: int | None = None  # None: 512 below 300k train rows, else 2048
     lr: float = 2e-3
@@ -92,12 +94,19 @@ def _check_value(key: str, name: str, default: Any, value: Any) -> Any:
             raise _fail(key, "one of " + ", ".join(str(c).lower() for c in CHOICES[name]), value)
         return value
     if value is None:
-        if default is None or name in ("max_wall_s", "threads", "batch_size", "positive_min_rating"):
+        if default is None or name in ("max_wall_s", "threads", "batch_size", "positive_min_rating") \
+                or key == "two_tower.epochs":
             return None
         raise _fail(key, f"a value like {default!r}", value)
     if isinstance(default, bool) or name in ("checkpoints", "refit", "onnx", "context_ablation"):
         if not isinstance(value, bool):
             raise _fail(key, "true or false", value)
+        return value
+    if name == "cross_features":
+        from recstack.models.candidates import CROSS_FEATURES
+
+        if not isinstance(value, list) or not all(v in CROSS_FEATURES for v in value):
+            raise _fail(key, "a list of names from " + ", ".join(CROSS_FEATURES), value)
         return value
     if isinstance(default, list):
         if not isinstance(value, list) or not all(isinstance(v, int) and not isinstance(v, bool) and v >= 1
@@ -108,7 +117,7 @@ def _check_value(key: str, name: str, default: Any, value: Any) -> Any:
         if not isinstance(value, str) or not value:
             raise _fail(key, "a non-empty string", value)
         return value
-    is_int = isinstance(default, int) or name in ("threads", "batch_size", "max_train_rows", "valid_users")
+    is_int = isinstance(default, int) or name in ("threads", "batch_size", "max_train_rows", "valid_users", "epochs")
     if is_int:
         if isinstance(value, bool) or not isinstance(value, int):
             raise _fail(key, "an integer", value)

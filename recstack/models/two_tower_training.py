@@ -28,7 +28,8 @@ from recstack.models.export import save_two_tower
 from recstack.models.loop import (
     PLAIN_STEP, EpochSelection, NonFiniteLoss, StepOptions, Trainer, settings_summary, warmup_cosine,
 )
-from recstack.models.two_tower import TwoTower, TwoTowerConfig, in_batch_softmax_loss
+from recstack.models.sequence_training import fit_sequence_two_tower
+from recstack.models.two_tower import TwoTower, TwoTowerConfig, drop_ids, in_batch_softmax_loss
 from recstack.models.validation import evaluate_two_tower, split_view
 from recstack.paths import RunPaths
 
@@ -46,12 +47,22 @@ def fit_two_tower(data: TrainingData, cfg: TwoTowerConfig | None = None, *, epoc
     weights, and a history dict (per-epoch loss / metrics, best epoch, seconds, ``stop_reason``:
     :data:`recstack.models.loop.STOP_REASONS`). ``max_wall_s`` is a safety stop only; a NaN / inf
     loss stops training with the last good epoch's weights. Under torchrun (``ddp``) each rank
-    trains on its share of every global batch of ``batch_size`` rows.
+    trains on its share of every global batch of ``batch_size`` rows. A config with
+    ``user_encoder="sasrec"`` trains with :func:`recstack.models.sequence_training.fit_sequence_two_tower`
+    (every position of each user's sequence; ``batch_size`` / ``patience`` / ``lr`` from the config's
+    ``sequence_*`` fields instead; one process: torchrun is refused there).
     """
+    rows = train_rows if train_rows is not None else data.train
+    cfg = (cfg or TwoTowerConfig()).resolved(len(rows))
+    if cfg.user_encoder == "sasrec":
+        if ddp.world > 1:
+            raise InputError("torchrun: the sequence user tower trains in one process (user_encoder: pool for DDP)")
+        return fit_sequence_two_tower(data, cfg, epochs=epochs, lr=cfg.sequence_lr, weight_decay=weight_decay,
+                                      device=device, seed=seed, max_wall_s=max_wall_s, train_rows=train_rows,
+                                      select=select, progress=progress, checkpoint_dir=checkpoint_dir,
+                                      step_options=step_options)
     seed_everything(seed)
     dev = local_device(resolve_device(device), ddp)
-    cfg = cfg or TwoTowerConfig()
-    rows = train_rows if train_rows is not None else data.train
     model = TwoTower(data.layout, cfg).to(dev)
     counts = np.bincount(rows.items, minlength=data.n_items).astype(np.float64)
     log_p = torch.from_numpy(np.log(np.maximum(counts, 1.0) / max(counts.sum(), 1.0))).float().to(dev)
@@ -75,18 +86,21 @@ def fit_two_tower(data: TrainingData, cfg: TwoTowerConfig | None = None, *, epoc
             idx = perm[s:s + batch_size]
             local = ddp.shard(idx)
             batch = to_tensors(data.batch(rows.users[local], rows.history[local], rows.items[local]), dev)
+            item_ids = ddp.gather(batch["item_cat"][:, 0], len(idx))
+            batch["user_cat"] = drop_ids(batch["user_cat"], cfg.id_dropout)
+            batch["item_cat"] = drop_ids(batch["item_cat"], cfg.id_dropout)
             with trainer.autocast():
                 user_emb, item_emb = trainer.forward(batch)
             user_emb, item_emb = user_emb.float(), item_emb.float()
-            item_ids = ddp.gather(batch["item_cat"][:, 0], len(idx))
             item_emb = ddp.gather(item_emb, len(idx))
             log_q = (log_p[item_ids] + math.log(len(idx))) if cfg.logq_correction else None
             neg_emb = neg_ids = neg_log_q = None
             if cfg.uniform_negatives > 0:
                 neg = rng.integers(FIRST_CODE, data.n_items, cfg.uniform_negatives)
                 neg_batch = to_tensors({k: v[neg] for k, v in data.item_features.items()}, dev)
-                neg_emb = model.item_embedding(neg_batch)
                 neg_ids = neg_batch["item_cat"][:, 0]
+                neg_batch["item_cat"] = drop_ids(neg_batch["item_cat"], cfg.id_dropout)
+                neg_emb = model.item_embedding(neg_batch)
                 if cfg.logq_correction:
                     neg_log_q = torch.full((len(neg),), math.log(cfg.uniform_negatives / n_cat), device=dev)
             loss = in_batch_softmax_loss(user_emb, item_emb, item_ids, cfg.temperature, log_q,
@@ -125,7 +139,9 @@ def train_two_tower(paths: RunPaths, data: TrainingData | None = None, *, device
     rows: Interactions | None = fit_kwargs.pop("train_rows", None)  # a sample of train (train_all's max_train_rows)
     if refit and rows is not None:
         raise InputError("refit: retrains on all of train + valid, not on a sample of train_rows")
-    model, hist = fit_two_tower(data, cfg, epochs=epochs or 20, device=device, seed=seed, progress=progress,
+    cfg = cfg.resolved(len(rows) if rows is not None else len(data.train))
+    default_epochs = cfg.sequence_epochs if cfg.user_encoder == "sasrec" else 20
+    model, hist = fit_two_tower(data, cfg, epochs=epochs or default_epochs, device=device, seed=seed, progress=progress,
                                 max_wall_s=max_wall_s, train_rows=rows, **fit_kwargs)
     valid_metrics = evaluate_two_tower(model, data, split_view(data, "valid"))
     if refit:
