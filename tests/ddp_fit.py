@@ -26,7 +26,8 @@ def main(out: str) -> None:
     torch.set_num_threads(1)
     ddp = distributed_from_env()
     data = synthetic_data(FeatureLayout.from_schema(make_schema(), history_length=L))
-    tt_cfg = TwoTowerConfig(embedding_dim=16, output_dim=16, hidden=[32], uniform_negatives=16, dropout=0.0)
+    tt_cfg = TwoTowerConfig(embedding_dim=16, output_dim=16, hidden=[32], uniform_negatives=16, dropout=0.0,
+                            id_dropout=0.0)  # random draws differ per rank, like dropout
     tt, tt_hist = fit_two_tower(data, tt_cfg, epochs=2, batch_size=64, lr=5e-3, select=False, progress=False,
                                 ddp=ddp)
     dl_cfg = DLRMConfig(embedding_dim=8, dense_hidden=[8], over_hidden=[16], dropout=0.0)

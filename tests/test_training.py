@@ -49,7 +49,7 @@ def test_defaults_and_committed_configs_parse():
     assert files, "configs/ holds the example experiment files README documents"
     for path in files:
         cfg = load_train_config(path)
-        assert cfg.two_tower.epochs >= 1 and cfg.dlrm.epochs >= 1
+        assert (cfg.two_tower.epochs is None or cfg.two_tower.epochs >= 1) and cfg.dlrm.epochs >= 1
     cfg = parse_train_config({"seed": 3, "two_tower": {"epochs": 5, "model": {"hidden": [64, 32], "dropout": 0.2}},
                               "dlrm": {"loss": "bce", "positive_min_rating": 4}, "compile": True, "max_wall_s": None})
     assert cfg.seed == 3 and cfg.two_tower.epochs == 5 and cfg.two_tower.model.hidden == [64, 32]
