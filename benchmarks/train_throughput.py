@@ -33,7 +33,7 @@ import platform
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -46,6 +46,7 @@ from torch.utils.flop_counter import FlopCounterMode
 from recstack.models.dlrm import DLRM, DLRMConfig
 from recstack.models.export import random_inputs
 from recstack.models.layout import FeatureLayout
+from recstack.models.sequence import full_softmax_loss
 from recstack.models.two_tower import TwoTower, TwoTowerConfig, in_batch_softmax_loss
 from recstack.workflows import ColumnSchema, Schema, Tags
 
@@ -90,6 +91,27 @@ class TwoTowerStep(nn.Module):
                                      neg_log_q)
 
 
+SEQUENCE_HISTORY = 200  # SASRec's ML-1M history length (README "Models")
+
+
+class SequenceTwoTowerStep(nn.Module):
+    """The sequence user tower's step (``user_encoder="sasrec"``): next-item prediction at every one of the
+    ``SEQUENCE_HISTORY`` positions, full softmax over the whole ML-1M catalogue (the item tower re-embeds
+    every item each step). One sample = one sequence of 200 positions."""
+
+    def __init__(self, layout: FeatureLayout):
+        super().__init__()
+        self.model = TwoTower(replace(layout, history_length=SEQUENCE_HISTORY), TwoTowerConfig(user_encoder="sasrec"))
+
+    def forward(self, b: dict[str, torch.Tensor]) -> torch.Tensor:
+        tower = self.model.user_tower
+        user = tower.every_position(b["user_cat"], b.get("user_lists"), b.get("user_cont"), b["history"])
+        items = self.model.item_embedding({"item_cat": b["all_item_cat"], "item_lists": b["all_item_lists"],
+                                           "item_cont": b["all_item_cont"]})
+        return full_softmax_loss(user.reshape(-1, user.shape[-1]).float(), items.float(), b["targets"].reshape(-1),
+                                 self.model.cfg.temperature)
+
+
 class DLRMStep(nn.Module):
     """The DLRM scoring a batch of (user, item, context) rows, binary cross-entropy on the labels."""
 
@@ -119,6 +141,18 @@ def two_tower_batch(layout: FeatureLayout, size: int, seed: int) -> dict[str, np
     return out
 
 
+def sequence_batch(layout: FeatureLayout, size: int, seed: int) -> dict[str, np.ndarray]:
+    lay = replace(layout, history_length=SEQUENCE_HISTORY)
+    out = random_inputs(lay, lay.user_blocks(), size, seed=seed)
+    rng = np.random.default_rng(seed)
+    out["history"] = rng.integers(2, N_ITEMS, (size, SEQUENCE_HISTORY))  # full sequences: every position a target
+    out["targets"] = rng.integers(2, N_ITEMS, (size, SEQUENCE_HISTORY))
+    catalogue = random_inputs(lay, lay.item_blocks(), N_ITEMS, seed=seed + 200)
+    catalogue["item_cat"][:, 0] = np.arange(N_ITEMS)
+    out.update({f"all_{k}": v for k, v in catalogue.items()})
+    return out
+
+
 def dlrm_batch(layout: FeatureLayout, size: int, seed: int) -> dict[str, np.ndarray]:
     lay = layout.with_context(("hour", "weekday"))
     out = random_inputs(lay, lay.user_blocks() + lay.item_blocks(), size, seed=seed)
@@ -129,6 +163,8 @@ def dlrm_batch(layout: FeatureLayout, size: int, seed: int) -> dict[str, np.ndar
 WORKLOADS: dict[str, Workload] = {
     "two_tower": Workload("two_tower", TwoTowerStep, two_tower_batch, "in-batch softmax + logQ + 512 negatives"),
     "dlrm": Workload("dlrm", DLRMStep, dlrm_batch, "BCE"),
+    "two_tower_seq": Workload("two_tower_seq", SequenceTwoTowerStep, sequence_batch,
+                              "full softmax at 200 positions per sequence"),
 }
 
 
@@ -161,14 +197,14 @@ def _round_robin(per_model: list[list[Setting]]) -> list[Setting]:
 def sweep(device: str, models: list[str], quick: bool) -> list[Setting]:
     """The settings to try, cheapest and most telling first, compile last."""
     if device == "cpu":
-        batches = {"two_tower": (512, 2048), "dlrm": (1024, 4096)}
+        batches = {"two_tower": (512, 2048), "dlrm": (1024, 4096), "two_tower_seq": (64, 128)}
         sizes = {m: batches.get(m, (512, 2048)) for m in models}
         eager = [[Setting(m, b0), Setting(m, b0, "fused"), Setting(m, b0, "sparse")]
                  + ([] if quick else [Setting(m, b1, "fused"), Setting(m, b1, "sparse")])
                  for m, (b0, b1) in sizes.items()]
         return _round_robin(eager) + ([] if quick else [Setting(m, b0, "fused", compile=True)
                                                         for m, (b0, _) in sizes.items()])
-    batches = {"two_tower": (8192, 16384), "dlrm": (65536, 262144)}
+    batches = {"two_tower": (8192, 16384), "dlrm": (65536, 262144), "two_tower_seq": (64, 256)}
     sizes = {m: batches.get(m, (8192, 16384)) for m in models}
     # eager rows first, then CUDA graphs (a failed capture cannot spoil the eager rows), compile last
     eager = [[Setting(m, b0), Setting(m, b0, "fused"), Setting(m, b0, "sparse"), Setting(m, b1, "fused"),
