@@ -74,7 +74,7 @@ class TwoTowerStep(nn.Module):
 
     def __init__(self, layout: FeatureLayout):
         super().__init__()
-        self.model = TwoTower(layout, TwoTowerConfig())
+        self.model = TwoTower(layout, TwoTowerConfig(user_encoder="pool"))
         counts = torch.from_numpy(np.random.default_rng(0).zipf(1.5, layout.n_items).astype(np.float32))
         self.register_buffer("log_p", torch.log(counts / counts.sum()))
 

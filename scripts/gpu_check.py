@@ -56,7 +56,8 @@ def _cpu_vs_cuda(model_cls, cfg_cls):
     import torch
     layout = _synthetic_layout()
     torch.manual_seed(0)
-    model = model_cls(layout, cfg_cls()).eval()
+    cfg = cfg_cls(user_encoder="pool") if model_cls.__name__ == "TwoTower" else cfg_cls()
+    model = model_cls(layout, cfg).eval()
     with torch.no_grad():
         cpu = model(_batch(layout, 64, "cpu"))
         gpu = model.to("cuda")(_batch(layout, 64, "cuda"))
