@@ -29,7 +29,7 @@ from recstack.models.checkpoint import checkpoint_writer
 from recstack.models.loop import PLAIN_STEP, EpochSelection, NonFiniteLoss, StepOptions, Trainer, warmup_cosine
 from recstack.models.sequence import full_softmax_loss, sampled_softmax_loss
 from recstack.models.two_tower import TwoTower, TwoTowerConfig, drop_ids
-from recstack.models.validation import evaluate_two_tower, split_view
+from recstack.models.validation import split_view, two_tower_epoch_score
 
 
 def training_windows(rows: Interactions, length: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -152,12 +152,7 @@ def fit_sequence_two_tower(data: TrainingData, cfg: TwoTowerConfig, *, epochs: i
         if selection.non_finite:
             break
         record: dict[str, Any] = {"epoch": epoch + 1, "loss": total / max(n_batches, 1)}
-        score = None
-        if select:
-            model.eval()
-            metrics = evaluate_two_tower(model, data, view)
-            record.update({"valid_ndcg@10": metrics["ndcg@10"], "valid_hr@10": metrics["hr@10"]})
-            score = metrics["ndcg@10"]
+        score = two_tower_epoch_score(model, data, view, record) if select else None
         if selection.end_epoch(record, score):
             break
     out = selection.finish()

@@ -30,7 +30,7 @@ from recstack.models.loop import (
 )
 from recstack.models.sequence_training import fit_sequence_two_tower
 from recstack.models.two_tower import TwoTower, TwoTowerConfig, drop_ids, in_batch_softmax_loss
-from recstack.models.validation import evaluate_two_tower, split_view
+from recstack.models.validation import evaluate_two_tower, split_view, two_tower_epoch_score
 from recstack.paths import RunPaths
 
 
@@ -114,12 +114,7 @@ def fit_two_tower(data: TrainingData, cfg: TwoTowerConfig | None = None, *, epoc
         if selection.non_finite:
             break
         record: dict[str, Any] = {"epoch": epoch + 1, "loss": total / max(n_batches, 1)}
-        score = None
-        if select:
-            model.eval()
-            metrics = evaluate_two_tower(model, data, view)
-            record.update({"valid_ndcg@10": metrics["ndcg@10"], "valid_hr@10": metrics["hr@10"]})
-            score = metrics["ndcg@10"]
+        score = two_tower_epoch_score(model, data, view, record) if select else None
         if selection.end_epoch(record, score):
             break
     return model, selection.finish()

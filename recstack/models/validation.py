@@ -64,6 +64,14 @@ def evaluate_two_tower(model: TwoTower, data: TrainingData, view: SplitView, k: 
     return acc.result()
 
 
+def two_tower_epoch_score(model: TwoTower, data: TrainingData, view: SplitView, record: dict[str, Any]) -> float:
+    """Validation of one training epoch: adds ``valid_ndcg@10`` / ``valid_hr@10`` to ``record``, returns the NDCG@10."""
+    model.eval()
+    metrics = evaluate_two_tower(model, data, view)
+    record.update({"valid_ndcg@10": metrics["ndcg@10"], "valid_hr@10": metrics["hr@10"]})
+    return metrics["ndcg@10"]
+
+
 @dataclass
 class CandidateSet:
     """The two-tower's top-``C`` candidates of a split's rows (seen items excluded), fixed while the DLRM trains.
