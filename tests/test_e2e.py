@@ -131,7 +131,7 @@ def test_two_tower_plus_dlrm_beats_popularity(e2e_paths):
 def _random_inputs(op, layout: FeatureLayout, rng: np.random.Generator, batch: int) -> dict[str, np.ndarray]:
     """Random but valid values for every input of one serving step."""
     bounds = {"history": layout.n_items, "seen_items": layout.n_items, "candidate_ids": layout.n_items,
-              "candidate_keys": 1683, "user_id": 1000, "request_time": 4_000_000_000,
+              "candidate_keys": 1683, "user_id": 1000, "request_time": 4_000_000_000, "request_seconds": 4_000_000_000,
               "device": 8, "context": 8}  # context: codes below every context column's cardinality
     out = {}
     for spec in op.inputs:
