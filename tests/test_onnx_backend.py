@@ -82,7 +82,13 @@ def test_onnx_models_are_onnxruntime_configs_that_fit_their_onnx_files(onnx_repo
     # what the ONNX files fix, and what the ensemble gives them
     dlrm = _parse(onnx_repo / "dlrm")
     dims = {t.name: list(t.dims) for t in [*dlrm.input, *dlrm.output]}
-    assert dims["item_cat"][0] == 100 and dims["history"] == [HISTORY_LENGTH] and dims["score"] == [100]
+    # the ranker scores the multi-source candidates: the two-tower's 100 + item-kNN + popular slots
+    from recstack.models.candidates import ARTIFACT, CandidateSources
+
+    width = CandidateSources(e2e_paths.models / ARTIFACT).width if (e2e_paths.models / ARTIFACT).exists() else 100
+    assert width == 140
+    assert dims["item_cat"][0] == width and dims["history"] == [HISTORY_LENGTH] and dims["score"] == [width]
+    assert dims["item_cross"][0] == width
 
 
 def test_the_ensemble_wiring_is_complete_and_consistent(onnx_repo):
