@@ -36,7 +36,7 @@ from recstack.models.distributed import SINGLE_PROCESS, Distributed, local_devic
 from recstack.models.dlrm import DLRM, DLRMConfig
 from recstack.models.export import load_two_tower, save_dlrm
 from recstack.models.loop import (
-    PLAIN_STEP, EpochSelection, NonFiniteLoss, StepOptions, Trainer, settings_summary, warmup_cosine,
+    PLAIN_STEP, EpochSelection, StepOptions, Trainer, settings_summary, warmup_cosine,
 )
 from recstack.models.negatives import dlrm_examples, hard_negative_pool, positive_rows
 from recstack.models.predict import item_embeddings, user_embeddings
@@ -165,11 +165,10 @@ def fit_dlrm(data: TrainingData, cfg: DLRMConfig | None = None, *, two_tower: Tw
                 with trainer.autocast():
                     scores = trainer.forward(batch).float()
                 loss_value = loss_fn(scores, torch.from_numpy(labels[b]).to(dev))
-            try:
-                total += trainer.step(loss_value * ddp.loss_weight(len(b), len(b_global)))
-            except NonFiniteLoss as exc:
-                selection.stop_non_finite(exc)
+            value = selection.step(trainer, loss_value * ddp.loss_weight(len(b), len(b_global)))
+            if value is None:
                 break
+            total += value
             n_batches += 1
         if selection.non_finite:
             break

@@ -149,6 +149,14 @@ class EpochSelection:
             return True
         return False
 
+    def step(self, trainer: "Trainer", loss: torch.Tensor) -> float | None:
+        """``trainer.step(loss)``; None (training stops, the last good weights kept) when the loss is NaN / inf."""
+        try:
+            return trainer.step(loss)
+        except NonFiniteLoss as exc:
+            self.stop_non_finite(exc)
+            return None
+
     def stop_non_finite(self, exc: NonFiniteLoss) -> None:
         """A NaN / inf loss in epoch ``len(history) + 1``: stop, keep the last good weights."""
         self.stop_reason = "non_finite_loss"

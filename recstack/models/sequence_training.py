@@ -26,7 +26,7 @@ from recstack.ids import FIRST_CODE
 from recstack.models.data import Interactions, TrainingData
 from recstack.models.device import resolve_device, seed_everything, to_tensors
 from recstack.models.checkpoint import checkpoint_writer
-from recstack.models.loop import PLAIN_STEP, EpochSelection, NonFiniteLoss, StepOptions, Trainer, warmup_cosine
+from recstack.models.loop import PLAIN_STEP, EpochSelection, StepOptions, Trainer, warmup_cosine
 from recstack.models.sequence import full_softmax_loss, sampled_softmax_loss
 from recstack.models.two_tower import TwoTower, TwoTowerConfig, drop_ids
 from recstack.models.validation import split_view, two_tower_epoch_score
@@ -143,11 +143,10 @@ def fit_sequence_two_tower(data: TrainingData, cfg: TwoTowerConfig, *, epochs: i
                     loss = sampled_softmax_loss(user_emb, tgt, catalogue.embed(model, ids, cfg.id_dropout).float(),
                                                 ids, log_q if cfg.logq_correction else torch.zeros_like(log_q),
                                                 cfg.temperature)
-            try:
-                total += trainer.step(loss)
-            except NonFiniteLoss as exc:
-                selection.stop_non_finite(exc)
+            value = selection.step(trainer, loss)
+            if value is None:
                 break
+            total += value
             n_batches += 1
         if selection.non_finite:
             break

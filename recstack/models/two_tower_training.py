@@ -26,7 +26,7 @@ from recstack.models.device import resolve_device, seed_everything, to_tensors
 from recstack.models.distributed import SINGLE_PROCESS, Distributed, local_device
 from recstack.models.export import save_two_tower
 from recstack.models.loop import (
-    PLAIN_STEP, EpochSelection, NonFiniteLoss, StepOptions, Trainer, settings_summary, warmup_cosine,
+    PLAIN_STEP, EpochSelection, StepOptions, Trainer, settings_summary, warmup_cosine,
 )
 from recstack.models.sequence_training import fit_sequence_two_tower
 from recstack.models.two_tower import TwoTower, TwoTowerConfig, drop_ids, in_batch_softmax_loss
@@ -105,11 +105,10 @@ def fit_two_tower(data: TrainingData, cfg: TwoTowerConfig | None = None, *, epoc
                     neg_log_q = torch.full((len(neg),), math.log(cfg.uniform_negatives / n_cat), device=dev)
             loss = in_batch_softmax_loss(user_emb, item_emb, item_ids, cfg.temperature, log_q,
                                          neg_emb, neg_ids, neg_log_q, row_offset=ddp.bounds(len(idx))[0])
-            try:
-                total += trainer.step(loss * ddp.loss_weight(len(local), len(idx)))
-            except NonFiniteLoss as exc:
-                selection.stop_non_finite(exc)
+            value = selection.step(trainer, loss * ddp.loss_weight(len(local), len(idx)))
+            if value is None:
                 break
+            total += value
             n_batches += 1
         if selection.non_finite:
             break
