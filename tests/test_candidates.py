@@ -195,3 +195,23 @@ def test_history_alignment_does_not_change_the_sources(sources):
     times = np.array([450, 450])
     assert np.array_equal(sources.features(a.ids, np.zeros(a.ids.shape), a.sources, a.knn, right, times),
                           sources.features(b.ids, np.zeros(b.ids.shape), b.sources, b.knn, left, times))
+
+
+def test_item_stats_equal_a_scan_of_the_events(tmp_path):
+    """Counts and seconds-since-last strictly before each request time, against a plain scan; request
+    times before, between, on and after the events (the shortcut for requests after an item's last event)."""
+    rng = np.random.default_rng(3)
+    n_items = 40
+    items = rng.integers(2, n_items - 5, 600)  # the last items never occur
+    times = rng.integers(10_000, 20_000, 600)
+    folder = build_sources(tmp_path / "c", SourceConfig(two_tower=2, item_knn=2, popular=2), n_items,
+                           rng.integers(0, 50, 600), items, items, times, None)
+    src = CandidateSources(folder)
+    ask_items = rng.integers(0, n_items, (30, 12))
+    ask_times = np.concatenate([rng.integers(9_000, 21_000, 26), [times[0], times.max(), times.max() + 1, 0]])
+    count, since = src.item_stats(ask_items, ask_times)
+    for b, t in enumerate(ask_times):
+        for j, item in enumerate(ask_items[b]):
+            before = times[(items == item) & (times < t)]
+            assert count[b, j] == len(before)
+            assert since[b, j] == (t - before.max() if len(before) else -1)

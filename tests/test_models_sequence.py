@@ -207,3 +207,28 @@ def test_training_positions_match_the_served_embedding(layout, with_mean):
             prefix = torch.cat([torch.zeros(3, L - t - 1, dtype=torch.int64), hist[:, :t + 1]], 1)
             served = model.user_tower(feeds["user_cat"], None, feeds["user_cont"], prefix)
             assert torch.allclose(every[:, t], served, atol=1e-5)
+
+
+@pytest.mark.parametrize("encoder", ["sasrec", "sasrec+mean"])
+def test_served_user_tower_trims_all_padding_columns_without_changing_the_embedding(layout, tmp_path, encoder):
+    """EmbedUser drops history columns that are padding in every row (the sequence tower's cost is
+    quadratic in them): the embedding is the one of the untrimmed history, whichever side the pads sit."""
+    from recstack.ensembles.steps import EmbedUser, trim_padding_columns
+
+    torch.manual_seed(5)
+    cfg = TwoTowerConfig(**{**SMALL, "user_encoder": "sasrec"}, sequence_mean=encoder.endswith("mean"))
+    data = synthetic_data(layout)
+    out = save_two_tower(TwoTower(layout, cfg).eval(), tmp_path / encoder, data.item_features, {"valid": {}}, {})
+    step = EmbedUser(str(out))
+    assert step.trim_history
+    feeds = random_inputs(layout, layout.user_blocks(), 6, seed=7, history_length=L)
+    rng = np.random.default_rng(8)
+    short = np.where(rng.random((6, 3)) < 0.2, 0, rng.integers(FIRST_CODE, N_ITEMS, (6, 3)))
+    short[0] = [0, 0, 0]  # one user without history
+    for left, right in ((5, 0), (0, 4), (2, 7)):
+        padded = np.pad(short, [(0, 0), (left, right)])
+        assert trim_padding_columns(padded).shape[1] <= 3
+        trimmed = step.execute({**feeds, "history": padded})["user_embedding"]
+        (full,) = step.session.run(["user_embedding"], {**feeds, "history": padded})
+        assert np.abs(trimmed - full).max() < 1e-5
+    assert trim_padding_columns(np.zeros((2, 5), np.int64)).shape == (2, 1)

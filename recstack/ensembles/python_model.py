@@ -43,6 +43,7 @@ if os.environ.get(PYTHON_ENV_VAR):  # before numpy / recstack: they may live onl
     site.addsitedir(os.path.join(os.environ[PYTHON_ENV_VAR], "lib", f"python{sys.version_info[0]}.{sys.version_info[1]}",
                                  "site-packages"))
 
+import gc  # noqa: E402
 import importlib  # noqa: E402
 import json  # noqa: E402
 import traceback  # noqa: E402
@@ -154,6 +155,10 @@ class TritonPythonModel:
         self.batched = int(config.get("max_batch_size", 0)) > 0
         self.version = int(args["model_version"])
         self.step = import_step_class(step_class)(**kwargs)
+        # everything loaded so far lives as long as the model: keep it out of the cyclic GC, whose full
+        # passes over it (feast, pandas, onnxruntime: ~340k objects) took 170-250 ms mid-request
+        gc.collect()
+        gc.freeze()
 
     def execute(self, requests: list) -> list:
         responses: list = [None] * len(requests)

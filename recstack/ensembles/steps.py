@@ -72,6 +72,15 @@ def _rows_isin(values: np.ndarray, sets: np.ndarray) -> np.ndarray:
     return (values[:, :, None] == np.where(sets == PAD, -1, sets)[:, None, :]).any(axis=2)
 
 
+def trim_padding_columns(history: np.ndarray) -> np.ndarray:
+    """``history`` [B, L] without the leading and trailing columns that are PAD in every row -> [B, L'];
+    at least one column is kept (an all-padding batch becomes [B, 1])."""
+    used = np.flatnonzero((history != PAD).any(axis=0))
+    if len(used) == 0:
+        return history[:, :1]
+    return history[:, used[0]:used[-1] + 1]
+
+
 def _model_layout(model_dir: Path) -> tuple[FeatureLayout, dict[str, Any]]:
     config = read_json(model_dir / "config.json")
     return FeatureLayout.from_dict(config["layout"]), config
@@ -198,12 +207,17 @@ class EmbedUser:
         self.session = None if self.torch else _onnx_session(model_dir / "user_tower.onnx")
         self.input_names = self.torch.input_names if self.torch else [i.name for i in self.session.get_inputs()]
         self.dim = int(config["embedding_dim"])
+        # the sequence encoder's positions are relative and pad keys are masked, so history columns
+        # that are padding in every row change nothing but the cost (attention is quadratic in them)
+        self.trim_history = config.get("hyperparameters", {}).get("user_encoder") == "sasrec"
 
     def execute(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         feeds = {}
         for name in self.input_names:
             dtype = np.float32 if name.endswith("_cont") else np.int64
             feeds[name] = _require(inputs, name, dtype, 2)
+        if self.trim_history and "history" in feeds:
+            feeds["history"] = trim_padding_columns(feeds["history"])
         if self.torch:
             embedding = self.torch(feeds)
         else:

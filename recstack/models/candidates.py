@@ -264,6 +264,12 @@ class CandidateSources:
         self.neighbours = load("neighbours.npy").astype(np.int64)
         self.neighbour_scores = load("neighbour_scores.npy").astype(np.float64)
         self.event_keys = load("event_keys.npy")
+        # each item's slice of event_keys and its newest event (s since t0, -1: none): a request
+        # after an item's last event (every served request) counts it without a binary search
+        self.item_start = np.searchsorted(self.event_keys, np.arange(self.n_items + 1, dtype=np.int64) * SPAN)
+        has_events = np.diff(self.item_start) > 0
+        self.item_last = np.where(has_events, self.event_keys[np.maximum(self.item_start[1:] - 1, 0)]
+                                  - np.arange(self.n_items, dtype=np.int64) * SPAN, -1)
         self.popular = load("popular.npy")
         self.genres = load("item_genres.npy").astype(np.float32)
         # up to 64 genres: one bit per genre, so "shares a genre" is an AND of two integers
@@ -379,12 +385,17 @@ class CandidateSources:
     def item_stats(self, items: np.ndarray, times: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Interactions of each item strictly before each time and the seconds since the latest of
         them (-1 when none): ``items`` [B, J], ``times`` [B] unix seconds -> two [B, J] arrays."""
-        t = np.clip(np.asarray(times, np.int64) - self.t0, 0, SPAN - 1)[:, None]
-        base = np.asarray(items, np.int64) * SPAN
-        lo = np.searchsorted(self.event_keys, base)
-        hi = np.searchsorted(self.event_keys, base + t)
-        count = hi - lo
-        last = np.where(count > 0, self.event_keys[np.maximum(hi - 1, 0)] - base, -1)
+        items = np.asarray(items, np.int64)
+        t = np.broadcast_to(np.clip(np.asarray(times, np.int64) - self.t0, 0, SPAN - 1)[:, None], items.shape)
+        lo = self.item_start[items]
+        count = self.item_start[items + 1] - lo
+        last = self.item_last[items].copy()
+        search = last >= t  # the item has events at or after t: count only those before it
+        if search.any():
+            base = items[search] * SPAN
+            hi = np.searchsorted(self.event_keys, base + t[search])
+            count[search] = hi - lo[search]
+            last[search] = np.where(hi > lo[search], self.event_keys[np.maximum(hi - 1, 0)] - base, -1)
         since = np.where(count > 0, t - last, -1)
         return count, since
 
