@@ -11,6 +11,7 @@ which cost 0.17 ms of a 0.24 ms lookup per request; it applies no TTL on this pa
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
