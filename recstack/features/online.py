@@ -11,8 +11,8 @@ which cost 0.17 ms of a 0.24 ms lookup per request; it applies no TTL on this pa
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
 import warnings
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -21,6 +21,7 @@ import numpy as np
 
 from recstack.errors import InputError
 from recstack.features.repo import REDIS_PASSWORD_ENV, REDIS_PASSWORD_REF
+
 
 @dataclass(frozen=True)
 class _Column:
