@@ -252,3 +252,33 @@ def test_tritonserver_killed_and_restarted(stack, known_users):
     assert down.status_code == 503 and not_ready.status_code == 503
     assert resp.status_code == 200 and _personal((0.0, 0, resp.status_code, resp.json()))
     assert ready.status_code == 200
+
+
+def _recommend(client: httpx.Client, user: int) -> tuple[float, int, int, dict]:
+    start = time.monotonic()
+    resp = client.get(f"/v1/users/{user}/recommendations", params={"k": 10})
+    body = resp.json() if resp.headers.get("content-type", "").startswith("application/json") else {}
+    return time.monotonic() - start, user, resp.status_code, body
+
+
+def test_hung_redis_gets_the_fallback_within_the_read_timeout(stack, known_users):
+    """A Redis that keeps its connections but never answers (SIGSTOP): each store read gives up after
+    the client's socket timeout, so requests get the flagged popularity list in seconds instead of
+    hanging past Triton's request timeout; after SIGCONT the lists are personal again."""
+    from recstack.features.repo import REDIS_CLIENT_OPTIONS
+
+    limit_s = float(REDIS_CLIENT_OPTIONS["socket_timeout"]) + 1.5
+    with httpx.Client(base_url=stack.gateway, timeout=30) as client:
+        assert _personal(_recommend(client, known_users[0]))
+        stack.redis.proc.send_signal(signal.SIGSTOP)
+        try:
+            during = [_recommend(client, user) for user in known_users[1:4]]
+        finally:
+            stack.redis.proc.send_signal(signal.SIGCONT)
+        deadline = time.monotonic() + RESUME_LIMIT_S
+        while not _personal(after := _recommend(client, known_users[5])) and time.monotonic() < deadline:
+            time.sleep(0.1)
+    print("hung redis: " + ", ".join(f"{r[0]:.2f} s {r[2]} {r[3].get('fallback')}" for r in during))
+    assert all(r[2] == 200 and r[3]["fallback"] == "popularity" for r in during), [r[2:] for r in during]
+    assert max(r[0] for r in during) < limit_s
+    assert _personal(after)

@@ -110,12 +110,15 @@ def _view_fields(schema: pa.Schema, spec: ViewSpec, file: str) -> list[tuple[str
     return fields
 
 
-REDIS_CLIENT_OPTIONS = {"retry": "null", "socket_connect_timeout": "1"}
+REDIS_CLIENT_OPTIONS = {"retry": "null", "socket_connect_timeout": "1", "socket_timeout": "2"}
 """redis-py options added to every connection string (unless it sets them). redis-py 6+ retries a
 failed connect 3 times with 1-10 s exponential backoff: each read of a stopped Redis took 4 to 7 s
 (measured), past Triton's 5 s request timeout, so the serving fallback never answered in time.
 ``retry=null`` (no retry) fails such a read in about a millisecond; a host that does not answer
-at all fails after the 1 s connect timeout. The next read connects again, so nothing stays broken."""
+at all fails after the 1 s connect timeout. A Redis that keeps the connection but never answers
+(hung, paused, a half-open link) used to block a read forever: ``socket_timeout`` gives up after
+2 s (a read takes milliseconds; the materialisation's pipelines well under a second), so the
+serving fallback still answers inside Triton's 5 s. The next read connects again."""
 
 
 def _with_client_options(connection_string: str) -> str:
