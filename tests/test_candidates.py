@@ -26,7 +26,7 @@ N_ITEMS = 7
 
 
 def test_item_knn_is_cosine_of_co_occurrence():
-    ids, scores = item_knn(PAIRS[:, 0], PAIRS[:, 1], N_ITEMS, neighbours=3)
+    ids, scores, counts, item_users = item_knn(PAIRS[:, 0], PAIRS[:, 1], N_ITEMS, neighbours=3)
     # item 2: users {0,1}; item 3: {0,1} -> cos 1; item 4: {1,2} -> 1/2; items 5, 6: 0
     assert ids[2].tolist() == [3, 4, PAD] and np.allclose(scores[2], [1.0, 0.5, 0.0])
     # item 4: {1,2}; 2 and 3 share user 1 (1/2 each, lower id first); 5 shares user 2: 1/sqrt(2)
