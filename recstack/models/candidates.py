@@ -74,6 +74,9 @@ class SourceConfig:
     neighbours: int = 50
     recent: int = 20
     decay: float = 0.85
+    leave_user_out: bool = False
+    """Training rows read item-kNN scores without their own user's co-occurrence (:mod:`recstack.models.item_knn`);
+    serving always reads the stored ones."""
 
     @property
     def width(self) -> int:
@@ -89,6 +92,8 @@ class SourceConfig:
                 raise InputError(f"candidates.{name}: must be >= 0, got {getattr(self, name)}")
         if not 0.0 < float(self.decay) <= 1.0:
             raise InputError(f"candidates.decay: must be in (0, 1], got {self.decay}")
+        if not isinstance(self.leave_user_out, bool):
+            raise InputError(f"candidates.leave_user_out: must be true or false, got {self.leave_user_out!r}")
         return self
 
 
