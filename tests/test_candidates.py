@@ -26,7 +26,7 @@ N_ITEMS = 7
 
 
 def test_item_knn_is_cosine_of_co_occurrence():
-    ids, scores, counts, item_users = item_knn(PAIRS[:, 0], PAIRS[:, 1], N_ITEMS, neighbours=3)
+    ids, scores, _, _ = item_knn(PAIRS[:, 0], PAIRS[:, 1], N_ITEMS, neighbours=3)
     # item 2: users {0,1}; item 3: {0,1} -> cos 1; item 4: {1,2} -> 1/2; items 5, 6: 0
     assert ids[2].tolist() == [3, 4, PAD] and np.allclose(scores[2], [1.0, 0.5, 0.0])
     # item 4: {1,2}; 2 and 3 share user 1 (1/2 each, lower id first); 5 shares user 2: 1/sqrt(2)
@@ -233,16 +233,16 @@ def test_sparse_item_knn_equals_a_set_based_reference(chunk_entries):
         assert np.array_equal(ids, want_ids) and np.array_equal(scores, want_scores)
         assert np.array_equal(item_users, np.bincount(pairs[:, 1], minlength=n_items))
         members = {(int(u), int(i)) for u, i in pairs}
-        for i, j in [(i, j) for i in range(n_items) for j in ids[i] if j != PAD][:50]:
-            want = sum((u, i) in members and (u, j) in members for u in range(n_users))
-            assert counts[i, list(ids[i]).index(j)] == want
+        for item, nb in [(i, j) for i in range(n_items) for j in ids[i] if j != PAD][:50]:
+            want = sum((u, item) in members and (u, nb) in members for u in range(n_users))
+            assert counts[item, list(ids[item]).index(nb)] == want
 
 
 def test_leave_one_user_out_equals_the_cosines_without_that_user(tmp_path):
     """A training row's item-kNN score (LeaveUserOut) is the score of neighbours counted without its user:
     the reference rebuilds each stored pair's cosine from the other users' pairs."""
-    from recstack.models.item_knn import LeaveUserOut
     from recstack.models.candidate_pool import own_item_keys
+    from recstack.models.item_knn import LeaveUserOut
 
     rng = np.random.default_rng(11)
     n_users, n_items = 25, 30
@@ -280,10 +280,11 @@ def test_leave_one_user_out_equals_the_cosines_without_that_user(tmp_path):
 def test_training_pool_merges_what_serving_merges(tmp_path):
     """build_training_pool's PyTorch selections (two-tower top-K, item-kNN top) pick exactly the ids of
     the numpy serving merge (offline_candidates over the same float64 scores), ties included."""
+    import torch
+
     from recstack.models import candidate_pool
     from recstack.models.candidate_pool import knn_top, sorted_seen_keys, two_tower_top
     from recstack.models.candidates import combine
-    import torch
 
     rng = np.random.default_rng(2)
     n_users, n_items = 40, 60

@@ -26,7 +26,11 @@ import torch
 
 from recstack.ids import FIRST_CODE, PAD
 from recstack.models.candidates import (
-    CandidateSources, KnnScores, combine, row_keys, source_flags,
+    CandidateSources,
+    KnnScores,
+    combine,
+    row_keys,
+    source_flags,
 )
 from recstack.models.exact_topk import top_k_exact
 from recstack.models.item_knn import LeaveUserOut, user_item_membership

@@ -129,11 +129,10 @@ class LeaveUserOut:
         has_src = self.membership(row_of, src, n_items)  # [E]
         has_nb = self.membership(np.broadcast_to(row_of[:, None], neighbours.shape), neighbours, n_items)
         co = counts - (has_src[:, None] & has_nb)
-        n_src = item_users[src] - has_src
-        n_nb = item_users[neighbours] - has_nb
+        roots = np.sqrt(np.stack([item_users, np.maximum(item_users - 1, 0)]).astype(np.float64))  # [2, n_items]
         with np.errstate(divide="ignore", invalid="ignore"):
-            cos = co / (np.sqrt(n_src.astype(np.float64))[:, None] * np.sqrt(n_nb.astype(np.float64)))
-        cos = np.where((co > 0) & (neighbours != PAD), cos, 0.0)
+            cos = co / (roots[has_src.view(np.uint8), src][:, None] * roots[has_nb.view(np.uint8), neighbours])
+        cos[(co <= 0) | (neighbours == PAD)] = 0.0
         return cos.astype(np.float32).astype(np.float64)
 
 
@@ -150,9 +149,9 @@ def user_item_membership(users: np.ndarray, keys: np.ndarray, n_items: int, row_
     lengths = np.searchsorted(keys, (batch_users + 1) * n_items) - lo
     owner = np.repeat(np.arange(len(batch_users)), lengths)
     flat = keys[np.repeat(lo - (np.cumsum(lengths) - lengths), lengths) + np.arange(lengths.sum())]
-    bitmap = np.zeros((len(batch_users), n_items), bool)
-    bitmap[owner, flat - batch_users[owner] * n_items] = True
-    return bitmap[inverse[row_of], np.clip(items, 0, n_items - 1)] & (items >= 0) & (items < n_items)
+    bitmap = np.zeros(len(batch_users) * n_items, bool)
+    bitmap[owner * n_items + flat - batch_users[owner] * n_items] = True
+    return bitmap[inverse[row_of] * n_items + items]  # items: valid ids (PAD included), never >= n_items
 
 
 def _in_sorted(keys: np.ndarray, sorted_keys: np.ndarray) -> np.ndarray:
