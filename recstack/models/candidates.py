@@ -74,9 +74,10 @@ class SourceConfig:
     neighbours: int = 50
     recent: int = 20
     decay: float = 0.85
-    leave_user_out: bool = False
+    leave_user_out: bool = True
     """Training rows read item-kNN scores without their own user's co-occurrence (:mod:`recstack.models.item_knn`);
-    serving always reads the stored ones."""
+    serving always reads the stored ones. ML-100K validation NDCG@10 of the fused ranking 0.1420 with,
+    0.1394 without (DLRM alone 0.1091 / 0.1037; seed 0)."""
 
     @property
     def width(self) -> int:
