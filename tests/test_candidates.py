@@ -26,7 +26,7 @@ N_ITEMS = 7
 
 
 def test_item_knn_is_cosine_of_co_occurrence():
-    ids, scores = item_knn(PAIRS[:, 0], PAIRS[:, 1], N_ITEMS, neighbours=3)
+    ids, scores, _, _ = item_knn(PAIRS[:, 0], PAIRS[:, 1], N_ITEMS, neighbours=3)
     # item 2: users {0,1}; item 3: {0,1} -> cos 1; item 4: {1,2} -> 1/2; items 5, 6: 0
     assert ids[2].tolist() == [3, 4, PAD] and np.allclose(scores[2], [1.0, 0.5, 0.0])
     # item 4: {1,2}; 2 and 3 share user 1 (1/2 each, lower id first); 5 shares user 2: 1/sqrt(2)
@@ -215,3 +215,123 @@ def test_item_stats_equal_a_scan_of_the_events(tmp_path):
             before = times[(items == item) & (times < t)]
             assert count[b, j] == len(before)
             assert since[b, j] == (t - before.max() if len(before) else -1)
+
+
+# ------------------------------------------------------------------ fast paths against plain references
+
+def reference_item_knn(pairs: np.ndarray, n_items: int, m: int) -> tuple[np.ndarray, np.ndarray]:
+    """Cosine co-occurrence neighbours by sets and a full sort (score desc, then id): ids, float32 scores."""
+    users_of = [set() for _ in range(n_items)]
+    for u, i in pairs:
+        users_of[i].add(u)
+    ids = np.zeros((n_items, m), np.int32)
+    scores = np.zeros((n_items, m), np.float32)
+    for i in range(n_items):
+        cand = []
+        for j in range(2, n_items):
+            co = len(users_of[i] & users_of[j])
+            if j != i and co:
+                cand.append((-co / (np.sqrt(float(len(users_of[i]))) * np.sqrt(float(len(users_of[j])))), j))
+        for rank, (neg, j) in enumerate(sorted(cand)[:m]):
+            ids[i, rank], scores[i, rank] = j, -neg
+    return ids, scores
+
+
+def random_pairs(rng: np.random.Generator, n_users: int, n_items: int, count: int) -> np.ndarray:
+    pairs = np.stack([rng.integers(0, n_users, count), rng.integers(2, n_items, count)], 1)
+    return np.unique(pairs, axis=0)
+
+
+@pytest.mark.parametrize("chunk_entries", [1, 1 << 24])
+def test_sparse_item_knn_equals_a_set_based_reference(chunk_entries):
+    """Sparse (chunked CSR) and dense-block paths: the reference's neighbours, ties to the lower id."""
+    rng = np.random.default_rng(5)
+    for n_users, n_items, count in [(30, 40, 120), (200, 25, 900)]:  # sparse co-occurrence, then dense
+        pairs = random_pairs(rng, n_users, n_items, count)
+        ids, scores, counts, item_users = item_knn(pairs[:, 0], pairs[:, 1], n_items, 6, chunk_entries=chunk_entries)
+        want_ids, want_scores = reference_item_knn(pairs, n_items, 6)
+        assert np.array_equal(ids, want_ids) and np.array_equal(scores, want_scores)
+        assert np.array_equal(item_users, np.bincount(pairs[:, 1], minlength=n_items))
+        members = {(int(u), int(i)) for u, i in pairs}
+        for item, nb in [(i, j) for i in range(n_items) for j in ids[i] if j != PAD][:50]:
+            want = sum((u, item) in members and (u, nb) in members for u in range(n_users))
+            assert counts[item, list(ids[item]).index(nb)] == want
+
+
+def test_leave_one_user_out_equals_the_cosines_without_that_user(tmp_path):
+    """A training row's item-kNN score (LeaveUserOut) is the score of neighbours counted without its user:
+    the reference rebuilds each stored pair's cosine from the other users' pairs."""
+    from recstack.models.candidate_pool import own_item_keys
+    from recstack.models.item_knn import LeaveUserOut
+
+    rng = np.random.default_rng(11)
+    n_users, n_items = 25, 30
+    pairs = random_pairs(rng, n_users, n_items, 220)
+    cfg = SourceConfig(two_tower=3, item_knn=4, popular=2, neighbours=8, recent=3, decay=0.5)
+    src = CandidateSources(build_sources(tmp_path / "c", cfg, n_items, pairs[:, 0], pairs[:, 1], pairs[:, 1],
+                                         np.arange(len(pairs)), None))
+    keys = own_item_keys(pairs[:, 0], pairs[:, 1], n_items)
+    users = np.arange(8)
+    history = np.zeros((len(users), 5), np.int64)
+    for row, u in enumerate(users):  # each row: the latest (up to) 5 of its user's own items, right-aligned
+        own = pairs[pairs[:, 0] == u, 1][-5:]
+        history[row, 5 - len(own):] = own
+    got = src.knn_scores(history, LeaveUserOut(users, keys)).dense
+    plain = src.knn_scores(history).dense
+    users_of = [set(pairs[pairs[:, 1] == i, 0].tolist()) for i in range(n_items)]
+    want = np.zeros_like(got)
+    for row, u in enumerate(users):
+        items = [int(i) for i in history[row] if i != PAD][-cfg.recent:]
+        for age, i in enumerate(reversed(items)):
+            for j in src.neighbours[i]:
+                if j == PAD:
+                    continue
+                ui, uj = users_of[i] - {int(u)}, users_of[j] - {int(u)}
+                co = len(ui & uj)
+                if co:
+                    cos = np.float32(co / (np.sqrt(float(len(ui))) * np.sqrt(float(len(uj)))))
+                    want[row, j] += float(cos) * cfg.decay ** age
+    assert np.allclose(got, want, rtol=1e-12, atol=0)
+    assert (got <= plain + 1e-12).any() and not np.array_equal(got, plain)  # the user's own pairs did count
+    other = src.knn_scores(history, LeaveUserOut(np.full(len(users), n_users + 5), keys)).dense
+    assert np.array_equal(other, plain)  # a user without pairs: exactly the served scores
+
+
+def test_training_pool_merges_what_serving_merges(tmp_path):
+    """build_training_pool's PyTorch selections (two-tower top-K, item-kNN top) pick exactly the ids of
+    the numpy serving merge (offline_candidates over the same float64 scores), ties included."""
+    import torch
+
+    from recstack.models import candidate_pool
+    from recstack.models.candidate_pool import knn_top, sorted_seen_keys, two_tower_top
+    from recstack.models.candidates import combine
+
+    rng = np.random.default_rng(2)
+    n_users, n_items = 40, 60
+    pairs = random_pairs(rng, n_users, n_items, 500)
+    cfg = SourceConfig(two_tower=7, item_knn=6, popular=4, neighbours=10, recent=4, decay=0.85)
+    src = CandidateSources(build_sources(tmp_path / "c", cfg, n_items, pairs[:, 0], pairs[:, 1], pairs[:, 1],
+                                         np.arange(len(pairs)), None))
+    history = rng.integers(0, n_items, (64, 6))
+    history[:5] = 0  # no history
+    user_emb = rng.integers(-2, 3, (64, 4)).astype(np.float32)  # small integers: many exactly tied scores
+    item_emb = rng.integers(-2, 3, (n_items, 4)).astype(np.float32)
+    first = user_emb.astype(np.float64) @ item_emb.T.astype(np.float64)
+    first[:, :2] = -np.inf
+    np.put_along_axis(first, history, -np.inf, 1)
+    want_tt = np.argsort(-first, axis=1, kind="stable")[:, :cfg.two_tower]  # full stable sort: ties to lower id
+    want_tt = np.where(np.isfinite(np.take_along_axis(first, want_tt, 1)), want_tt, PAD)
+    seen = padded_seen_keys(history, n_items)
+    want = src.merge(want_tt, history, seen)
+    item_t = torch.from_numpy(item_emb.astype(np.float64)).T
+    tt = two_tower_top(user_emb, item_t, history, cfg.two_tower)
+    assert np.array_equal(tt, want_tt)
+    assert np.array_equal(np.unique(sorted_seen_keys(history, n_items)), seen)  # repeats kept twice
+    knn = src.knn_scores(history)
+    ids, flags = combine([tt, knn_top(src, knn, seen, len(history)), src.top_popular(seen, len(history))])
+    assert np.array_equal(ids, want.ids) and np.array_equal(flags, want.sources)
+    pool = candidate_pool.build_training_pool(src, user_emb, item_emb, np.arange(64) % n_users, history,
+                                              history[:, -1], np.zeros(64, np.int64), np.zeros(0, np.int64),
+                                              np.random.default_rng(0), sample=200)
+    got = [set(r[r != PAD].tolist()) for r in pool.negatives]
+    assert got == [set(r[r != PAD].tolist()) for r in want.ids]  # no own items: every merged candidate kept
