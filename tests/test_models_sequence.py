@@ -10,7 +10,12 @@ from torch.nn import functional as F
 
 from recstack.ids import FIRST_CODE, OOV
 from recstack.models.data import Interactions
-from recstack.models.export import load_two_tower, random_inputs, save_two_tower, user_tower_inputs
+from recstack.models.export import (
+    load_two_tower,
+    random_inputs,
+    save_two_tower,
+    user_tower_inputs,
+)
 from recstack.models.layout import FeatureLayout
 from recstack.models.sequence import (
     TIME_GAP_BUCKETS,
