@@ -247,6 +247,7 @@ def test_cli_build_and_get(tmp_path, monkeypatch, capsys):
     got = json.loads(capsys.readouterr().out)
     assert got["user_key"] == 6 and got["features"]["user_id"] == int(tables["user_features"]["user_id"][1])
     assert got["seen_items"] == list(tables["user_history"]["seen_items"][1])
+    assert "recent_times" not in got  # a repository built without them
     assert cli_main(["features", "get", "--dataset", "toy", "--user", "1"]) == 2
     assert capsys.readouterr().err.strip() == "recstack: error: user 1 is not in the online store"
 
