@@ -59,7 +59,8 @@ class TwoTowerConfig:
     sequence_dropout: float = 0.2  # sasrec: dropout inside the encoder (SASRec's ML-1M value)
     sequence_mean: bool = False   # sasrec: also join the mean of the history's item embeddings (causal in training)
     # sasrec: add an embedding of the log-bucketed gap to the previous history item (input
-    # ``history_times``, the online store's ``recent_times``); models saved before it load as False
+    # ``history_times``, the online store's ``recent_times``); models saved before it load as False.
+    # ML-100K valid NDCG@10, 30 epochs, 3 seeds: 0.1364 +- 0.0018 with, 0.1340 +- 0.0044 without
     time_gaps: bool = True
     # sasrec loss: "full" softmax over the catalogue, "sampled" (in-batch targets + uniform
     # negatives, logQ-corrected), "auto" = full up to full_softmax_max_items items
