@@ -105,7 +105,8 @@ class SequenceTwoTowerStep(nn.Module):
 
     def forward(self, b: dict[str, torch.Tensor]) -> torch.Tensor:
         tower = self.model.user_tower
-        user = tower.every_position(b["user_cat"], b.get("user_lists"), b.get("user_cont"), b["history"])
+        user = tower.every_position(b["user_cat"], b.get("user_lists"), b.get("user_cont"), b["history"],
+                                    b.get("history_times"))
         items = self.model.item_embedding({"item_cat": b["all_item_cat"], "item_lists": b["all_item_lists"],
                                            "item_cont": b["all_item_cont"]})
         return full_softmax_loss(user.reshape(-1, user.shape[-1]).float(), items.float(), b["targets"].reshape(-1),
@@ -143,7 +144,7 @@ def two_tower_batch(layout: FeatureLayout, size: int, seed: int) -> dict[str, np
 
 def sequence_batch(layout: FeatureLayout, size: int, seed: int) -> dict[str, np.ndarray]:
     lay = replace(layout, history_length=SEQUENCE_HISTORY)
-    out = random_inputs(lay, lay.user_blocks(), size, seed=seed)
+    out = random_inputs(lay, lay.user_blocks() + ["history_times"], size, seed=seed)  # the default time gaps
     rng = np.random.default_rng(seed)
     out["history"] = rng.integers(2, N_ITEMS, (size, SEQUENCE_HISTORY))  # full sequences: every position a target
     out["targets"] = rng.integers(2, N_ITEMS, (size, SEQUENCE_HISTORY))

@@ -150,6 +150,8 @@ def _random_inputs(op, layout: FeatureLayout, rng: np.random.Generator, batch: i
             out[spec.name] = rng.integers(0, 2, shape).astype(np.int32)
         elif spec.name == "top_n":
             out[spec.name] = rng.integers(1, 20, shape).astype(np.int32)
+        elif spec.name == "history_times":  # a time-gap user tower: increasing unix seconds
+            out[spec.name] = (1_000_000_000 + np.cumsum(rng.integers(0, 10**7, shape), axis=-1)).astype(np.int64)
         elif spec.name == "genre_cap":
             out[spec.name] = rng.integers(0, 4, shape).astype(np.int32)
         else:

@@ -247,6 +247,7 @@ def test_cli_build_and_get(tmp_path, monkeypatch, capsys):
     got = json.loads(capsys.readouterr().out)
     assert got["user_key"] == 6 and got["features"]["user_id"] == int(tables["user_features"]["user_id"][1])
     assert got["seen_items"] == list(tables["user_history"]["seen_items"][1])
+    assert "recent_times" not in got  # a repository built without them
     assert cli_main(["features", "get", "--dataset", "toy", "--user", "1"]) == 2
     assert capsys.readouterr().err.strip() == "recstack: error: user 1 is not in the online store"
 
@@ -263,3 +264,46 @@ def test_seen_items_are_bounded(built):
     push_interactions(online, [user], [items[-1]], [2e9], HISTORY)  # a repeat changes nothing
     _, seen, _ = online.histories([user])
     assert seen[0].tolist() == items[extra:]
+
+
+def test_pushed_events_update_recent_times_with_recent_items(tmp_path):
+    """A repo whose user_history has recent_times (what `recstack workflow fit` writes): a pushed event
+    appends its unix seconds next to its item, a repeated item moves with its new time, and both lists
+    keep the last HISTORY; a repo without the column keeps working (times read as empty)."""
+    tables = write_feature_tables(tmp_path / "features")
+    hist = tables["user_history"]
+    times = [[1_000 + 10 * k for k in range(len(r))] for r in hist["recent_items"]]
+    table = pq.read_table(tmp_path / "features" / "user_history.parquet")
+    table = table.append_column("recent_times", pa.array(times, pa.list_(pa.int64())))
+    pq.write_table(table, tmp_path / "features" / "user_history.parquet")
+    build_feature_repo(tmp_path / "features", tmp_path / "repo")
+    online = OnlineFeatures(tmp_path / "repo")
+    assert online.has_history_times
+    user = int(hist["user_key"][8])  # 5 recent items
+    before = list(hist["recent_items"][8])
+    recent, got_times, known = online.history_times([user])
+    assert known[0] and recent[0].tolist() == before and got_times[0].tolist() == times[8]
+
+    push_interaction(online, user, 999, 1_000_000_000, HISTORY)
+    recent, got_times, _ = online.history_times([user])
+    assert recent[0].tolist() == (before + [999])[-HISTORY:]
+    assert got_times[0].tolist() == (times[8] + [1_000_000_000])[-HISTORY:]
+    moved = int(before[-2])  # a repeated item: to the end, with the new event's time
+    push_interaction(online, user, moved, 1_000_000_050.7, HISTORY)
+    recent, got_times, _ = online.history_times([user])
+    keep = [i for i in range(len(before)) if before[i] != moved][-(HISTORY - 2):]
+    assert recent[0].tolist() == [before[i] for i in keep] + [999, moved]
+    assert got_times[0].tolist() == [times[8][i] for i in keep] + [1_000_000_000, 1_000_000_050]
+    # a new user, a batch: one time per item, in order
+    push_interactions(online, [777, 777], [5, 6], [2_000, 2_060], HISTORY)
+    _, _, recent, got_times, _, known = online.users_with_timed_histories([777])
+    assert known[0] and recent[0].tolist() == [5, 6] and got_times[0].tolist() == [2_000, 2_060]
+
+
+def test_repo_without_recent_times_reads_empty_times(built):
+    root, tables, _ = built
+    online = OnlineFeatures(root / "repo")
+    assert not online.has_history_times
+    keys = tables["user_history"]["user_key"].to_numpy()[:3]
+    recent, times, known = online.history_times(keys)
+    assert known.all() and all(t.size == 0 for t in times) and any(r.size for r in recent)

@@ -47,7 +47,7 @@ def layout() -> FeatureLayout:
 
 
 def batch_of(layout, n=5, seed=0):
-    names = layout.user_blocks() + layout.item_blocks()
+    names = layout.user_blocks() + ["history_times"] + layout.item_blocks()  # times: the sequence tower's gaps
     return {k: torch.from_numpy(v) for k, v in random_inputs(layout, names, n, seed=seed).items()}
 
 
@@ -116,10 +116,13 @@ def test_history_padding_side_does_not_matter(layout, encoder):
     b = batch_of(layout, n=4, seed=3)
     left = torch.from_numpy(pad_lists([[5, 6, 7], [9], []], L, keep="last", align="left"))
     right = torch.from_numpy(pad_lists([[5, 6, 7], [9], []], L, keep="last", align="right"))
+    times = [[100, 700, 90_000], [5], []]  # the sequence tower's time gaps: padded like the items
+    t_left = torch.from_numpy(pad_lists(times, L, keep="last", align="left")) if encoder == "sasrec" else None
+    t_right = torch.from_numpy(pad_lists(times, L, keep="last", align="right")) if encoder == "sasrec" else None
     uc, cont = b["user_cat"][:3], b["user_cont"][:3]
     with torch.no_grad():
-        a = tt.user_tower(uc, None, cont, left)
-        c = tt.user_tower(uc, None, cont, right)
+        a = tt.user_tower(uc, None, cont, left, t_left)
+        c = tt.user_tower(uc, None, cont, right, t_right)
     assert torch.allclose(a, c, atol=1e-6)
 
 

@@ -311,6 +311,7 @@ def test_user_histories_tiny():
     assert h["user_id"].tolist() == [1, 2, 3]
     # user 1 in time order: 11 (t3), 10 (t5, row 0), 12 (t5, row 3), 13 (t9)
     assert h["recent_items"].tolist() == [[12, 13], [20, 21], [30]]
+    assert h["recent_times"].tolist() == [[5, 9], [1, 2], [4]]  # the unix seconds of those items
     assert h["seen_items"].tolist() == [[11, 10, 12, 13], [20, 21], [30]]
     assert h["last_timestamp"].tolist() == [9, 2, 4]
     dup = pd.DataFrame({"user_id": [1, 1, 1], "item_id": [5, 6, 5], "timestamp": [1, 2, 3]})
@@ -332,6 +333,9 @@ def test_history_before_each_tiny_and_random():
     ])
     np.testing.assert_array_equal(out, expected)
     assert out.dtype == np.int64
+    times = history_before_each(tiny_interactions(), history_length=3, values="timestamp")
+    np.testing.assert_array_equal(times, [[0, 0, 3], [0, 0, 0], [0, 0, 0], [0, 3, 5], [0, 0, 1], [3, 5, 5],
+                                          [0, 0, 0]])  # the same positions' times
     rng = np.random.default_rng(3)
     df = pd.DataFrame({"user_id": rng.integers(0, 20, 600), "item_id": rng.integers(1, 50, 600),
                        "timestamp": rng.integers(0, 40, 600)})
@@ -368,8 +372,9 @@ def check_feature_tables(features: Path, workflow_dir: Path, history_length: int
     assert items.field("genres").type == pa.list_(pa.int64()) and items.field("year").type == pa.float32()
     assert pa.types.is_timestamp(items.field("event_timestamp").type)
     hist = pq.read_table(features / "user_history.parquet").schema
-    assert hist.names == ["user_key", "event_timestamp", "recent_items", "seen_items"]
+    assert hist.names == ["user_key", "event_timestamp", "recent_items", "recent_times", "seen_items"]
     assert hist.field("recent_items").type == pa.list_(pa.int64())
+    assert hist.field("recent_times").type == pa.list_(pa.int64())
     pop = pq.read_table(features / "popularity.parquet").schema
     assert pop.names == ["item_id", "item_key", "count"]
     assert Workflow.load(workflow_dir).fitted
@@ -411,6 +416,7 @@ def test_fit_and_export_synthetic(tmp_path, raw):
     mine = both[both.user_id == uk].assign(pos=lambda d: d.index).sort_values(["timestamp", "pos"])
     codes = wf.transform(mine[["item_id"]])["item_id"].tolist()
     assert list(hist["recent_items"].iloc[0]) == codes[-5:]
+    assert list(hist["recent_times"].iloc[0]) == mine["timestamp"].astype("int64").tolist()[-5:]
     assert list(hist["seen_items"].iloc[0]) == list(dict.fromkeys(codes))
 
     pop = pd.read_parquet(features / "popularity.parquet")

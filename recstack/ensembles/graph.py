@@ -37,7 +37,7 @@ import numpy as np
 
 from recstack.errors import InputError
 from recstack.io import atomic_dir, read_json
-from recstack.models.layout import FeatureLayout
+from recstack.models.layout import HISTORY_TIMES, FeatureLayout, reads_history_times
 from recstack.paths import RunPaths
 from recstack.ensembles.checksums import MANIFEST_FILE, write_manifest  # noqa: F401 (MANIFEST_FILE: re-exported)
 from recstack.ensembles.model_repo import (
@@ -162,6 +162,12 @@ def _model_files(paths: RunPaths, model: str, *onnx: str) -> Artifact:
     return Artifact(paths.models / model, ("config.json", *onnx))
 
 
+def _history_times_specs(paths: RunPaths, layout: FeatureLayout) -> list[TensorSpec]:
+    """``history_times`` [L] int64 when the two-tower's user tower reads it (sequence tower, time gaps)."""
+    hyper = read_json(paths.models / "two_tower" / "config.json").get("hyperparameters", {})
+    return [TensorSpec(HISTORY_TIMES, np.int64, (layout.history_length,))] if reads_history_times(hyper) else []
+
+
 def _user_block_specs(layout: FeatureLayout) -> list[TensorSpec]:
     specs = [TensorSpec("user_cat", np.int64, (len(layout.user.cat),))]
     if layout.user.lists:
@@ -204,7 +210,8 @@ def QueryUserFeatures(paths: RunPaths) -> ServingOp:  # noqa: N802 (reads like a
     layout = _layout(paths, "two_tower")
     return ServingOp(
         "query_user_features", f"{STEPS}:QueryUserFeatures", {},
-        [ENSEMBLE_INPUTS[0]], _user_block_specs(layout) + [SEEN, KNOWN, STORE_UNAVAILABLE],
+        [ENSEMBLE_INPUTS[0]], _user_block_specs(layout) + _history_times_specs(paths, layout)
+        + [SEEN, KNOWN, STORE_UNAVAILABLE],
         artifacts={"workflow_dir": Artifact(paths.workflow), "model_dir": _model_files(paths, "two_tower")},
         settings={"feature_repo": str(paths.feature_repo)})
 
@@ -214,7 +221,8 @@ def EmbedUser(paths: RunPaths) -> ServingOp:  # noqa: N802
     layout = _layout(paths, "two_tower")
     dim = int(read_json(paths.models / "two_tower" / "config.json")["embedding_dim"])
     return ServingOp("user_tower", f"{STEPS}:EmbedUser", {},
-                     _user_block_specs(layout), [TensorSpec("user_embedding", np.float32, (dim,))],
+                     _user_block_specs(layout) + _history_times_specs(paths, layout),
+                     [TensorSpec("user_embedding", np.float32, (dim,))],
                      artifacts={"model_dir": _model_files(paths, "two_tower", "user_tower.onnx", "model.pt")})
 
 

@@ -36,7 +36,7 @@ import pandas as pd
 from recstack.errors import InputError
 from recstack.ids import OOV, PAD
 from recstack.io import read_json
-from recstack.models.layout import FeatureLayout, pad_lists
+from recstack.models.layout import HISTORY_TIMES, FeatureLayout, pad_lists, reads_history_times
 
 
 
@@ -72,13 +72,11 @@ def _rows_isin(values: np.ndarray, sets: np.ndarray) -> np.ndarray:
     return (values[:, :, None] == np.where(sets == PAD, -1, sets)[:, None, :]).any(axis=2)
 
 
-def trim_padding_columns(history: np.ndarray) -> np.ndarray:
-    """``history`` [B, L] without the leading and trailing columns that are PAD in every row -> [B, L'];
-    at least one column is kept (an all-padding batch becomes [B, 1])."""
+def used_history_columns(history: np.ndarray) -> slice:
+    """The columns of ``history`` [B, L] between the first and the last that is not PAD in some row;
+    ``slice(0, 1)`` for an all-padding batch (at least one column is kept)."""
     used = np.flatnonzero((history != PAD).any(axis=0))
-    if len(used) == 0:
-        return history[:, :1]
-    return history[:, used[0]:used[-1] + 1]
+    return slice(0, 1) if len(used) == 0 else slice(int(used[0]), int(used[-1]) + 1)
 
 
 def _model_layout(model_dir: Path) -> tuple[FeatureLayout, dict[str, Any]]:
@@ -91,7 +89,9 @@ class QueryUserFeatures:
 
     Inputs: ``user_id`` int64 [B, 1] (raw ids). Outputs: ``user_cat`` int64 [B, Cu],
     ``user_lists`` int64 [B, Lu] (if the layout has user lists), ``user_cont`` float32
-    [B, Du] (if any), ``history`` int64 [B, L] (encoded, oldest -> newest, 0 = pad),
+    [B, Du] (if any), ``history`` int64 [B, L] (encoded, oldest -> newest, 0 = pad), ``history_times``
+    int64 [B, L] (unix seconds of those items, the store's ``recent_times``; only when the two-tower's
+    user tower reads them, :func:`recstack.models.layout.reads_history_times`),
     ``seen_items`` int64 [B, S] (every encoded item seen, 0-padded), ``user_known`` int32
     [B, 1] (1 if the online store has a history for the user), ``store_unavailable`` int32 [B, 1]
     (1 when the store could not be reached: every user of the batch is served as unknown, i.e.
@@ -113,7 +113,11 @@ class QueryUserFeatures:
         self.online = OnlineFeatures(feature_repo)
         self.store_unavailable = store_unavailable_errors()
         self.workflow = Workflow.load(workflow_dir)
-        self.layout, _ = _model_layout(Path(model_dir))
+        self.layout, config = _model_layout(Path(model_dir))
+        self.with_times = reads_history_times(config.get("hyperparameters", {}))
+        if self.with_times and not self.online.has_history_times:
+            raise InputError(f"{feature_repo}: user_history has no recent_times, which the user tower reads "
+                             "(time gaps); rebuild it with `recstack workflow fit` + `recstack features build`")
         self.item_codes = int(self.layout.item.id_column.cardinality)
         side = self.layout.user
         self.id_column = side.id_column.name
@@ -140,7 +144,8 @@ class QueryUserFeatures:
             names.append("user_lists")
         if self.cont_columns:
             names.append("user_cont")
-        return names + ["history", "seen_items", "user_known", "store_unavailable"]
+        return names + ["history"] + ([HISTORY_TIMES] if self.with_times else []) + [
+            "seen_items", "user_known", "store_unavailable"]
 
     def execute(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         user_ids = _require(inputs, "user_id", np.int64, 2)
@@ -149,12 +154,12 @@ class QueryUserFeatures:
         keys = user_ids[:, 0]
         batch = len(keys)
         try:
-            features, has_features, recent, seen, has_history = self.online.users_with_histories(keys)
+            features, has_features, recent, times, seen, has_history = self.online.users_with_timed_histories(keys)
             fallback = False
         except self.store_unavailable:
             # the store is down: serve these users as unknown (popular items, flagged) rather than
             # fail; the next batch asks the store again, so personalisation resumes when it is back
-            features, has_features, recent, seen, has_history = self.online.nothing_known(batch)
+            features, has_features, recent, times, seen, has_history = self.online.nothing_known_timed(batch)
             fallback = True
         has_features = np.asarray(has_features, dtype=bool)
         if self.id_column in features:  # the store holds the Workflow's code: encode only the users it lacks
@@ -183,12 +188,24 @@ class QueryUserFeatures:
         # live items (added after training) have codes beyond the towers' embedding tables: the
         # models read them as out-of-vocabulary; seen_items keeps their codes for the filters
         out["history"] = np.where(history >= self.item_codes, OOV, history)
+        if self.with_times:
+            out[HISTORY_TIMES] = pad_lists(_aligned_times(recent, times), self.layout.history_length, keep="last")
         width = max([1] + [len(s) for s in seen])
         out["seen_items"] = pad_lists(seen, width, keep="first")
         known = np.array([len(r) > 0 for r in recent]) & np.asarray(has_history, dtype=bool)
         out["user_known"] = known.astype(np.int32).reshape(batch, 1)
         out["store_unavailable"] = np.full((batch, 1), int(fallback), np.int32)
         return out
+
+
+def _aligned_times(recent: list[np.ndarray], times: list[np.ndarray]) -> list[np.ndarray]:
+    """Each user's item times cut or left-padded with 0 (unknown) to the length of its item list."""
+    out = []
+    for items, t in zip(recent, times):
+        t = np.asarray(t, dtype=np.int64)[len(t) - len(items):] if len(t) >= len(items) else \
+            np.concatenate([np.zeros(len(items) - len(t), np.int64), np.asarray(t, dtype=np.int64)])
+        out.append(t)
+    return out
 
 
 class EmbedUser:
@@ -217,7 +234,10 @@ class EmbedUser:
             dtype = np.float32 if name.endswith("_cont") else np.int64
             feeds[name] = _require(inputs, name, dtype, 2)
         if self.trim_history and "history" in feeds:
-            feeds["history"] = trim_padding_columns(feeds["history"])
+            columns = used_history_columns(feeds["history"])
+            for name in ("history", HISTORY_TIMES):  # a pad's time is 0; gaps next to a pad are bucket 0
+                if name in feeds:
+                    feeds[name] = feeds[name][:, columns]
         if self.torch:
             embedding = self.torch(feeds)
         else:

@@ -46,11 +46,11 @@ class TorchUserTower:
 
     def __init__(self, model_dir: str | Path, device: str):
         from recstack.models.device import resolve_device
-        from recstack.models.export import load_two_tower
+        from recstack.models.export import load_two_tower, user_tower_inputs
 
         self.device = resolve_device(device)
         self.model, _ = load_two_tower(Path(model_dir), self.device)
-        self.input_names = self.model.layout.user_blocks()
+        self.input_names = user_tower_inputs(self.model)
 
     def __call__(self, feeds: dict[str, np.ndarray]) -> np.ndarray:
         import torch

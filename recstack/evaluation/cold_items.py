@@ -95,7 +95,7 @@ def cold_item_report(paths, data, view, two_tower, item_emb: np.ndarray, split: 
     targets = np.array([column[i] for i in rows["item_id"]], np.int64)
     for batch in row_batches(len(rows), batch_size):
         r = row_ids[batch]
-        u = user_embeddings(two_tower, data, view.users[r], view.history[r]).astype(np.float64)
+        u = user_embeddings(two_tower, data, view.users[r], view.history[r], view.history_times[r]).astype(np.float64)
         warm = exclude_seen(u @ item_emb.T.astype(np.float64), view.users[r], view.seen)
         cold = u @ cold_emb.T.astype(np.float64)
         full.add(np.concatenate([warm, cold], axis=1), n_items + targets[batch])

@@ -139,7 +139,8 @@ def evaluate_run(paths: RunPaths, k: int = 10, split: str = "test", *, candidate
             accs["popularity"].add(np.tile(popularity, (len(rows), 1)), targets, users, view.seen)
             if two_tower is None:
                 continue
-            first = user_embeddings(two_tower, data, users, view.history[rows]).astype(np.float64) @ item_emb.T
+            first = user_embeddings(two_tower, data, users, view.history[rows],
+                                    view.history_times[rows]).astype(np.float64) @ item_emb.T
             mask_unrankable(first, users, view.seen, targets, catalogue)
             accs["two_tower"].add(first.copy(), targets)
             if dlrm is not None:

@@ -70,6 +70,8 @@ def _get(args: argparse.Namespace) -> int:
         "recent_items": recent[0].tolist() if known_history[0] else None,
         "seen_items": seen[0].tolist() if known_history[0] else None,
     }
+    if online.has_history_times:  # unix seconds of each recent item
+        out["recent_times"] = online.history_times(keys)[1][0].tolist() if known_history[0] else None
     json.dump(out, sys.stdout)
     sys.stdout.write("\n")
     return 0

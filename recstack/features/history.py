@@ -1,7 +1,8 @@
 """Real-time updates of the users' online histories (the ``user_history`` feature view).
 
 ``recent_items`` keeps a user's last ``history_length`` encoded items (oldest -> newest; a
-repeated item moves to the end), ``seen_items`` every item once, the newest
+repeated item moves to the end), ``recent_times`` (repositories that have it) the unix seconds of
+each of them (an event's own time, whole seconds; the same moves and truncation), ``seen_items`` every item once, the newest
 :data:`recstack.ids.SEEN_LIMIT` of them (in first-interaction order). A batch costs one online read
 and one Feast ``push`` whatever its size.
 
@@ -29,7 +30,7 @@ import numpy as np
 import pandas as pd
 
 from recstack.errors import InputError
-from recstack.features.repo import APPLIED_OFFSET, PUSH_SOURCE
+from recstack.features.repo import APPLIED_OFFSET, PUSH_SOURCE, RECENT_TIMES
 from recstack.ids import SEEN_LIMIT
 
 _ONE_TICK = timedelta(microseconds=1)
@@ -77,10 +78,14 @@ def _to_datetime(timestamp: Any, field: str = "timestamp") -> datetime:
 class _UserState:
     """One user's history while a batch is applied: lists + a set for O(1) 'seen' checks."""
 
-    __slots__ = ("recent", "seen", "seen_set", "when", "applied", "dirty")
+    __slots__ = ("recent", "recent_times", "seen", "seen_set", "when", "applied", "dirty")
 
-    def __init__(self, recent: np.ndarray, seen: np.ndarray, when: datetime | None, applied: int):
+    def __init__(self, recent: np.ndarray, seen: np.ndarray, when: datetime | None, applied: int,
+                 recent_times: np.ndarray | None = None):
         self.recent = [int(x) for x in recent]
+        times = [int(x) for x in (recent_times if recent_times is not None else [])][-len(self.recent):]
+        # a history stored without its times (or a shorter list): the missing ones are 0 = unknown
+        self.recent_times = [0] * (len(self.recent) - len(times)) + times if self.recent else []
         self.seen = [int(x) for x in seen]
         self.seen_set = set(self.seen)
         self.when = when
@@ -89,9 +94,12 @@ class _UserState:
 
     def add(self, item: int, when: datetime, history_length: int) -> None:
         if item in self.recent:
+            del self.recent_times[self.recent.index(item)]
             self.recent.remove(item)
         self.recent.append(item)
+        self.recent_times.append(int(when.timestamp()))  # the event's own time, before the tick below
         del self.recent[:-history_length]
+        del self.recent_times[:-history_length]
         if item not in self.seen_set:
             self.seen_set.add(item)
             self.seen.append(item)
@@ -158,6 +166,7 @@ def apply_interactions(
     online = _online(target)
     names = [c.name for c in online.columns["user_history"]]
     has_offset = APPLIED_OFFSET in names
+    has_times = RECENT_TIMES in names
     if offs is not None and not has_offset:
         raise InputError(f"{online.repo_dir}: user_history has no {APPLIED_OFFSET!r} column, so logged events "
                          "cannot be applied exactly once; rebuild it with `recstack features build`")
@@ -171,7 +180,8 @@ def apply_interactions(
         if known[i]:
             t = stored_ts[i]
             prev = datetime.fromtimestamp(t.seconds, tz=timezone.utc) + timedelta(microseconds=t.nanos // 1000)
-        state[u] = _UserState(values["recent_items"][i], values["seen_items"][i], prev, int(applied_col[i]))
+        state[u] = _UserState(values["recent_items"][i], values["seen_items"][i], prev, int(applied_col[i]),
+                              values[RECENT_TIMES][i] if has_times else None)
 
     update = HistoryUpdate()
     hl = int(history_length)
@@ -194,6 +204,8 @@ def apply_interactions(
         "recent_items": [np.asarray(state[u].recent, dtype=np.int64) for u in written],
         "seen_items": [np.asarray(state[u].seen, dtype=np.int64) for u in written],
     }
+    if has_times:
+        frame[RECENT_TIMES] = [np.asarray(state[u].recent_times, dtype=np.int64) for u in written]
     if has_offset:
         frame[APPLIED_OFFSET] = np.asarray([state[u].applied for u in written], dtype=np.int64)
     from feast.data_source import PushMode

@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 
 from recstack.errors import InputError
-from recstack.features.repo import REDIS_PASSWORD_ENV, REDIS_PASSWORD_REF
+from recstack.features.repo import RECENT_TIMES, REDIS_PASSWORD_ENV, REDIS_PASSWORD_REF
 
 
 @dataclass(frozen=True)
@@ -108,8 +108,8 @@ def open_store(repo_dir: Path | str) -> Any:
 class OnlineFeatures:
     """Reads users / items / histories from the online store for arrays of raw keys.
 
-    The FeatureStore and the feature lists are loaded once; each method makes one
-    ``get_online_features`` call. Columns come in feature-view order.
+    The FeatureStore and the feature lists are loaded once; each method makes one online-store
+    read per feature view it needs (all keys at once). Columns come in feature-view order.
     """
 
     def __init__(self, repo_dir: Path | str | None = None, store: Any = None):
@@ -129,6 +129,8 @@ class OnlineFeatures:
         names = [c.name for c in self.columns["user_history"]]
         if "recent_items" not in names or "seen_items" not in names:
             raise InputError(f"{self.repo_dir}: user_history view lacks recent_items / seen_items")
+        self.has_history_times = RECENT_TIMES in names
+        """Whether ``user_history`` holds ``recent_times`` (repositories built before it do not)."""
 
     def _lookup(self, view: str, join_key: str, keys: list[int]) -> tuple[dict[str, Any], np.ndarray, list[Any]]:
         (out, known, timestamps), = self._lookup_views((view,), join_key, keys)
@@ -178,6 +180,26 @@ class OnlineFeatures:
         out, known, _ = self._lookup("user_history", "user_key", _as_keys(user_keys, "user_keys"))
         return out["recent_items"], out["seen_items"], known
 
+    def history_times(self, user_keys: Any) -> tuple[list[np.ndarray], list[np.ndarray], np.ndarray]:
+        """``(recent_items, recent_times, known)``: per user the recent encoded item ids and the unix
+        seconds of those interactions (same order and length; empty without ``recent_times``)."""
+        out, known, _ = self._lookup("user_history", "user_key", _as_keys(user_keys, "user_keys"))
+        return out["recent_items"], self._times_of(out), known
+
+    def _times_of(self, history: dict[str, Any]) -> list[np.ndarray]:
+        if self.has_history_times:
+            return history[RECENT_TIMES]
+        return [np.zeros(0, dtype=np.int64)] * len(history["recent_items"])
+
+    def users_with_timed_histories(self, user_keys: Any) -> tuple[dict[str, Any], np.ndarray, list[np.ndarray],
+                                                                   list[np.ndarray], list[np.ndarray], np.ndarray]:
+        """:meth:`users_with_histories` with the recent items' unix seconds, in one online-store read:
+        ``(features, has_features, recent_items, recent_times, seen_items, has_history)``."""
+        (features, has_features, _), (history, has_history, _) = self._lookup_views(
+            ("user_features", "user_history"), "user_key", _as_keys(user_keys, "user_keys"))
+        return (features, has_features, history["recent_items"], self._times_of(history), history["seen_items"],
+                has_history)
+
     def users_with_histories(self, user_keys: Any) -> tuple[dict[str, Any], np.ndarray, list[np.ndarray],
                                                              list[np.ndarray], np.ndarray]:
         """:meth:`users` and :meth:`histories` in one online-store read:
@@ -194,6 +216,12 @@ class OnlineFeatures:
                     for c in self.columns["user_features"]}
         empty = [np.zeros(0, dtype=np.int64)] * count
         return features, np.zeros(count, dtype=bool), empty, list(empty), np.zeros(count, dtype=bool)
+
+    def nothing_known_timed(self, count: int) -> tuple[dict[str, Any], np.ndarray, list[np.ndarray],
+                                                       list[np.ndarray], list[np.ndarray], np.ndarray]:
+        """:meth:`nothing_known` in the shape of :meth:`users_with_timed_histories` (empty times)."""
+        features, has_features, recent, seen, has_history = self.nothing_known(count)
+        return features, has_features, recent, list(recent), seen, has_history
 
     def _histories_with_ts(self, keys: list[int]) -> tuple[list[np.ndarray], list[np.ndarray], np.ndarray, list[Any]]:
         out, known, ts = self._lookup("user_history", "user_key", keys)

@@ -38,6 +38,9 @@ PUSH_SOURCE = "user_history_push"
 APPLIED_OFFSET = "applied_offset"
 """int64 feature of ``user_history``: the event-log offset of the last event applied to the user's
 online history (0 = none), so an event log consumer that restarts applies nothing twice."""
+RECENT_TIMES = "recent_times"
+"""list<int64> feature of ``user_history``: the unix seconds of each ``recent_items`` interaction
+(same order and length), the sequence tower's time-gap input; repositories built before it lack it."""
 EVENT_TIMESTAMP = "event_timestamp"
 # The features are static snapshots (ML-100K events are from 1998): a TTL long enough
 # that nothing built from a historical dataset is ever considered stale.

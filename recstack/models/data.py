@@ -13,7 +13,8 @@ them with the saved Workflow and returns a :class:`TrainingData`:
   see the train items; test rows see train + valid, like a served user (features.json);
   ``context`` [N, 3]: the (hour, weekday, device) codes of each interaction's own timestamp (UTC),
   from :func:`recstack.workflows.request_context.context_codes`, the function serving applies to the
-  request time.
+  request time; ``history_times`` [N, L]: the unix seconds of each ``history`` item (0 = pad), the
+  sequence tower's time-gap input (the online store's ``recent_times``).
 """
 
 from __future__ import annotations
@@ -39,7 +40,8 @@ class Interactions:
     """Encoded interactions sorted by (user, time): ``users``/``items`` [N] int64, ``ratings`` [N]
     float32 (NaN without ratings), ``history`` [N, L] int64, ``context`` [N, 3] int64 (hour,
     weekday, device codes of the interaction time; all 0 = unknown when not given), ``times`` [N]
-    int64 unix seconds of each interaction (0 when not given)."""
+    int64 unix seconds of each interaction (0 when not given), ``history_times`` [N, L] int64 unix
+    seconds of each history item (0 = pad or not given)."""
 
     users: np.ndarray
     items: np.ndarray
@@ -47,24 +49,28 @@ class Interactions:
     history: np.ndarray
     context: np.ndarray | None = None
     times: np.ndarray | None = None
+    history_times: np.ndarray | None = None
 
     def __post_init__(self) -> None:
         if self.context is None:
             self.context = np.zeros((len(self.users), len(CONTEXT_COLUMNS)), np.int64)
         if self.times is None:
             self.times = np.zeros(len(self.users), np.int64)
+        if self.history_times is None:
+            self.history_times = np.zeros(self.history.shape, np.int64)
 
     def __len__(self) -> int:
         return len(self.users)
 
     def subset(self, index: np.ndarray) -> "Interactions":
         return Interactions(self.users[index], self.items[index], self.ratings[index], self.history[index],
-                            self.context[index], self.times[index])
+                            self.context[index], self.times[index], self.history_times[index])
 
     @staticmethod
     def concat(parts: list["Interactions"]) -> "Interactions":
         return Interactions(*(np.concatenate([getattr(p, f) for p in parts])
-                              for f in ("users", "items", "ratings", "history", "context", "times")))
+                              for f in ("users", "items", "ratings", "history", "context", "times",
+                                        "history_times")))
 
 
 @dataclass
@@ -102,10 +108,13 @@ class TrainingData:
         return indptr, items[order]
 
     def batch(self, users: np.ndarray, history: np.ndarray, items: np.ndarray | None = None,
-              context: np.ndarray | None = None) -> dict[str, np.ndarray]:
-        """Model input blocks for rows (user id, history[, candidate item id][, context [N, 3]])."""
+              context: np.ndarray | None = None, history_times: np.ndarray | None = None) -> dict[str, np.ndarray]:
+        """Model input blocks for rows (user id, history[, candidate item id][, context [N, 3]]
+        [, history_times [N, L] unix seconds])."""
         out = {k: v[users] for k, v in self.user_features.items()}
         out["history"] = history
+        if history_times is not None:
+            out["history_times"] = history_times
         if context is not None:
             out["context"] = context
         if items is not None:
@@ -133,10 +142,13 @@ def last_items(users: np.ndarray, items: np.ndarray, query_users: np.ndarray, hi
 
 # ------------------------------------------------------------------------------- loading
 
-def _train_history(users: np.ndarray, items: np.ndarray, timestamps: np.ndarray, L: int) -> np.ndarray:
-    """History before each (already time-sorted) train row, as the workflows stage computes it."""
+def _train_history(users: np.ndarray, items: np.ndarray, timestamps: np.ndarray,
+                   L: int) -> tuple[np.ndarray, np.ndarray]:
+    """History before each (already time-sorted) train row, as the workflows stage computes it, and
+    the unix seconds of its items: ``([N, L], [N, L])``."""
     frame = pd.DataFrame({"user_id": users, "item_id": items, "timestamp": timestamps})
-    return np.asarray(history_before_each(frame, L), dtype=np.int64)
+    return (np.asarray(history_before_each(frame, L), dtype=np.int64),
+            np.asarray(history_before_each(frame, L, values="timestamp"), dtype=np.int64))
 
 
 def _read_parquet(path: Path) -> pd.DataFrame:
@@ -204,14 +216,15 @@ def build_training_data(layout: FeatureLayout, workflow: Workflow, train: pd.Dat
     times = allf["timestamp"].to_numpy(np.float64).astype(np.int64)
 
     tr = splits == 0
-    train_x = Interactions(u[tr], i[tr], r[tr], _train_history(u[tr], i[tr], allf["timestamp"].to_numpy()[tr], L),
-                           ctx[tr], times[tr])
+    train_hist, train_hist_times = _train_history(u[tr], i[tr], allf["timestamp"].to_numpy()[tr], L)
+    train_x = Interactions(u[tr], i[tr], r[tr], train_hist, ctx[tr], times[tr], train_hist_times)
     out = {}
     for split_no, name in ((1, "valid"), (2, "test")):
         m = splits == split_no
         prior = splits < split_no
         hist = last_items(u[prior], i[prior], u[m], L)
-        out[name] = Interactions(u[m], i[m], r[m], hist, ctx[m], times[m])
+        hist_times = last_items(u[prior], times[prior], u[m], L)  # the same positions' unix seconds
+        out[name] = Interactions(u[m], i[m], r[m], hist, ctx[m], times[m], hist_times)
     user_feats = _side_table(layout, workflow, users, "user")
     item_feats = _side_table(layout, workflow, items, "item")
     return TrainingData(layout, user_feats, item_feats, train_x, out["valid"], out["test"],

@@ -107,7 +107,8 @@ def fit_dlrm(data: TrainingData, cfg: DLRMConfig | None = None, *, two_tower: Tw
             knn_keys = own_item_keys(data.train.users, data.train.items, data.n_items) \
                 if sources.cfg.leave_user_out else None  # the pairs build_candidate_sources counted
             tpool = sources.cache[key] = build_training_pool(
-                sources, user_embeddings(two_tower, data, rows.users[pos_rows], rows.history[pos_rows]),
+                sources, user_embeddings(two_tower, data, rows.users[pos_rows], rows.history[pos_rows],
+                                         rows.history_times[pos_rows]),
                 item_embeddings(two_tower, data), rows.users[pos_rows], rows.history[pos_rows], rows.items[pos_rows],
                 rows.times[pos_rows], own_item_keys(rows.users, rows.items, data.n_items), rng, knn_keys=knn_keys,
                 device=dev)
@@ -197,7 +198,7 @@ def _retrieval_offset(two_tower: TwoTower, data: TrainingData,
                       rows: Interactions) -> Callable[[np.ndarray, np.ndarray], np.ndarray]:
     """``fn(row_index, items) -> two-tower logits`` (inner product / temperature) for training rows."""
     item_emb = item_embeddings(two_tower, data)
-    user_emb = user_embeddings(two_tower, data, rows.users, rows.history)
+    user_emb = user_embeddings(two_tower, data, rows.users, rows.history, rows.history_times)
     inv_t = 1.0 / float(two_tower.cfg.temperature)
 
     def fn(r: np.ndarray, items: np.ndarray) -> np.ndarray:

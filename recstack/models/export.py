@@ -5,7 +5,8 @@ A model folder ``runs/<ds>/models/<name>/`` holds::
     config.json           {"model", "hyperparameters", "layout", "metrics", "training", "onnx"}
                           (+ dlrm: "fusion", the DLRM / retrieval score weights, recstack.models.fusion)
     model.pt              the state dict (load with torch.load(..., weights_only=True))
-    user_tower.onnx       two_tower: user blocks -> user_embedding [B, d]
+    user_tower.onnx       two_tower: user blocks (+ history_times [B, L] int64 unix seconds, sequence
+                          tower with time gaps) -> user_embedding [B, d]
     item_tower.onnx       two_tower: item blocks -> item_embedding [B, d]
     item_embeddings.npy   two_tower: [n_items, d] float32, row = encoded item id (rows 0/1 = pad/OOV: zeros)
     dlrm.onnx             dlrm: user blocks [B, *] + candidate item blocks [B, K, *] -> score [B, K] (logits)
@@ -33,7 +34,7 @@ from recstack.io import atomic_dir, read_json, write_json
 from recstack.models.candidates import CROSS_FEATURES
 from recstack.models.device import to_tensors
 from recstack.models.dlrm import DLRM, DLRMConfig
-from recstack.models.layout import FeatureLayout
+from recstack.models.layout import HISTORY_TIMES, FeatureLayout
 from recstack.models.two_tower import TwoTower, TwoTowerConfig
 from recstack.workflows.request_context import CONTEXT_CARDINALITY, CONTEXT_COLUMNS
 
@@ -97,6 +98,10 @@ def random_inputs(layout: FeatureLayout, names: list[str], batch: int, seed: int
             lengths = rng.integers(0, length + 1, batch)
             hist[np.arange(length)[None, :] >= lengths[:, None]] = 0
             out[name] = hist.astype(np.int64)
+        elif name == HISTORY_TIMES:  # increasing unix seconds, gaps from under a second to years
+            length = history_length or layout.history_length
+            gaps = np.exp(rng.uniform(-1.0, np.log(10 ** 8.5), (batch, length))).astype(np.int64)
+            out[name] = (1_000_000_000 + np.cumsum(gaps, axis=1)).astype(np.int64)
     return out
 
 
@@ -116,7 +121,7 @@ def export_onnx(module: nn.Module, method: str, names: list[str], all_names: lis
     batch = torch.export.Dim("batch", min=1, max=1 << 20)
     hist_len = torch.export.Dim("history_length", min=1, max=4096)
     k = torch.export.Dim("candidates", min=1, max=1 << 16)
-    dynamic = tuple({0: batch, 1: hist_len} if n == "history" else {0: batch, 1: k} if candidates and
+    dynamic = tuple({0: batch, 1: hist_len} if n in ("history", HISTORY_TIMES) else {0: batch, 1: k} if candidates and
                     n.startswith("item") else {0: batch} for n in names)
     args = tuple(torch.from_numpy(example[n]) for n in names)
     logging.getLogger("torch.onnx").setLevel(logging.ERROR)
@@ -141,9 +146,14 @@ def export_onnx(module: nn.Module, method: str, names: list[str], all_names: lis
     return diff
 
 
-USER_ARGS = ["user_cat", "user_lists", "user_cont", "history"]
+USER_ARGS = ["user_cat", "user_lists", "user_cont", "history", HISTORY_TIMES]
 ITEM_ARGS = ["item_cat", "item_lists", "item_cont"]
-DLRM_ARGS = USER_ARGS + ITEM_ARGS + ["context", "item_cross"]
+DLRM_ARGS = USER_ARGS[:4] + ITEM_ARGS + ["context", "item_cross"]
+
+
+def user_tower_inputs(model: TwoTower) -> list[str]:
+    """The user tower's input names, in ONNX order: the layout's user blocks (+ ``history_times``)."""
+    return model.layout.user_blocks() + ([HISTORY_TIMES] if model.cfg.reads_history_times else [])
 
 
 def save_two_tower(model: TwoTower, target: Path, item_features: dict[str, np.ndarray],
@@ -157,7 +167,7 @@ def save_two_tower(model: TwoTower, target: Path, item_features: dict[str, np.nd
         np.save(tmp / "item_embeddings.npy", item_emb)
         onnx_info: dict[str, Any] = {}
         if onnx:
-            user_names, item_names = layout.user_blocks(), layout.item_blocks()
+            user_names, item_names = user_tower_inputs(model), layout.item_blocks()
             d1 = export_onnx(model.user_tower, "forward", user_names, USER_ARGS, layout, "user_embedding",
                              tmp / "user_tower.onnx")
             d2 = export_onnx(model.item_tower, "forward", item_names, ITEM_ARGS, layout, "item_embedding",

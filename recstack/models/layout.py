@@ -252,6 +252,16 @@ def _as_int64(series: pd.Series, name: str) -> np.ndarray:
     return values.to_numpy(np.int64)
 
 
+HISTORY_TIMES = "history_times"
+"""The sequence user tower's time input: int64 [B, L], unix seconds of each ``history`` item (0 = pad)."""
+
+
+def reads_history_times(hyperparameters: Mapping[str, Any]) -> bool:
+    """Whether a saved two-tower (its ``config.json`` ``hyperparameters``) takes :data:`HISTORY_TIMES`:
+    the sequence encoder with ``time_gaps`` (models saved before that switch do not)."""
+    return hyperparameters.get("user_encoder") == "sasrec" and bool(hyperparameters.get("time_gaps", False))
+
+
 def pad_lists(values: Any, length: int, keep: str = "first", align: str = "left") -> np.ndarray:
     """Lists (or a 2-D array with 0 = pad) -> ``[B, length]`` int64 padded with 0.
 

@@ -29,7 +29,7 @@ def hard_negative_pool(two_tower: TwoTower, data: TrainingData, rows: Interactio
     batch_size = score_batch_rows(batch_size, data.n_items)
     for s in range(0, len(pos_rows), batch_size):
         r = pos_rows[s:s + batch_size]
-        scores = user_embeddings(two_tower, data, rows.users[r], rows.history[r]) @ item_emb.T
+        scores = user_embeddings(two_tower, data, rows.users[r], rows.history[r], rows.history_times[r]) @ item_emb.T
         scores[:, :FIRST_CODE] = -np.inf
         scores[np.arange(len(r))[:, None], rows.history[r]] = -np.inf
         scores[np.arange(len(r)), rows.items[r]] = -np.inf

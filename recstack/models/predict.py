@@ -24,14 +24,20 @@ def item_embeddings(model: TwoTower, data: TrainingData) -> np.ndarray:
 
 @torch.no_grad()
 def user_embeddings(model: TwoTower, data: TrainingData, users: np.ndarray, history: np.ndarray,
-                    batch_size: int = 4096) -> np.ndarray:
-    """[U, d] float32 user-tower outputs for (user id, history) rows."""
+                    history_times: np.ndarray | None = None, batch_size: int = 4096) -> np.ndarray:
+    """[U, d] float32 user-tower outputs for (user id, history) rows; ``history_times`` [U, L] unix
+    seconds of the history items, required by a sequence tower with time gaps (ignored otherwise)."""
+    if model.cfg.reads_history_times and history_times is None:
+        raise ValueError("user_embeddings: this user tower reads time gaps; pass history_times")
+    times = history_times if model.cfg.reads_history_times else None
     model.eval()
     device = next(model.parameters()).device
     out = []
     for s in range(0, len(users), batch_size):
-        blocks = data.batch(users[s:s + batch_size], history[s:s + batch_size])
-        blocks = {k: v for k, v in blocks.items() if k in ("user_cat", "user_lists", "user_cont", "history")}
+        blocks = data.batch(users[s:s + batch_size], history[s:s + batch_size],
+                            history_times=None if times is None else times[s:s + batch_size])
+        blocks = {k: v for k, v in blocks.items()
+                  if k in ("user_cat", "user_lists", "user_cont", "history", "history_times")}
         out.append(model.user_embedding(to_tensors(blocks, device)).float().cpu().numpy())
     return np.concatenate(out) if out else np.zeros((0, model.cfg.output_dim), np.float32)
 

@@ -13,9 +13,13 @@ output zeros. Positions are **relative** (no absolute position embedding): outpu
 what the encoder gives for the history cut after t, so what training scores at every position
 is what serving computes at the last one, whatever the history length.
 
-Time gaps between events are not an input: the online store keeps each user's recent item ids
-but not their times (``user_history.recent_items``; only the newest event time is stored), so
-serving could not build them; see docs/architecture.md.
+Time gaps (``time_gaps=True``): ``times`` [B, L] int64 (unix seconds of each history item, the
+online store's ``user_history.recent_times``) -> the gap to the **previous** history item, bucketed
+on a log scale (:data:`TIME_GAP_EDGES_S`, :func:`time_gap_buckets`) -> a learned embedding added to
+the item input. Position t's gap reads the times of t and t - 1 only, so causality and "training
+position t = the served history cut after t" both hold; the oldest item of a window has no known
+predecessor (bucket 0, like padding). The gap to the request time is deliberately not an input:
+in training it would be the next (target) item's time, and the item tower is not time-aware.
 
 Everything exports to ONNX with a dynamic batch and history length (attention is written
 out with matmul / softmax, the re-alignment with cumsum / scatter).
@@ -31,11 +35,20 @@ from torch.nn import functional as F
 
 from recstack.ids import FIRST_CODE
 
+TIME_GAP_EDGES_S = (1, 10, 60, 600, 3_600, 86_400, 604_800, 2_592_000, 31_536_000)
+"""Lower edges (seconds) of the time-gap buckets: 1 s, 10 s, 1 min, 10 min, 1 h, 1 day, 1 week,
+30 days, 365 days. Bucket 0 = padding or unknown (a window's oldest item); bucket 1 = under 1 s
+(same second; an out-of-order negative gap also lands here); bucket k + 1 = [edge k - 1, edge k)
+for k = 1..8; bucket 10 = one year or more."""
+TIME_GAP_BUCKETS = len(TIME_GAP_EDGES_S) + 2
 
-def right_align(history: torch.Tensor) -> torch.Tensor:
+
+def right_align(history: torch.Tensor, *aligned_with: torch.Tensor) -> torch.Tensor | tuple[torch.Tensor, ...]:
     """Move each row's non-zero ids to the right end, keeping their order: [B, L] -> [B, L].
 
-    A row's pads go to the left. Rows already right-aligned come back unchanged.
+    A row's pads go to the left. Rows already right-aligned come back unchanged. Tensors in
+    ``aligned_with`` ([B, L] each, e.g. the items' times) move the same way and come back after
+    the history, as a tuple.
     """
     valid = history > 0
     n_valid = valid.sum(dim=1, keepdim=True)
@@ -43,7 +56,22 @@ def right_align(history: torch.Tensor) -> torch.Tensor:
     rank_valid = torch.cumsum(valid.to(torch.int64), dim=1) - 1     # 0.. among the valid ids
     rank_pad = torch.cumsum((~valid).to(torch.int64), dim=1) - 1    # 0.. among the pads
     target = torch.where(valid, length - n_valid + rank_valid, rank_pad)
-    return torch.zeros_like(history).scatter(1, target, history)
+    moved = torch.zeros_like(history).scatter(1, target, history)
+    if not aligned_with:
+        return moved
+    return (moved,) + tuple(torch.zeros_like(t).scatter(1, target, t) for t in aligned_with)
+
+
+def time_gap_buckets(history: torch.Tensor, times: torch.Tensor) -> torch.Tensor:
+    """Bucket of the gap to the previous history item: ``history`` [B, L] (0 = pad), ``times`` [B, L]
+    int64 unix seconds, both right-aligned -> [B, L] int64 in 0 .. TIME_GAP_BUCKETS - 1
+    (:data:`TIME_GAP_EDGES_S`; 0 where the item or its predecessor is padding)."""
+    valid = history > 0
+    gap = times[:, 1:] - times[:, :-1]                                              # [B, L - 1]
+    edges = torch.tensor(TIME_GAP_EDGES_S, dtype=torch.int64, device=times.device)
+    bucket = 1 + (gap.unsqueeze(-1) >= edges).sum(dim=-1)
+    bucket = torch.where(valid[:, 1:] & valid[:, :-1], bucket, torch.zeros_like(bucket))
+    return torch.cat([torch.zeros_like(bucket[:, :1]), bucket], dim=1)
 
 
 class CausalSelfAttention(nn.Module):
@@ -90,30 +118,43 @@ class Block(nn.Module):
 
 
 class SequenceEncoder(nn.Module):
-    """Causal self-attention over the history: ``history`` [B, L] int64 -> [B, L, e] (e = the table's width).
+    """Causal self-attention over the history: ``history`` [B, L] int64 (+ ``times`` [B, L] int64 unix
+    seconds when ``time_gaps``) -> [B, L, e] (e = the table's width).
 
     Output position t depends on history positions <= t only (after :func:`right_align`); pad
     positions output zeros. :meth:`last` gives the summary vector [B, e] (zeros for an empty history).
     """
 
     def __init__(self, item_table: nn.Embedding, max_positions: int, blocks: int = 2, heads: int = 1,
-                 dropout: float = 0.2):
+                 dropout: float = 0.2, time_gaps: bool = False):
         super().__init__()
         dim = item_table.embedding_dim
         self.item_table = item_table
+        self.time_gaps = bool(time_gaps)
+        if self.time_gaps:  # zero start: training begins from the gap-blind encoder
+            self.gap_table = nn.Embedding(TIME_GAP_BUCKETS, dim)
+            nn.init.zeros_(self.gap_table.weight)
         self.max_positions = int(max_positions)
         self.dropout = nn.Dropout(dropout)
         self.blocks = nn.ModuleList([Block(dim, heads, dropout, self.max_positions) for _ in range(blocks)])
         self.norm = nn.LayerNorm(dim)
         self.scale = math.sqrt(dim)
 
-    def forward(self, history: torch.Tensor) -> torch.Tensor:
-        history = right_align(history)
+    def forward(self, history: torch.Tensor, times: torch.Tensor | None = None) -> torch.Tensor:
+        if self.time_gaps:
+            if times is None:
+                raise ValueError("sequence encoder with time_gaps: the history's times are required")
+            history, times = right_align(history, times)
+        else:
+            history = right_align(history)
         valid = history > 0                                                        # [B, L]
         length = history.shape[1]
         steps = torch.arange(length, device=history.device)
         distance = steps.unsqueeze(1) - steps.unsqueeze(0)                         # [L, L]: query i - key j
-        x = self.dropout(self.item_table(history) * self.scale)
+        x = self.item_table(history) * self.scale
+        if self.time_gaps:
+            x = x + self.gap_table(time_gap_buckets(history, times))
+        x = self.dropout(x)
         x = x * valid.unsqueeze(-1).to(x.dtype)
         # a key after the query or a pad key is never read; every query may read itself (no all -inf row)
         allowed = ((distance >= 0) & valid.unsqueeze(1)) | (distance == 0)
@@ -123,9 +164,9 @@ class SequenceEncoder(nn.Module):
             x = block(x, allowed, distance)
         return self.norm(x) * valid.unsqueeze(-1).to(x.dtype)
 
-    def last(self, history: torch.Tensor) -> torch.Tensor:
-        """The newest position's output: [B, L] -> [B, e]."""
-        return self.forward(history)[:, -1]
+    def last(self, history: torch.Tensor, times: torch.Tensor | None = None) -> torch.Tensor:
+        """The newest position's output: [B, L] (+ times [B, L]) -> [B, e]."""
+        return self.forward(history, times)[:, -1]
 
 
 def full_softmax_loss(user_emb: torch.Tensor, all_item_emb: torch.Tensor, targets: torch.Tensor,

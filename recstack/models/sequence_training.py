@@ -3,8 +3,8 @@ next-item prediction at **every** position of each user's training sequence.
 
 Each user's training items (time order) are cut into windows of ``history_length + 1`` items
 from the newest backwards (:func:`training_windows`); a window's first ``L`` items are the
-encoder's input and its last ``L`` the targets, so position t predicts item t + 1 having read
-items <= t (the causal mask). The loss is the softmax over the whole catalogue (every item
+encoder's input (with their unix seconds when ``cfg.time_gaps``) and its last ``L`` the targets,
+so position t predicts item t + 1 having read items <= t (the causal mask). The loss is the softmax over the whole catalogue (every item
 tower output, each step) or, for catalogues above ``cfg.full_softmax_max_items``, a sampled
 softmax over the batch's targets plus uniform negatives with the logQ correction
 (:func:`recstack.models.sequence.sampled_softmax_loss`). User and item ids are replaced by OOV
@@ -40,9 +40,17 @@ def training_windows(rows: Interactions, length: int) -> tuple[np.ndarray, np.nd
     further back (consecutive windows share one item, so every item but a user's first is a
     target exactly once); both arrays right-aligned, 0 = pad. Users with one item give no window.
     """
+    users, inputs, _, targets = timed_training_windows(rows, length)
+    return users, inputs, targets
+
+
+def timed_training_windows(rows: Interactions,
+                           length: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """:func:`training_windows` with the inputs' times: ``(users [W], inputs [W, L], input_times [W, L]
+    (unix seconds of each input item, ``rows.times``; 0 = pad), targets [W, L])``."""
     L = int(length)
     order = np.argsort(rows.users, kind="stable")
-    users, items = rows.users[order], rows.items[order]
+    users, items, times = rows.users[order], rows.items[order], rows.times[order]
     starts = np.flatnonzero(np.r_[True, users[1:] != users[:-1]]) if len(users) else np.zeros(0, np.int64)
     ends = np.r_[starts[1:], len(users)].astype(np.int64)
     win_user, win_lo, win_hi = [], [], []
@@ -56,12 +64,14 @@ def training_windows(rows: Interactions, length: int) -> tuple[np.ndarray, np.nd
             hi -= L
     n = len(win_user)
     inputs = np.zeros((n, L), np.int64)
+    input_times = np.zeros((n, L), np.int64)
     targets = np.zeros((n, L), np.int64)
     for w, (lo, hi) in enumerate(zip(win_lo, win_hi)):
         chunk = items[lo:hi]
         inputs[w, L - len(chunk) + 1:] = chunk[:-1]
+        input_times[w, L - len(chunk) + 1:] = times[lo:hi - 1]
         targets[w, L - len(chunk) + 1:] = chunk[1:]
-    return np.asarray(win_user, np.int64), inputs, targets
+    return np.asarray(win_user, np.int64), inputs, input_times, targets
 
 
 class _Catalogue:
@@ -106,7 +116,8 @@ def fit_sequence_two_tower(data: TrainingData, cfg: TwoTowerConfig, *, epochs: i
     dev = resolve_device(device)
     rows = train_rows if train_rows is not None else data.train
     model = TwoTower(data.layout, cfg).to(dev)
-    users, inputs, targets = training_windows(rows, data.layout.history_length)
+    users, inputs, input_times, targets = timed_training_windows(rows, data.layout.history_length)
+    times_input = cfg.reads_history_times
     catalogue = _Catalogue(data, rows, dev)
     full = cfg.use_full_softmax(data.n_items)
     opt = torch.optim.Adam(model.parameters(), lr=lr, weight_decay=weight_decay)
@@ -127,12 +138,13 @@ def fit_sequence_two_tower(data: TrainingData, cfg: TwoTowerConfig, *, epochs: i
         total, n_batches = 0.0, 0
         for s in range(0, len(perm), batch):
             idx = perm[s:s + batch]
-            blocks = to_tensors(data.batch(users[idx], inputs[idx]), dev)
+            blocks = to_tensors(data.batch(users[idx], inputs[idx],
+                                           history_times=input_times[idx] if times_input else None), dev)
             tgt = torch.from_numpy(targets[idx]).to(dev)
             with trainer.autocast():
                 user_seq = model.user_tower.every_position(drop_ids(blocks["user_cat"], cfg.id_dropout),
                                                            blocks.get("user_lists"), blocks.get("user_cont"),
-                                                           blocks["history"])
+                                                           blocks["history"], blocks.get("history_times"))
                 mask = tgt > 0
                 user_emb, tgt = user_seq[mask].float(), tgt[mask]                    # [P, d], [P]
                 if full:

@@ -24,7 +24,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from recstack.ids import OOV
-from recstack.models.layout import FeatureLayout
+from recstack.models.layout import FeatureLayout, reads_history_times
 from recstack.models.modules import Bag, HistoryPooling, embedding, masked_mean, mlp
 from recstack.models.sequence import SequenceEncoder
 
@@ -58,6 +58,10 @@ class TwoTowerConfig:
     heads: int = 1                # sasrec: attention heads
     sequence_dropout: float = 0.2  # sasrec: dropout inside the encoder (SASRec's ML-1M value)
     sequence_mean: bool = False   # sasrec: also join the mean of the history's item embeddings (causal in training)
+    # sasrec: add an embedding of the log-bucketed gap to the previous history item (input
+    # ``history_times``, the online store's ``recent_times``); models saved before it load as False.
+    # ML-100K valid NDCG@10, 30 epochs, 3 seeds: 0.1364 +- 0.0018 with, 0.1340 +- 0.0044 without
+    time_gaps: bool = True
     # sasrec loss: "full" softmax over the catalogue, "sampled" (in-batch targets + uniform
     # negatives, logQ-corrected), "auto" = full up to full_softmax_max_items items
     softmax: str = "auto"
@@ -86,6 +90,11 @@ class TwoTowerConfig:
             return self
         return replace(self, user_encoder="sasrec" if n_train_rows >= SEQUENCE_MIN_ROWS else "pool")
 
+    @property
+    def reads_history_times(self) -> bool:
+        """Whether the user tower takes the ``history_times`` input (the sequence encoder with time gaps)."""
+        return reads_history_times(asdict(self))
+
     def use_full_softmax(self, n_items: int) -> bool:
         return self.softmax == "full" or (self.softmax == "auto" and n_items <= self.full_softmax_max_items)
 
@@ -96,6 +105,7 @@ class TwoTowerConfig:
     def from_dict(cls, d: dict[str, Any]) -> "TwoTowerConfig":
         known = {k: v for k, v in d.items() if k in cls.__dataclass_fields__}
         known.setdefault("user_encoder", "pool")  # saved before the sequence encoder existed
+        known.setdefault("time_gaps", False)      # saved before the time-gap input existed
         return cls(**known)
 
 
@@ -138,7 +148,8 @@ class UserTower(nn.Module):
 
     Inputs: ``user_cat`` [B, Cu] int64 (col 0 = user id), ``user_lists`` [B, Lu] int64
     (optional), ``user_cont`` [B, Du] float32 (optional), ``history`` [B, L] int64 (encoded
-    item ids, oldest -> newest, 0 = pad on either side; any L). The history is read with the
+    item ids, oldest -> newest, 0 = pad on either side; any L), ``history_times`` [B, L] int64
+    (unix seconds of the history items; sasrec with ``time_gaps`` only). The history is read with the
     shared item-id table: pooled into a masked mean and a recency-weighted mean
     (:class:`HistoryPooling`, [B, 2e]; ``user_encoder="pool"``), or encoded by causal
     self-attention (:class:`SequenceEncoder`, the newest position's output [B, e]; ``"sasrec"``).
@@ -157,7 +168,7 @@ class UserTower(nn.Module):
         self.sequential = cfg.user_encoder == "sasrec"
         if self.sequential:
             self.encoder = SequenceEncoder(item_id_table, layout.history_length, cfg.blocks, cfg.heads,
-                                           cfg.sequence_dropout)
+                                           cfg.sequence_dropout, time_gaps=cfg.time_gaps)
         else:
             self.history = HistoryPooling(item_id_table, cfg.max_recency)
         self.with_mean = self.sequential and cfg.sequence_mean
@@ -182,20 +193,24 @@ class UserTower(nn.Module):
         return torch.cat(parts + [read] + post, dim=-1)
 
     def forward(self, user_cat: torch.Tensor, user_lists: torch.Tensor | None = None,
-                user_cont: torch.Tensor | None = None, history: torch.Tensor | None = None) -> torch.Tensor:
+                user_cont: torch.Tensor | None = None, history: torch.Tensor | None = None,
+                history_times: torch.Tensor | None = None) -> torch.Tensor:
         if not self.sequential:
             read = self.history(history)
         elif self.with_mean:
-            read = torch.cat([self.encoder.last(history), masked_mean(self.encoder.item_table(history), history)], 1)
+            read = torch.cat([self.encoder.last(history, history_times),
+                              masked_mean(self.encoder.item_table(history), history)], 1)
         else:
-            read = self.encoder.last(history)
+            read = self.encoder.last(history, history_times)
         return F.normalize(self.mlp(self._join(read, user_cat, user_lists, user_cont)), dim=-1)
 
     def every_position(self, user_cat: torch.Tensor, user_lists: torch.Tensor | None,
-                       user_cont: torch.Tensor | None, history: torch.Tensor) -> torch.Tensor:
+                       user_cont: torch.Tensor | None, history: torch.Tensor,
+                       history_times: torch.Tensor | None = None) -> torch.Tensor:
         """Sequence encoder only: the user embedding after each history position, [B, L, output_dim]
-        (position t has read history[:, :t + 1]; ``history`` right-aligned, as training builds it)."""
-        seq = self.encoder(history)                                            # [B, L, e]
+        (position t has read history[:, :t + 1] and its times; ``history`` right-aligned, as training
+        builds it)."""
+        seq = self.encoder(history, history_times)                             # [B, L, e]
         if self.with_mean:  # the mean of history[:, :t + 1] at each t
             valid = (history > 0).unsqueeze(-1).to(seq.dtype)
             total = torch.cumsum(self.encoder.item_table(history) * valid, dim=1)
@@ -226,7 +241,7 @@ class TwoTower(nn.Module):
 
     def user_embedding(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         return self.user_tower(batch["user_cat"], batch.get("user_lists"), batch.get("user_cont"),
-                               batch["history"])
+                               batch["history"], batch.get("history_times"))
 
     def item_embedding(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         return self.item_tower(batch["item_cat"], batch.get("item_lists"), batch.get("item_cont"))

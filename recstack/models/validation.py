@@ -37,19 +37,21 @@ class SplitView:
     context: np.ndarray | None = None
     times: np.ndarray | None = None
     """[U] unix seconds of each target interaction (the request time)."""
+    history_times: np.ndarray | None = None
+    """[U, L] unix seconds of each history item (0 = pad), the sequence tower's time-gap input."""
 
 
 def split_view(data: TrainingData, split: str) -> SplitView:
     """Validation: history and seen = train. Test: history and seen = train + valid."""
     x: Interactions = getattr(data, split)
     seen_splits = ("train",) if split == "valid" else ("train", "valid")
-    return SplitView(x.users, x.history, x.items, data.seen(seen_splits), x.context, x.times)
+    return SplitView(x.users, x.history, x.items, data.seen(seen_splits), x.context, x.times, x.history_times)
 
 
 def two_tower_full_scores(model: TwoTower, data: TrainingData, view: SplitView, rows: np.ndarray,
                           item_emb: np.ndarray) -> np.ndarray:
     """[b, n_items] dot products (seen items not yet excluded)."""
-    u = user_embeddings(model, data, view.users[rows], view.history[rows])
+    u = user_embeddings(model, data, view.users[rows], view.history[rows], view.history_times[rows])
     return u @ item_emb.T
 
 

@@ -83,7 +83,8 @@ def user_queries(paths: RunPaths, n: int, seed: int = 0) -> np.ndarray:
     rows = np.random.default_rng(seed).permutation(len(data.test.users))[:n]
     if rows.size == 0:
         raise InputError(f"{paths.data}: the test split is empty (no users to query with)")
-    return user_embeddings(model, data, data.test.users[rows], data.test.history[rows])
+    return user_embeddings(model, data, data.test.users[rows], data.test.history[rows],
+                           data.test.history_times[rows])
 
 
 # ------------------------------------------------------------------------------ grid

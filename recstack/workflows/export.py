@@ -147,10 +147,12 @@ def fit_and_export(data_dir: str | Path, workflow_dir: str | Path, features_dir:
         hist_df = pd.DataFrame({"user_key": hist["user_id"].to_numpy(dtype=np.int64),
                                 "event_timestamp": pd.Series(event_ts, index=range(len(hist))),
                                 "recent_items": hist["recent_items"],
+                                "recent_times": hist["recent_times"],
                                 "seen_items": [s[-SEEN_LIMIT:] for s in hist["seen_items"]]})
         _write(hist_df, tmp / "user_history.parquet",
                {"user_key": pa.int64(), "event_timestamp": pa.timestamp("us", tz="UTC"),
-                "recent_items": pa.list_(pa.int64()), "seen_items": pa.list_(pa.int64())})
+                "recent_items": pa.list_(pa.int64()), "recent_times": pa.list_(pa.int64()),
+                "seen_items": pa.list_(pa.int64())})
         steps.update()
 
         steps.set_postfix_str("popularity")
