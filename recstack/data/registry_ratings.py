@@ -61,7 +61,7 @@ REGISTRY_RATINGS: dict[str, RegistryRatings] = {
         ),
         columns=("user", "item", "rating", "ts"),
         sep=",",
-        about="Ciao (ciao.co.uk product reviews): 72,665 ratings 1-5 by 17,615 users of 16,121 items, "
+        about="CiaoDVD (DVD ratings from the review site ciao.co.uk): 72,665 ratings 1-5 by 17,615 users of 16,121 items, "
         "2000-2013; timestamps have day resolution (same-day ratings keep the file's order, which "
         "is by item id)",
     ),
