@@ -242,6 +242,12 @@ def random_pairs(rng: np.random.Generator, n_users: int, n_items: int, count: in
     return np.unique(pairs, axis=0)
 
 
+def sources_of_pairs(folder, cfg: SourceConfig, n_items: int, pairs: np.ndarray) -> CandidateSources:
+    """Candidate sources whose neighbours and events are ``pairs`` (user, item), event time = row number."""
+    return CandidateSources(build_sources(folder, cfg, n_items, pairs[:, 0], pairs[:, 1], pairs[:, 1],
+                                          np.arange(len(pairs)), None))
+
+
 @pytest.mark.parametrize("chunk_entries", [1, 1 << 24])
 def test_sparse_item_knn_equals_a_set_based_reference(chunk_entries):
     """Sparse (chunked CSR) and dense-block paths: the reference's neighbours, ties to the lower id."""
@@ -268,8 +274,7 @@ def test_leave_one_user_out_equals_the_cosines_without_that_user(tmp_path):
     n_users, n_items = 25, 30
     pairs = random_pairs(rng, n_users, n_items, 220)
     cfg = SourceConfig(two_tower=3, item_knn=4, popular=2, neighbours=8, recent=3, decay=0.5)
-    src = CandidateSources(build_sources(tmp_path / "c", cfg, n_items, pairs[:, 0], pairs[:, 1], pairs[:, 1],
-                                         np.arange(len(pairs)), None))
+    src = sources_of_pairs(tmp_path / "c", cfg, n_items, pairs)
     keys = own_item_keys(pairs[:, 0], pairs[:, 1], n_items)
     users = np.arange(8)
     history = np.zeros((len(users), 5), np.int64)
@@ -310,8 +315,7 @@ def test_training_pool_merges_what_serving_merges(tmp_path):
     n_users, n_items = 40, 60
     pairs = random_pairs(rng, n_users, n_items, 500)
     cfg = SourceConfig(two_tower=7, item_knn=6, popular=4, neighbours=10, recent=4, decay=0.85)
-    src = CandidateSources(build_sources(tmp_path / "c", cfg, n_items, pairs[:, 0], pairs[:, 1], pairs[:, 1],
-                                         np.arange(len(pairs)), None))
+    src = sources_of_pairs(tmp_path / "c", cfg, n_items, pairs)
     history = rng.integers(0, n_items, (64, 6))
     history[:5] = 0  # no history
     user_emb = rng.integers(-2, 3, (64, 4)).astype(np.float32)  # small integers: many exactly tied scores
