@@ -174,7 +174,7 @@ def test_connection_string_never_carries_the_password(monkeypatch):
     from recstack.features.repo import REDIS_PASSWORD_ENV, redis_connection_string
 
     monkeypatch.delenv(REDIS_PASSWORD_ENV, raising=False)
-    options = ",retry=null,socket_connect_timeout=1"  # REDIS_CLIENT_OPTIONS (fail fast when Redis is down)
+    options = ",retry=null,socket_connect_timeout=1,socket_timeout=2"  # REDIS_CLIENT_OPTIONS (fail fast when Redis is down or hung)
     assert redis_connection_string("redis://:hunter2@h:7/3") == "h:7,db=3,password=${RECSTACK_REDIS_PASSWORD}" + options
     assert redis_connection_string("redis://h:7") == "h:7" + options
     monkeypatch.setenv(REDIS_PASSWORD_ENV, "hunter2")
