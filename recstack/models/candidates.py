@@ -43,7 +43,7 @@ import numpy as np
 
 from recstack.errors import InputError
 from recstack.ids import FIRST_CODE, PAD
-from recstack.models.item_knn import LeaveUserOut, item_knn
+from recstack.models.item_knn import LeaveUserOut, in_sorted, item_knn
 
 CROSS_BLOCK = "item_cross"
 """Name of the ranker's per-candidate dense block [B, K, F] (float32)."""
@@ -170,14 +170,6 @@ def csr_seen_keys(indptr: np.ndarray, indices: np.ndarray, users: np.ndarray, n_
     items = indices[np.repeat(starts, lengths) + offs].astype(np.int64)
     keep = items < n_items
     return np.unique(rows[keep] * n_items + items[keep])
-
-
-def in_sorted(keys: np.ndarray, sorted_keys: np.ndarray) -> np.ndarray:
-    """Whether each key occurs in ``sorted_keys`` (a sorted 1-d array); same shape as ``keys``."""
-    if len(sorted_keys) == 0:
-        return np.zeros(np.shape(keys), bool)
-    pos = np.minimum(np.searchsorted(sorted_keys, keys), len(sorted_keys) - 1)
-    return sorted_keys[pos] == keys
 
 
 @dataclass

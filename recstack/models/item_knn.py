@@ -144,7 +144,7 @@ def user_item_membership(users: np.ndarray, keys: np.ndarray, n_items: int, row_
     users = np.asarray(users, np.int64)
     batch_users, inverse = np.unique(users, return_inverse=True)
     if len(batch_users) * n_items > 1 << 26:
-        return _in_sorted(users[row_of] * n_items + items, keys)
+        return in_sorted(users[row_of] * n_items + items, keys)
     lo = np.searchsorted(keys, batch_users * n_items)
     lengths = np.searchsorted(keys, (batch_users + 1) * n_items) - lo
     owner = np.repeat(np.arange(len(batch_users)), lengths)
@@ -154,7 +154,8 @@ def user_item_membership(users: np.ndarray, keys: np.ndarray, n_items: int, row_
     return bitmap[inverse[row_of] * n_items + items]  # items: valid ids (PAD included), never >= n_items
 
 
-def _in_sorted(keys: np.ndarray, sorted_keys: np.ndarray) -> np.ndarray:
+def in_sorted(keys: np.ndarray, sorted_keys: np.ndarray) -> np.ndarray:
+    """Whether each key occurs in ``sorted_keys`` (a sorted 1-d array); same shape as ``keys``."""
     if len(sorted_keys) == 0:
         return np.zeros(np.shape(keys), bool)
     pos = np.minimum(np.searchsorted(sorted_keys, keys), len(sorted_keys) - 1)
