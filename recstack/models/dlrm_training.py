@@ -104,14 +104,16 @@ def fit_dlrm(data: TrainingData, cfg: DLRMConfig | None = None, *, two_tower: Tw
         key = (id(two_tower), id(rows), len(pos_rows), seed)
         tpool = sources.cache.get(key)
         if tpool is None:
-            knn_keys = own_item_keys(data.train.users, data.train.items, data.n_items) \
-                if sources.cfg.leave_user_out else None  # the pairs build_candidate_sources counted
+            own_keys = own_item_keys(rows.users, rows.items, data.n_items)
+            knn_keys = None  # the pairs build_candidate_sources counted: the train rows
+            if sources.cfg.leave_user_out:
+                knn_keys = own_keys if rows is data.train else own_item_keys(data.train.users, data.train.items,
+                                                                              data.n_items)
             tpool = sources.cache[key] = build_training_pool(
                 sources, user_embeddings(two_tower, data, rows.users[pos_rows], rows.history[pos_rows],
                                          rows.history_times[pos_rows]),
                 item_embeddings(two_tower, data), rows.users[pos_rows], rows.history[pos_rows], rows.items[pos_rows],
-                rows.times[pos_rows], own_item_keys(rows.users, rows.items, data.n_items), rng, knn_keys=knn_keys,
-                device=dev)
+                rows.times[pos_rows], own_keys, rng, knn_keys=knn_keys, device=dev)
     n_examples = len(pos_rows) * (1 + negatives)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, warmup_cosine(epochs * max(1, math.ceil(n_examples / batch_size))))
     view = split_view(data, "valid")
