@@ -7,7 +7,7 @@ On a finished run (`recstack run --serve 0`), against its SQLite online store an
 here from the same feature tables on a real `redis-server` (loopback, AOF `everysec`: the online
 store can be rebuilt from the event log, so it does not need `always`):
 
-- reads: ``OnlineFeatures.users_with_histories(keys)`` (user features + recent items + seen items,
+- reads: ``OnlineFeatures.users_with_histories(keys)`` (user features + recent items and times + seen items,
   the one online-store read the serving chain makes per batch) for batches of 1, 16 and 64 random
   known users: median / p95 ms per call and ms per user (this process, one thread);
 - memory: Redis ``used_memory`` after materialize minus before, per stored user + item, with the

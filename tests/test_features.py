@@ -296,7 +296,7 @@ def test_pushed_events_update_recent_times_with_recent_items(tmp_path):
     assert got_times[0].tolist() == [times[8][i] for i in keep] + [1_000_000_000, 1_000_000_050]
     # a new user, a batch: one time per item, in order
     push_interactions(online, [777, 777], [5, 6], [2_000, 2_060], HISTORY)
-    _, _, recent, got_times, _, known = online.users_with_timed_histories([777])
+    _, _, recent, got_times, _, known = online.users_with_histories([777])
     assert known[0] and recent[0].tolist() == [5, 6] and got_times[0].tolist() == [2_000, 2_060]
 
 

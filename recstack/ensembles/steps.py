@@ -154,12 +154,12 @@ class QueryUserFeatures:
         keys = user_ids[:, 0]
         batch = len(keys)
         try:
-            features, has_features, recent, times, seen, has_history = self.online.users_with_timed_histories(keys)
+            features, has_features, recent, times, seen, has_history = self.online.users_with_histories(keys)
             fallback = False
         except self.store_unavailable:
             # the store is down: serve these users as unknown (popular items, flagged) rather than
             # fail; the next batch asks the store again, so personalisation resumes when it is back
-            features, has_features, recent, times, seen, has_history = self.online.nothing_known_timed(batch)
+            features, has_features, recent, times, seen, has_history = self.online.nothing_known(batch)
             fallback = True
         has_features = np.asarray(has_features, dtype=bool)
         if self.id_column in features:  # the store holds the Workflow's code: encode only the users it lacks

@@ -176,10 +176,9 @@ def apply_interactions(
     applied_col = values[APPLIED_OFFSET] if has_offset else np.zeros(len(distinct), dtype=np.int64)
     state: dict[int, _UserState] = {}
     for i, u in enumerate(distinct):
-        prev = None
-        if known[i]:
-            t = stored_ts[i]
-            prev = datetime.fromtimestamp(t.seconds, tz=timezone.utc) + timedelta(microseconds=t.nanos // 1000)
+        prev = stored_ts[i] if known[i] else None  # the store's datetime; naive ones are UTC (Feast's convention)
+        if prev is not None:
+            prev = prev.replace(tzinfo=timezone.utc) if prev.tzinfo is None else prev.astimezone(timezone.utc)
         state[u] = _UserState(values["recent_items"][i], values["seen_items"][i], prev, int(applied_col[i]),
                               values[RECENT_TIMES][i] if has_times else None)
 

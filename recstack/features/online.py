@@ -125,7 +125,7 @@ class OnlineFeatures:
             fv = store.get_feature_view(view)
             self.columns[view] = [_column(f.name, f.dtype) for f in fv.features]
             self._views[view] = fv
-        self._provider = store._get_provider()  # noqa: SLF001  the provider's read, without the response wrapping
+        self._provider = store._get_provider()  # the provider's read, without the response wrapping
         names = [c.name for c in self.columns["user_history"]]
         if "recent_items" not in names or "seen_items" not in names:
             raise InputError(f"{self.repo_dir}: user_history view lacks recent_items / seen_items")
@@ -139,10 +139,9 @@ class OnlineFeatures:
     def _lookup_views(self, views: Sequence[str], join_key: str,
                       keys: list[int]) -> list[tuple[dict[str, Any], np.ndarray, list[Any]]]:
         """One online-store read per view for the entity ``join_key`` = ``keys``: per view
-        ``(columns, known [B] bool, event timestamps as protobuf Timestamps, unset when unknown)``."""
+        ``(columns, known [B] bool, event timestamps: datetimes as the store returns them, None when unknown)``."""
         from feast.protos.feast.types.EntityKey_pb2 import EntityKey
         from feast.protos.feast.types.Value_pb2 import Value
-        from google.protobuf.timestamp_pb2 import Timestamp
 
         if not keys:
             return [({c.name: ([] if c.is_list else np.zeros(0, dtype=c.dtype)) for c in self.columns[v]},
@@ -157,12 +156,7 @@ class OnlineFeatures:
             found = [data or {} for _, data in rows]
             out = {c.name: _decode([data.get(c.name, null) for data in found], c) for c in cols}
             known = np.fromiter((cols[0].name in data for data in found), dtype=bool, count=len(keys))
-            stamps = []
-            for when, _ in rows:
-                stamps.append(Timestamp())
-                if when is not None:
-                    stamps[-1].FromDatetime(when)
-            results.append((out, known, stamps))
+            results.append((out, known, [when for when, _ in rows]))
         return results
 
     def users(self, user_keys: Any) -> tuple[dict[str, np.ndarray], np.ndarray]:
@@ -191,41 +185,24 @@ class OnlineFeatures:
             return history[RECENT_TIMES]
         return [np.zeros(0, dtype=np.int64)] * len(history["recent_items"])
 
-    def users_with_timed_histories(self, user_keys: Any) -> tuple[dict[str, Any], np.ndarray, list[np.ndarray],
-                                                                   list[np.ndarray], list[np.ndarray], np.ndarray]:
-        """:meth:`users_with_histories` with the recent items' unix seconds, in one online-store read:
-        ``(features, has_features, recent_items, recent_times, seen_items, has_history)``."""
+    def users_with_histories(self, user_keys: Any) -> tuple[dict[str, Any], np.ndarray, list[np.ndarray],
+                                                             list[np.ndarray], list[np.ndarray], np.ndarray]:
+        """:meth:`users` and the histories with their times, in one online-store read: ``(features,
+        has_features, recent_items, recent_times (unix seconds; empty without ``recent_times``),
+        seen_items, has_history)``."""
         (features, has_features, _), (history, has_history, _) = self._lookup_views(
             ("user_features", "user_history"), "user_key", _as_keys(user_keys, "user_keys"))
         return (features, has_features, history["recent_items"], self._times_of(history), history["seen_items"],
                 has_history)
 
-    def users_with_histories(self, user_keys: Any) -> tuple[dict[str, Any], np.ndarray, list[np.ndarray],
-                                                             list[np.ndarray], np.ndarray]:
-        """:meth:`users` and :meth:`histories` in one online-store read:
-        ``(features, has_features, recent_items, seen_items, has_history)``."""
-        (features, has_features, _), (history, has_history, _) = self._lookup_views(
-            ("user_features", "user_history"), "user_key", _as_keys(user_keys, "user_keys"))
-        return features, has_features, history["recent_items"], history["seen_items"], has_history
-
     def nothing_known(self, count: int) -> tuple[dict[str, Any], np.ndarray, list[np.ndarray],
-                                                 list[np.ndarray], np.ndarray]:
+                                                 list[np.ndarray], list[np.ndarray], np.ndarray]:
         """What :meth:`users_with_histories` returns for ``count`` keys the store knows nothing of
         (proto defaults, nothing known): the answer to serve when the store cannot be reached."""
         features = {c.name: ([np.zeros(0, dtype=c.dtype)] * count if c.is_list else np.zeros(count, dtype=c.dtype))
                     for c in self.columns["user_features"]}
         empty = [np.zeros(0, dtype=np.int64)] * count
-        return features, np.zeros(count, dtype=bool), empty, list(empty), np.zeros(count, dtype=bool)
-
-    def nothing_known_timed(self, count: int) -> tuple[dict[str, Any], np.ndarray, list[np.ndarray],
-                                                       list[np.ndarray], list[np.ndarray], np.ndarray]:
-        """:meth:`nothing_known` in the shape of :meth:`users_with_timed_histories` (empty times)."""
-        features, has_features, recent, seen, has_history = self.nothing_known(count)
-        return features, has_features, recent, list(recent), seen, has_history
-
-    def _histories_with_ts(self, keys: list[int]) -> tuple[list[np.ndarray], list[np.ndarray], np.ndarray, list[Any]]:
-        out, known, ts = self._lookup("user_history", "user_key", keys)
-        return out["recent_items"], out["seen_items"], known, ts
+        return features, np.zeros(count, dtype=bool), empty, list(empty), list(empty), np.zeros(count, dtype=bool)
 
 
 # ---------------------------------------------------------------------------------------
