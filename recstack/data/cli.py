@@ -129,11 +129,7 @@ def _add_common(parser: argparse.ArgumentParser) -> None:
 
 def _prepare(args: argparse.Namespace) -> int:
     from recstack.data.prepare import prepare_dataset
-    from recstack.data.registry_ratings import REGISTRY_RATINGS
-    from recstack.data.sources import check_dataset_name
 
-    if args.dataset not in REGISTRY_RATINGS:
-        check_dataset_name(args.dataset)
     out = RunPaths.for_dataset(args.dataset, args.home).data
     _print_summary(prepare_dataset(args.dataset, out, source=args.source, progress=args.progress))
     return 0

@@ -24,6 +24,8 @@ from recstack.errors import InputError
 from recstack.io import atomic_dir, write_json
 
 DATASET_JSON = "dataset.json"
+PREPARABLE_DATASETS: tuple[str, ...] = (*KNOWN_DATASETS, *REGISTRY_RATINGS)
+"""Every dataset `recstack data prepare` / `recstack run` fetch by name (MovieLens, then registry ratings)."""
 SPLIT_PROTOCOL = (
     "implicit feedback; first of repeated (user, item) pairs kept (by time, ties by file order); "
     f"users with >= {MIN_INTERACTIONS} interactions; per user sorted by timestamp (ties by file "
@@ -73,7 +75,7 @@ def prepare_dataset(name: str, out_dir: Path, *, source: SourceName = "auto",
         extra = {"archive": cached.archive, "about": REGISTRY_RATINGS[name].about}
     else:
         if name not in KNOWN_DATASETS:
-            known = ", ".join(f'"{n}"' for n in [*KNOWN_DATASETS, *REGISTRY_RATINGS])
+            known = ", ".join(f'"{n}"' for n in PREPARABLE_DATASETS)
             raise InputError(f"dataset: unknown dataset {name!r}; known datasets: {known}")
         cached = fetch_movielens(name, source=source, progress=progress)
         dataset = load_movielens(name, source=cached.kind, progress=progress)
