@@ -33,7 +33,8 @@ def test_context_matches_the_datetime_parts_op():
     stamps = np.random.default_rng(0).integers(0, 4_000_000_000, 500)
     frame = pd.DataFrame({"ts": stamps})
     parts = Workflow(["ts"] >> DateTimeParts(("hour", "weekday"))).fit(frame, progress=False).transform(frame)
-    codes = context_codes(stamps)
+    codes = context_codes(stamps)  # integer seconds, as requests send them: the integer path
+    np.testing.assert_array_equal(context_codes(stamps.astype(np.float64)), codes)  # the float path agrees
     np.testing.assert_array_equal(codes[:, 0], parts["ts_hour"].to_numpy() + 2)
     np.testing.assert_array_equal(codes[:, 1], parts["ts_weekday"].to_numpy() + 2)
 

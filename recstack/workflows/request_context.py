@@ -79,12 +79,16 @@ def context_codes(timestamps: np.ndarray, devices: np.ndarray | Sequence[str | N
     """Unix seconds ``[N]`` (float or int; NaN = unknown) and device codes or names ``[N]`` (None:
     not sent) -> the ``context`` block ``[N, 3]`` int64 (hour, weekday, device codes; see the module
     docstring)."""
-    secs = np.asarray(timestamps, dtype=np.float64).reshape(-1)
-    parts = calendar_parts(secs, TIME_CONTEXT)
+    secs = np.asarray(timestamps).reshape(-1)
     out = np.zeros((len(secs), len(CONTEXT_COLUMNS)), np.int64)
-    for col, name in enumerate(TIME_CONTEXT):
-        values = parts[name]
-        out[:, col] = np.where(np.isnan(values), PAD, np.nan_to_num(values) + FIRST_CODE).astype(np.int64)
+    if secs.dtype.kind in "iu":  # served requests: whole seconds, none unknown; no float / NaN round trip
+        for col, values in enumerate(calendar_parts(secs, TIME_CONTEXT).values()):
+            out[:, col] = values + FIRST_CODE
+    else:
+        parts = calendar_parts(secs.astype(np.float64), TIME_CONTEXT)
+        for col, name in enumerate(TIME_CONTEXT):
+            values = parts[name]
+            out[:, col] = np.where(np.isnan(values), PAD, np.nan_to_num(values) + FIRST_CODE).astype(np.int64)
     if devices is not None:
         arr = np.asarray(devices)
         if arr.dtype.kind in "iu":

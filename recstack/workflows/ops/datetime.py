@@ -61,20 +61,25 @@ def to_seconds(series: pd.Series, column: str, unit: str = "s") -> np.ndarray:
 
 
 def calendar_parts(secs: np.ndarray, parts: Sequence[str]) -> dict[str, np.ndarray]:
-    """Unix seconds ``[n]`` float64 (NaN = null) -> ``{part: [n] float64}`` in UTC, NaN where null.
+    """Unix seconds ``[n]`` float64 (NaN = null) -> ``{part: [n] float64}`` in UTC, NaN where null;
+    integer seconds ``[n]`` (none null) -> ``{part: [n] int64}``, the same values.
 
     The one implementation of calendar parts: :class:`DateTimeParts` and the request context
     (:mod:`recstack.workflows.context`, training and serving alike) both call it.
     """
-    secs = np.asarray(secs, dtype=np.float64)
-    valid = ~np.isnan(secs)
-    whole = np.floor(np.where(valid, secs, 0)).astype(np.int64)
+    secs = np.asarray(secs)
+    integer = secs.dtype.kind in "iu"
+    secs = secs.astype(np.int64 if integer else np.float64, copy=False)
+    valid = None if integer else ~np.isnan(secs)
+    whole = secs if integer else np.floor(np.where(valid, secs, 0)).astype(np.int64)
     days = whole // 86400
     out = {"hour": (whole // 3600) % 24, "weekday": (days + 3) % 7}
     if {"year", "month", "day", "dayofyear"} & set(parts):
         idx = pd.DatetimeIndex(whole.astype("datetime64[s]"))
         out.update(year=idx.year.to_numpy(), month=idx.month.to_numpy(), day=idx.day.to_numpy(),
                    dayofyear=idx.dayofyear.to_numpy())
+    if integer:
+        return {p: np.asarray(out[p], np.int64) for p in parts}
     return {p: np.where(valid, out[p].astype(np.float64), np.nan) for p in parts}
 
 
