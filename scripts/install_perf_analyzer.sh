@@ -35,8 +35,8 @@ if [ -x "$WRAPPER" ] && [ "$(cat "$STAMP" 2>/dev/null)" = "$want" ] && "$WRAPPER
   exit 0
 fi
 [ -x "$VENV/bin/python" ] || unavailable "$VENV/bin/python not found: run scripts/setup.sh first"
-[ "$(uname -s)-$(uname -m)" = "Linux-x86_64" ] \
-  || unavailable "perf_analyzer from the tritonclient 2.41.0 wheel is built for Linux x86_64 only (this is $(uname -s)-$(uname -m))"
+[ "$(uname -s)-$(uname -m)" = "Linux-x86_64" ] || unavailable \
+  "perf_analyzer from the tritonclient 2.41.0 wheel is built for Linux x86_64 only (this is $(uname -s)-$(uname -m))"
 
 # libb64.so.0d: perf_analyzer's base64 library (grep without -q: see setup.sh on SIGPIPE)
 if ! ldconfig -p 2>/dev/null | grep 'libb64\.so\.0d' >/dev/null; then
@@ -55,11 +55,12 @@ trap 'rm -rf "$tmp"' EXIT
 printf '%s\n' "$REQUIREMENTS" > "$tmp/requirements.txt"
 "$VENV/bin/python" -m pip download -q --no-deps --require-hashes --only-binary=:all: --python-version 3.11 \
     --platform manylinux1_x86_64 --platform manylinux2014_x86_64 -d "$tmp/wheels" -r "$tmp/requirements.txt" \
-  || unavailable "pip download of tritonclient==2.41.0 / nvidia-cuda-runtime-cu12==12.9.79 failed (no PyPI access, or a hash mismatch)"
+  || unavailable "pip download of tritonclient==2.41.0 / nvidia-cuda-runtime-cu12==12.9.79 failed" \
+       "(no PyPI access, or a hash mismatch)"
 
 rm -rf "$DEST"
 mkdir -p "$DEST"
-"$VENV/bin/python" - "$tmp/wheels" "$DEST" <<'PY' || unavailable "extracting perf_analyzer / libcudart.so.12 from the wheels failed"
+"$VENV/bin/python" - "$tmp/wheels" "$DEST" <<'PY' || unavailable "extracting perf_analyzer / libcudart.so.12 failed"
 import sys, zipfile
 from pathlib import Path
 
