@@ -14,14 +14,21 @@ The load generator runs on the same cores as the server.
 Each row also gives the CPU time per request (ms, user + system, from ``/proc``) of the load
 generator, of tritonserver and of its python-backend stubs: unlike latency, CPU time barely moves
 when other jobs share the cores, so it compares two code versions on a busy machine.
+
+With ``--perf-analyzer`` each level is also driven by NVIDIA's perf_analyzer (the C++ client;
+``scripts/install_perf_analyzer.sh`` puts it in the venv) on the same server with the same users
+(`recstack bench serve`'s input data and command), and its row is printed under ours.
 """
 
 from __future__ import annotations
 
 import argparse
+import csv
 import os
+import shlex
 import shutil
 import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -72,6 +79,24 @@ def group_cpu_ms(pgid: int) -> tuple[float, float]:
     return server, stubs
 
 
+def perf_analyzer_row(report: bench.BenchReport, folder: Path) -> tuple[float, float, float, float] | str:
+    """Replay ``report``'s level with perf_analyzer (the command `bench serve` writes: windows of the
+    same length; it reports three merged, any spread accepted, so a busy machine gives a row, not
+    an error): (req/s, p50, p95, p99 ms), or its error text when it failed."""
+    exe = Path(sys.prefix) / "bin" / "perf_analyzer"
+    if not exe.is_file():
+        return f"{exe} not found: run scripts/install_perf_analyzer.sh"
+    files = bench.write_reports(report, folder)
+    (command,) = bench.perf_analyzer_commands(report, Path(files["input_data"]))
+    out = folder / "perf_analyzer.csv"
+    run = subprocess.run([str(exe), *shlex.split(command)[1:], "--stability-percentage", "1000", "--max-trials", "3",
+                          "-f", str(out)], check=False, capture_output=True, text=True)
+    if run.returncode:
+        return (run.stdout + run.stderr).strip().splitlines()[-1]
+    (row,) = csv.DictReader(out.open())
+    return (float(row["Inferences/Second"]), *(int(row[f"{p} latency"]) / 1e3 for p in ("p50", "p95", "p99")))
+
+
 def redis_feature_repo(paths: RunPaths, folder: Path) -> tuple[Path, subprocess.Popen]:
     from recstack.features import build_feature_repo
 
@@ -92,6 +117,8 @@ def main() -> None:
     parser.add_argument("--max-queue-delay-us", type=int, default=None,
                         help="dynamic-batching window of the exports (default: recstack export's)")
     parser.add_argument("--instances", type=int, default=None, help="instances per model (default: recstack export's)")
+    parser.add_argument("--perf-analyzer", action="store_true",
+                        help="also drive each level with NVIDIA's perf_analyzer (C++ client) and print its row")
     args = parser.parse_args()
     chosen = args.configs.split(",")
     if set(chosen) - set(CONFIGS):
@@ -108,7 +135,7 @@ def main() -> None:
     redis_proc = None
     export_options = {k: v for k, v in (("max_queue_delay_us", args.max_queue_delay_us),
                                         ("instances", args.instances)) if v is not None}
-    rows = []
+    rows, perf_rows = [], []
     try:
         for config in chosen:
             name, fuse, online = CONFIGS[config]
@@ -127,6 +154,8 @@ def main() -> None:
                     lv = report.levels[0]
                     rows.append((name, lv.level, lv.throughput_rps, lv.latency_ms["p50"], lv.latency_ms["p95"],
                                  lv.latency_ms["p99"], lv.errors, lv.client_cpu_ms, *cpu))
+                    if args.perf_analyzer:
+                        perf_rows.append((name, level, perf_analyzer_row(report, tmp / f"pa-{config}-{level}")))
             finally:
                 server.stop()
     finally:
@@ -143,6 +172,17 @@ def main() -> None:
               f"| {client:.2f}, {server_cpu:.2f}, {stubs:.2f} |")
     print(f"| in-process chain (baseline) | 1 | {1e3 / base.mean():.0f} | {base_p50:.1f} | "
           f"{np.percentile(base, 95):.1f} | {np.percentile(base, 99):.1f} | 0 | 1.00x | |")
+    if perf_rows:
+        print("\n| configuration | concurrency | load generator | req/s | p50 ms | p95 ms | p99 ms |\n"
+              "|---|---|---|---|---|---|---|")
+        ours = {(name, level): (rps, p50, p95, p99) for name, level, rps, p50, p95, p99, *_ in rows}
+        for name, level, theirs in perf_rows:
+            rps, p50, p95, p99 = ours[name, level]
+            print(f"| {name} | {level} | recstack bench serve (Python, asyncio) | {rps:.0f} | {p50:.1f} | {p95:.1f} "
+                  f"| {p99:.1f} |")
+            print(f"| {name} | {level} | perf_analyzer 2.41.0 (C++) | " + (
+                theirs if isinstance(theirs, str) else
+                f"{theirs[0]:.0f} | {theirs[1]:.1f} | {theirs[2]:.1f} | {theirs[3]:.1f} |"))
 
 
 if __name__ == "__main__":

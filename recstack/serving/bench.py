@@ -14,7 +14,8 @@ writes to ``runs/<dataset>/reports/`` (or ``--out``):
   (one entry per user, ``shape`` without the batch dimension, as perf_analyzer expects for a
   batching model; ``-b B`` groups B consecutive entries into one request, as this tool does).
 
-Replay the same load with perf_analyzer (``--measurement-interval`` is in ms there)::
+Replay the same load with perf_analyzer (``--measurement-interval`` is in ms there;
+``scripts/install_perf_analyzer.sh`` puts it in the venv, ``tests/test_perf_analyzer.py`` replays)::
 
     perf_analyzer -m recommend -i grpc -u 127.0.0.1:8001 -b 1 \\
         --input-data runs/ml-100k/reports/bench_serve_grpc_input_data.json \\
