@@ -14,6 +14,7 @@ from recstack.models.candidates import (
     CandidateSources,
     SourceConfig,
     build_sources,
+    combine,
     item_knn,
     offline_candidates,
     padded_seen_keys,
@@ -62,6 +63,32 @@ def test_merge_dedups_keeps_flags_and_excludes_seen(sources):
     flags = source_flags(cands.ids, cands.sources, np.array([[4, 2], [2, 5]]))
     assert flags[0].tolist() == [[False, True, True], [False, False, False]]
     assert flags[1].tolist() == [[False, False, True], [False, False, False]]
+
+
+def test_combine_equals_a_first_occurrence_reference():
+    """combine: each id keeps its first slot, later copies and PAD become empty slots, and the first
+    slot carries every source that proposed the id; against a plain loop, small ids (many repeats)."""
+    rng = np.random.default_rng(5)
+    for _ in range(300):
+        batch, n = int(rng.integers(1, 5)), int(rng.integers(1, 12))
+        parts = [rng.integers(0, n, (batch, int(rng.integers(0, 6)))) for _ in range(3)]
+        if not sum(p.shape[1] for p in parts):
+            continue
+        ids, sources = combine(parts)
+        joined = np.concatenate(parts, axis=1)
+        part_of = np.repeat(np.arange(3), [p.shape[1] for p in parts])
+        for b in range(batch):
+            first: dict[int, int] = {}
+            want_ids = np.full(joined.shape[1], PAD)
+            want_sources = np.zeros((joined.shape[1], 3), bool)
+            for slot, item in enumerate(joined[b]):
+                if item == PAD:
+                    continue
+                if item not in first:
+                    first[int(item)] = slot
+                    want_ids[slot] = item
+                want_sources[first[int(item)], part_of[slot]] = True
+            assert np.array_equal(ids[b], want_ids) and np.array_equal(sources[b], want_sources)
 
 
 def test_features_use_only_interactions_before_the_request(sources):
@@ -309,7 +336,7 @@ def test_training_pool_merges_what_serving_merges(tmp_path):
 
     from recstack.models import candidate_pool
     from recstack.models.candidate_pool import knn_top, sorted_seen_keys, two_tower_top
-    from recstack.models.candidates import combine
+
 
     rng = np.random.default_rng(2)
     n_users, n_items = 40, 60

@@ -57,6 +57,8 @@ them learned to trust them more than they deserve on new rows (ML-100K validatio
 fused ranking 0.1405 with all eight, 0.1454 without them); the two-tower score reaches the
 ranking through the fusion (:mod:`recstack.models.fusion`)."""
 SOURCES = ("two_tower", "item_knn", "popular")
+SOURCE_BITS = np.array([1, 2, 4], np.uint8)
+"""One bit per source of :data:`SOURCES` (:func:`combine` ORs them per merged id)."""
 SPAN = 1 << 34
 """Seconds per item in an event key (t - t0 < 2**34 s, ~540 years)."""
 HOURS_CAP = 24.0 * 365 * 10
@@ -394,27 +396,25 @@ def combine(parts: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
     ``ids`` int64 [B, W] (the first occurrence of an id keeps its slot, later ones become PAD) and
     ``sources`` bool [B, W, 3] (which sources proposed each id)."""
     ids = np.concatenate([np.asarray(p, np.int64) for p in parts], axis=1)
-    batch = len(ids)
+    batch, width = ids.shape
     order = np.argsort(ids, axis=1, kind="stable")
-    sorted_ids = np.take_along_axis(ids, order, 1)
-    same = np.zeros(ids.shape, bool)
-    same[:, 1:] = sorted_ids[:, 1:] == sorted_ids[:, :-1]
-    dup = np.zeros(ids.shape, bool)
-    np.put_along_axis(dup, order, same, 1)
-    # which sources proposed each id: OR over the id's run of equal values in the sorted row
-    part_of = np.repeat(np.arange(3), [p.shape[1] for p in parts])
-    onehot = np.eye(3, dtype=bool)[part_of][None, :, :].repeat(batch, 0)
-    onehot &= (ids != PAD)[:, :, None]
-    sorted_hot = np.take_along_axis(onehot, order[:, :, None], 1)
-    starts = ~same.reshape(-1)  # runs never cross rows: a row's first position always starts one
-    run_flags = np.logical_or.reduceat(sorted_hot.reshape(-1, 3), np.flatnonzero(starts), axis=0)
-    sorted_flags = run_flags[np.cumsum(starts) - 1].reshape(onehot.shape)
-    sources = np.empty_like(onehot)
-    np.put_along_axis(sources, order[:, :, None], sorted_flags, 1)
-    empty = dup | (ids == PAD)
-    ids = np.where(empty, PAD, ids)
-    sources &= ~empty[:, :, None]
-    return ids, sources
+    flat = (order + (np.arange(batch) * width)[:, None]).reshape(-1)  # sorted slot -> its index in ids.ravel()
+    sorted_ids = ids.reshape(-1)[flat].reshape(batch, width)
+    starts = np.ones((batch, width), bool)  # a row's first slot always starts a run: runs never cross rows
+    starts[:, 1:] = sorted_ids[:, 1:] != sorted_ids[:, :-1]
+    starts = starts.reshape(-1)
+    # which sources proposed each id: a bit per source, OR-ed over the id's run of equal values
+    part_bit = np.repeat(SOURCE_BITS, [p.shape[1] for p in parts])
+    bits = np.where(ids != PAD, part_bit, np.uint8(0)).reshape(-1)[flat]
+    run_bits = np.bitwise_or.reduceat(bits, np.flatnonzero(starts))[np.cumsum(starts) - 1]
+    slot_bits = np.empty(batch * width, np.uint8)
+    slot_bits[flat] = run_bits
+    dup = np.empty(batch * width, bool)
+    dup[flat] = ~starts
+    empty = dup.reshape(batch, width) | (ids == PAD)
+    sources = (slot_bits.reshape(batch, width, 1) & SOURCE_BITS) != 0
+    sources &= ~empty[:, :, None]  # an id's first occurrence keeps its run's sources
+    return np.where(empty, PAD, ids), sources
 
 
 def source_flags(pool_ids: np.ndarray, pool_sources: np.ndarray, items: np.ndarray) -> np.ndarray:
