@@ -191,12 +191,16 @@ def test_dense_and_sparse_item_knn_select_the_same_candidates(sources, monkeypat
     history = rng.integers(0, N_ITEMS, (40, 4))
     seen = padded_seen_keys(history, N_ITEMS)
     tt = np.zeros((40, 2), np.int64)
+    monkeypatch.setattr(candidates, "PARTITION_ABOVE", 0)  # dense rows cut to their m best by a partition first
+    partitioned = sources.merge(tt, history, seen)
+    monkeypatch.setattr(candidates, "PARTITION_ABOVE", 10**9)  # every scored item sorted as it is
     dense = sources.merge(tt, history, seen)
     assert dense.knn.dense is not None
     monkeypatch.setattr(candidates, "DENSE_LIMIT", 0)
     sparse = sources.merge(tt, history, seen)
     assert sparse.knn.dense is None
     assert (dense.ids == sparse.ids).all() and (dense.sources == sparse.sources).all()
+    assert (partitioned.ids == sparse.ids).all() and (partitioned.sources == sparse.sources).all()
     assert np.array_equal(dense.knn.lookup(dense.ids, N_ITEMS), sparse.knn.lookup(dense.ids, N_ITEMS))
 
 

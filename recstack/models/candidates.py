@@ -200,6 +200,10 @@ DENSE_LIMIT = 1 << 23
 DENSE_ITEMS = 1 << 16
 """Catalogues above this many items always use the sparse item-kNN scores (a request of a 1M-item
 catalogue would otherwise fill and partition a 1M-wide row). Both forms select the same items."""
+PARTITION_ABOVE = 1 << 14
+"""top_knn over dense scores partitions each row to its m best before sorting only when the batch
+has more scored items than this (training batches); a request's few hundred are sorted as they are
+(a partition of a whole catalogue-wide row cost ~65 us of ~95 on ML-1M)."""
 
 
 @dataclass
@@ -287,14 +291,17 @@ class CandidateSources:
         if m == 0:
             return out
         if knn.dense is not None:  # the m best of each row, ties to the lower id, exactly as the sparse path
-            scores = knn.dense.copy()
-            scores.reshape(-1)[seen_keys] = 0.0
-            m_eff = min(m, scores.shape[1])
-            kth = -np.partition(-scores, m_eff - 1, axis=1)[:, m_eff - 1:m_eff]  # [B, 1] m-th best score
-            above = scores > kth
-            tied = (scores == kth) & (np.cumsum(scores == kth, axis=1) <= m_eff - above.sum(1, keepdims=True))
-            rows, items = np.nonzero((above | tied) & (scores > 0))
-            values = scores[rows, items]
+            positive = knn.dense > 0
+            positive.reshape(-1)[seen_keys] = False
+            if positive.sum() > PARTITION_ABOVE:  # many scored items (training batches): cut rows to their m best first
+                scores = np.where(positive, knn.dense, 0.0)
+                m_eff = min(m, scores.shape[1])
+                kth = -np.partition(-scores, m_eff - 1, axis=1)[:, m_eff - 1:m_eff]  # [B, 1] m-th best score
+                above = scores > kth
+                tied = (scores == kth) & (np.cumsum(scores == kth, axis=1) <= m_eff - above.sum(1, keepdims=True))
+                positive &= above | tied
+            rows, items = np.nonzero(positive)
+            values = knn.dense[rows, items]
         else:
             if len(knn.keys) == 0:
                 return out
