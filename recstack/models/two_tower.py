@@ -24,7 +24,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from recstack.ids import OOV
-from recstack.models.layout import FeatureLayout
+from recstack.models.layout import FeatureLayout, reads_history_times
 from recstack.models.modules import Bag, HistoryPooling, embedding, masked_mean, mlp
 from recstack.models.sequence import SequenceEncoder
 
@@ -93,7 +93,7 @@ class TwoTowerConfig:
     @property
     def reads_history_times(self) -> bool:
         """Whether the user tower takes the ``history_times`` input (the sequence encoder with time gaps)."""
-        return self.user_encoder == "sasrec" and self.time_gaps
+        return reads_history_times({"user_encoder": self.user_encoder, "time_gaps": self.time_gaps})  # one rule
 
     def use_full_softmax(self, n_items: int) -> bool:
         return self.softmax == "full" or (self.softmax == "auto" and n_items <= self.full_softmax_max_items)
