@@ -333,3 +333,35 @@ def test_startup_failure_reports_log_tail(tmp_path):
     with pytest.raises(TritonStartError, match="NoSuchStep"):
         srv.start()
     assert not srv.is_running()
+
+
+_PARENT = """
+import sys, time
+from recstack.serving.tritonserver import TritonServer
+srv = TritonServer(sys.argv[1]).start()
+print(srv.pid, flush=True)
+time.sleep(120)
+"""
+
+
+def test_server_dies_with_the_process_that_started_it(tmp_path):
+    """SIGKILL of the starting process (no stop(), no atexit) still ends tritonserver and its stubs."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    write_python_model(tmp_path / "repo", "sum", SUM_STEP_CLASS, {}, SUM_INPUTS, SUM_OUTPUTS, optional_inputs=SUM_OPTIONAL)
+    parent = subprocess.Popen([sys.executable, "-c", _PARENT, str(tmp_path / "repo")], stdout=subprocess.PIPE, text=True)
+    try:
+        pid = int(parent.stdout.readline())
+        assert Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")[0].endswith(b"tritonserver")  # exec'd, same pid
+        assert len(_group_pids(pid)) >= 2
+        parent.send_signal(signal.SIGKILL)
+        parent.wait(timeout=10)
+        deadline = time.monotonic() + 30
+        while _group_pids(pid) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert _group_pids(pid) == []
+    finally:
+        parent.kill()

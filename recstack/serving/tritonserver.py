@@ -206,6 +206,20 @@ def _set_pdeathsig() -> None:  # runs in the child between fork and exec
         pass
 
 
+def die_with_parent_prefix() -> list[str]:
+    """Command prefix that makes the started program get SIGTERM when its parent dies.
+
+    ``setpriv --pdeathsig`` (util-linux) sets the signal and execs the program, so the child keeps
+    the pid Popen returned. It is preferred over ``preexec_fn``: a ``preexec_fn`` forces a real
+    ``fork()`` of this process, which runs gRPC's fork handlers while the gRPC client's threads are
+    live, and one CI run saw the child abort ("epoll_wait error: Bad file descriptor"). Without a
+    ``preexec_fn`` Python spawns with ``vfork`` and no fork handlers run. Empty when setpriv is
+    missing (the caller falls back to ``preexec_fn``).
+    """
+    setpriv = shutil.which("setpriv")
+    return [setpriv, "--pdeathsig", "TERM", "--"] if setpriv else []
+
+
 _GPU_NOISE = ("CudaDriverHelper", "CUDA driver", "DCGM", "NVML", "GPU metrics")
 _BIND_ERRORS = ("already in use", "failed to start", "couldn't bind", "bind(")
 
@@ -350,16 +364,17 @@ class TritonServer:
         self._log_handle = open(self.log_path, "ab")
         self._log_offset = self._log_handle.tell()
         t0 = time.perf_counter()
+        prefix = die_with_parent_prefix() if self.kill_with_parent else []
         with self._lock:
             self._proc = subprocess.Popen(
-                cmd,
+                prefix + cmd,
                 stdin=subprocess.DEVNULL,
                 stdout=self._log_handle,
                 stderr=subprocess.STDOUT,
                 env=env,
                 cwd=str(self._tmpdir),
                 start_new_session=True,  # own process group: stop() reaches the stub processes too
-                preexec_fn=_set_pdeathsig if self.kill_with_parent else None,
+                preexec_fn=_set_pdeathsig if self.kill_with_parent and not prefix else None,
             )
             _LIVE.add(self)
         url = f"http://127.0.0.1:{http}/v2/health/ready"
