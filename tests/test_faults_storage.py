@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import hashlib
 import os
-import resource
 import shutil
 import subprocess
 import sys
@@ -36,8 +35,10 @@ def _tree_digest(folder: Path) -> dict[str, str]:
             for p in sorted(folder.rglob("*")) if p.is_file()}
 
 
-def _limit_file_size() -> None:  # runs in the child between fork and exec
-    resource.setrlimit(resource.RLIMIT_FSIZE, (FILE_SIZE_LIMIT, FILE_SIZE_LIMIT))
+def _with_file_size_limit(cmd: list[str]) -> list[str]:
+    """``cmd`` run under RLIMIT_FSIZE. prlimit (util-linux) rather than a preexec_fn, which would
+    fork() this process while gRPC client threads of other tests' fixtures are live."""
+    return [shutil.which("prlimit") or "/usr/bin/prlimit", f"--fsize={FILE_SIZE_LIMIT}:{FILE_SIZE_LIMIT}", "--", *cmd]
 
 
 @pytest.mark.parametrize("stage", list(STAGES))
@@ -55,9 +56,10 @@ def test_a_stage_on_a_full_disk_fails_in_one_line_and_keeps_the_previous_files(s
     before = {folder: _tree_digest(tmp_path / folder) for folder in written}
 
     cli = Path(sys.executable).with_name("recstack")
-    proc = subprocess.run([str(cli), *command, "--no-progress"] if stage == "workflow fit" else [str(cli), *command],
+    cmd = [str(cli), *command, "--no-progress"] if stage == "workflow fit" else [str(cli), *command]
+    proc = subprocess.run(_with_file_size_limit(cmd),
                           env={**os.environ, "RECSTACK_HOME": str(tmp_path)}, capture_output=True, text=True,
-                          timeout=300, preexec_fn=_limit_file_size, check=False)
+                          timeout=300, check=False)
     err = proc.stderr.strip().splitlines()
     print(f"{stage} with files limited to {FILE_SIZE_LIMIT} bytes: exit {proc.returncode}; {err[-1:]}")
     assert proc.returncode == 1, proc.stderr[-3000:]
