@@ -4,10 +4,12 @@
     python benchmarks/serving_load.py --dataset ml-1m --levels 1,32 --seconds 6 --configs fused-sqlite
 
 For each configuration (``fused-sqlite``: fused model + SQLite online store, ``fused-redis``,
-``per-step-sqlite``: one model per step) it exports the run with this checkout's defaults into a
+``per-step-sqlite``: one model per step, ``preferred-sqlite``: ``--preferred-instance``,
+``one-instance-sqlite``: one instance per model) it exports the run with this checkout's defaults into a
 temporary folder, starts a real tritonserver, drives it with `recstack bench serve`'s load
 generator (gRPC, closed loop, real test users) and prints req/s and latency percentiles per
-concurrency level. The baseline is the same chain called in this process, one user at a time:
+concurrency level; ``--rounds N`` repeats the configurations N times, interleaved, so that a
+comparison between them sees the same drift of a shared host. The baseline is the same chain called in this process, one user at a time:
 Triton's overhead is reported as the ratio of the served p50 at concurrency 1 to the in-process p50.
 The load generator runs on the same cores as the server.
 
@@ -42,9 +44,11 @@ from recstack.serving import bench
 from recstack.serving.server import start_server
 
 
-CONFIGS = {"fused-sqlite": ("fused, SQLite", True, "sqlite"), "fused-redis": ("fused, Redis", True, "redis"),
-           "per-step-sqlite": ("per step, SQLite", False, "sqlite")}
-"""--configs name -> (table label, fused export, online store)."""
+CONFIGS = {"fused-sqlite": ("fused, SQLite", {}, "sqlite"), "fused-redis": ("fused, Redis", {}, "redis"),
+           "per-step-sqlite": ("per step, SQLite", {"fuse": False}, "sqlite"),
+           "preferred-sqlite": ("fused, SQLite, preferred instance", {"preferred_instance": True}, "sqlite"),
+           "one-instance-sqlite": ("fused, SQLite, 1 instance", {"instances": 1}, "sqlite")}
+"""--configs name -> (table label, export_ensemble options, online store)."""
 
 
 def in_process_ms(paths: RunPaths, users: list[int], k: int) -> np.ndarray:
@@ -117,6 +121,7 @@ def main() -> None:
     parser.add_argument("--max-queue-delay-us", type=int, default=None,
                         help="dynamic-batching window of the exports (default: recstack export's)")
     parser.add_argument("--instances", type=int, default=None, help="instances per model (default: recstack export's)")
+    parser.add_argument("--rounds", type=int, default=1, help="interleaved repetitions of the configurations")
     parser.add_argument("--perf-analyzer", action="store_true",
                         help="also drive each level with NVIDIA's perf_analyzer (C++ client) and print its row")
     args = parser.parse_args()
@@ -137,12 +142,14 @@ def main() -> None:
                                         ("instances", args.instances)) if v is not None}
     rows, perf_rows = [], []
     try:
-        for config in chosen:
-            name, fuse, online = CONFIGS[config]
-            repo = export_ensemble(recommendation_graph(paths), tmp / config, fuse=fuse, **export_options)
+        repos = {config: export_ensemble(recommendation_graph(paths), tmp / config,
+                                         **{**export_options, **CONFIGS[config][1]}) for config in chosen}
+        for round_, config in [(r, c) for r in range(args.rounds) for c in chosen]:
+            name, _, online = CONFIGS[config]
+            name = f"{name} (round {round_ + 1})" if args.rounds > 1 else name
             if online == "redis" and redis_proc is None:
                 redis_repo, redis_proc = redis_feature_repo(paths, tmp)
-            server = start_server(repo, redis_repo if online == "redis" else paths.feature_repo)
+            server = start_server(repos[config], redis_repo if online == "redis" else paths.feature_repo)
             try:
                 for level in levels:  # one level at a time: CPU per request per level
                     cpu0 = group_cpu_ms(server.pid)
@@ -155,7 +162,7 @@ def main() -> None:
                     rows.append((name, lv.level, lv.throughput_rps, lv.latency_ms["p50"], lv.latency_ms["p95"],
                                  lv.latency_ms["p99"], lv.errors, lv.client_cpu_ms, *cpu))
                     if args.perf_analyzer:
-                        perf_rows.append((name, level, perf_analyzer_row(report, tmp / f"pa-{config}-{level}")))
+                        perf_rows.append((name, level, perf_analyzer_row(report, tmp / f"pa-{config}-{level}-{round_}")))
             finally:
                 server.stop()
     finally:

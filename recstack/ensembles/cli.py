@@ -5,7 +5,9 @@ from __future__ import annotations
 import argparse
 import time
 
-from recstack.ensembles.graph import EXPLORATION_SHARE, EXPLORATION_WINDOW_S, INSTANCES, MAX_QUEUE_DELAY_US
+from recstack.ensembles.graph import (
+    EXPLORATION_SHARE, EXPLORATION_WINDOW_S, INSTANCES, MAX_QUEUE_DELAY_US, PREFERRED_INSTANCE,
+)
 from recstack.paths import RunPaths
 
 
@@ -25,6 +27,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--instances", type=int, default=INSTANCES,
                         help=f"CPU instances of each python model (default {INSTANCES}; each holds its own "
                              "copy of the index and item features)")
+    parser.add_argument("--preferred-instance", action=argparse.BooleanOptionalAction, default=None,
+                        help="give the first instance of each python model priority (Triton's rate limiter): "
+                             "sequential requests stay on one instance, the others take what overlaps; "
+                             "`recstack serve` starts tritonserver with --rate-limit=execution_count for it "
+                             f"(default {'on' if PREFERRED_INSTANCE else 'off'} for the python backend)")
     parser.add_argument("--max-queue-delay-us", type=int, default=MAX_QUEUE_DELAY_US,
                         help=f"dynamic batching window in microseconds (default {MAX_QUEUE_DELAY_US}; -1: off)")
     parser.add_argument("--exploration-share", type=float, default=EXPLORATION_SHARE,
@@ -59,9 +66,10 @@ def run_export(args: argparse.Namespace) -> int:
     from recstack.errors import InputError
 
     paths = RunPaths.for_dataset(args.dataset)
-    if args.backend == "onnxruntime" and (args.per_step or args.no_deploy):
-        raise InputError("--backend onnxruntime: --per-step and --no-deploy do not apply (the python steps "
-                         "between the ONNX models are fused, every model is version 1)")
+    if args.backend == "onnxruntime" and (args.per_step or args.no_deploy or args.preferred_instance):
+        raise InputError("--backend onnxruntime: --per-step, --no-deploy and --preferred-instance do not apply "
+                         "(the python steps between the ONNX models are fused, every model is version 1 and "
+                         "has plain instances)")
     start = time.perf_counter()
     graph = recommendation_graph(paths, top_k=args.top_k, exploration_share=args.exploration_share,
                                  exploration_window_s=args.exploration_window_hours * 3600,
@@ -70,7 +78,9 @@ def run_export(args: argparse.Namespace) -> int:
     delay = None if args.max_queue_delay_us < 0 else args.max_queue_delay_us
     repo = export_ensemble(graph, paths.triton_repo, fuse=not args.per_step, instances=args.instances,
                            max_queue_delay_us=delay, manifest=run_manifest(paths), deploy=not args.no_deploy,
-                           backend=args.backend, onnx_instance_kind=f"KIND_{args.onnx_instance_kind.upper()}")
+                           backend=args.backend, onnx_instance_kind=f"KIND_{args.onnx_instance_kind.upper()}",
+                           preferred_instance=PREFERRED_INSTANCE if args.preferred_instance is None
+                           else args.preferred_instance)
     names = " >> ".join(op.name for op in graph.ops)
     layout = "one model per step" if args.per_step else f"fused into `{FUSED_NAME}`"
     if args.backend == "onnxruntime":

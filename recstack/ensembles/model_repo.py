@@ -171,6 +171,21 @@ def _check_model_name(name: str) -> None:
         raise InputError(f"model name: {name!r} must be a plain folder name")
 
 
+SPARE_INSTANCE_PRIORITY = 1000
+"""Rate-limiter priority of the instances after the preferred one. Triton weighs scheduling chances
+by 1/priority, so with 1 against 1000 the preferred instance takes every request it is free for."""
+
+
+def _instance_groups(count: int, preferred_instance: bool) -> str:
+    """The ``instance_group`` block of a CPU python model (see ``write_python_model``)."""
+    if not preferred_instance or count < 2:
+        return f"instance_group [\n  {{\n    count: {count}\n    kind: KIND_CPU\n  }}\n]\n"
+    return ("instance_group [\n"
+            "  {\n    count: 1\n    kind: KIND_CPU\n    rate_limiter { priority: 1 }\n  },\n"
+            f"  {{\n    count: {count - 1}\n    kind: KIND_CPU\n"
+            f"    rate_limiter {{ priority: {SPARE_INSTANCE_PRIORITY} }}\n  }}\n]\n")
+
+
 def write_python_model(
     repo_dir: str | Path,
     name: str,
@@ -182,6 +197,7 @@ def write_python_model(
     instance_count: int = 1,
     optional_inputs: Iterable[str] = (),
     max_queue_delay_us: int | None = None,
+    preferred_instance: bool = False,
     artifacts: Mapping[str, Artifact] | None = None,
     environment: Mapping[str, str] | None = None,
     version: int = 1,
@@ -197,6 +213,12 @@ def write_python_model(
     full shape). ``max_queue_delay_us`` turns on Triton's dynamic batching: requests that
     arrive within that many microseconds of each other reach one ``execute`` call (None:
     off). Returns the model folder. The folder is replaced atomically.
+
+    ``preferred_instance`` (with ``instance_count`` >= 2) writes the instances as two groups, one
+    instance with rate-limiter priority 1 and the others with :data:`SPARE_INSTANCE_PRIORITY`.
+    A tritonserver started with ``--rate-limit=execution_count`` then gives work to the first
+    instance whenever it is free, so sequential requests keep its caches warm and the others
+    take only what overlaps; without that flag Triton ignores the priorities.
 
     The step class, params and artifacts belong to ``version`` (``<version>/recstack_step.json``),
     so versions with different settings live side by side. ``keep_versions_from``: an existing
@@ -236,7 +258,7 @@ def write_python_model(
         f"max_batch_size: {int(max_batch_size)}\n"
         + _tensor_block("input", inputs, optional_inputs)
         + _tensor_block("output", outputs)
-        + f"instance_group [\n  {{\n    count: {int(instance_count)}\n    kind: KIND_CPU\n  }}\n]\n"
+        + _instance_groups(int(instance_count), preferred_instance)
         + (f"dynamic_batching {{\n  max_queue_delay_microseconds: {int(max_queue_delay_us)}\n}}\n"
            if max_queue_delay_us is not None and max_batch_size > 0 else "")
         + _parameter(ENVIRONMENT_KEY, json.dumps(environment))

@@ -37,3 +37,17 @@ def check_backends(repo: str | Path, available: tuple[str, ...] = BUNDLED_BACKEN
             f"tritonserver (nvidia-pytriton wheel: {', '.join(available)} backend only) does not have; serve "
             "this repository with an NGC tritonserver image (docker/Dockerfile.triton), or export it for this "
             "machine with `recstack export --backend python`")
+
+
+RATE_LIMIT_OPTION = "--rate-limit=execution_count"
+"""tritonserver option that turns on the rate limiter, without which Triton ignores the
+instance priorities that ``recstack export --preferred-instance`` writes."""
+
+
+def server_options(repo: str | Path) -> tuple[str, ...]:
+    """tritonserver options that ``repo``'s exported configs rely on: :data:`RATE_LIMIT_OPTION`
+    when any model's instance groups carry a ``rate_limiter`` block, else none."""
+    repo = Path(repo)
+    limited = any("rate_limiter" in (folder / "config.pbtxt").read_text()
+                  for folder in sorted(repo.iterdir()) if (folder / "config.pbtxt").is_file())
+    return (RATE_LIMIT_OPTION,) if limited else ()

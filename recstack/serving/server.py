@@ -16,7 +16,7 @@ from pathlib import Path
 
 from recstack.ensembles.graph import ENSEMBLE_NAME, FEATURE_REPO_ENV, LIVE_ITEMS_ENV
 from recstack.errors import InputError
-from recstack.serving.backends import check_backends
+from recstack.serving.backends import check_backends, server_options
 
 DEFAULT_HTTP_PORT = 8000
 DEFAULT_GRPC_PORT = 8001
@@ -70,7 +70,7 @@ def start_server(repo: Path, feature_repo: Path, http_port: int = 0, grpc_port: 
     # can reload one with another version through the repository API
     server = TritonServer(repo, http_port=http_port, grpc_port=grpc_port, metrics_port=metrics_port,
                           log_path=log_path, startup_timeout_s=startup_timeout_s, model_control_mode="explicit",
-                          extra_args=("--load-model=*",),
+                          extra_args=("--load-model=*", *server_options(repo)),
                           env=serving_environment(feature_repo, live_items), python_env=python_env)
     server.start()
     return server
