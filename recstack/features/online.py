@@ -125,7 +125,7 @@ class OnlineFeatures:
             fv = store.get_feature_view(view)
             self.columns[view] = [_column(f.name, f.dtype) for f in fv.features]
             self._views[view] = fv
-        self._provider = store._get_provider()  # the provider's read, without the response wrapping
+        self._provider = store.provider  # the provider's online_read, without the response wrapping
         names = [c.name for c in self.columns["user_history"]]
         if "recent_items" not in names or "seen_items" not in names:
             raise InputError(f"{self.repo_dir}: user_history view lacks recent_items / seen_items")

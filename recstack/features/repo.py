@@ -369,7 +369,7 @@ def _copy_with_applied_offset(src: Path, dst: Path) -> None:
 def _close_store(store: Any) -> None:
     """Close the online store connection (SQLite) so the folder can be renamed or removed."""
     try:
-        provider = store._get_provider()
+        provider = store.provider
         online = getattr(provider, "online_store", None) or getattr(provider, "_online_store", None)
         conn = getattr(online, "_conn", None)
         if conn is not None:
