@@ -4,13 +4,13 @@
     python benchmarks/serving_load.py --dataset ml-1m --levels 1,32 --seconds 6 --configs fused-sqlite
 
 For each configuration (``fused-sqlite``: fused model + SQLite online store, ``fused-redis``,
-``per-step-sqlite``: one model per step, ``preferred-sqlite``: ``--preferred-instance``,
-``one-instance-sqlite``: one instance per model) it exports the run with this checkout's defaults into a
-temporary folder, starts a real tritonserver, drives it with `recstack bench serve`'s load
+``per-step-sqlite``: one model per step, ``preferred-sqlite``: ``--preferred-instance`` whatever
+the default, ``one-instance-sqlite``: one instance per model) it exports the run with this
+checkout's defaults into a temporary folder, starts a real tritonserver, drives it with `recstack bench serve`'s load
 generator (gRPC, closed loop, real test users) and prints req/s and latency percentiles per
 concurrency level; ``--rounds N`` repeats the configurations N times, interleaved, so that a
-comparison between them sees the same drift of a shared host. The baseline is the same chain called in this process, one user at a time:
-Triton's overhead is reported as the ratio of the served p50 at concurrency 1 to the in-process p50.
+comparison between them sees the same drift of a shared host. The baseline is the same chain
+called in this process, one user at a time: Triton's overhead is reported as the ratio of the served p50 at concurrency 1 to the in-process p50.
 The load generator runs on the same cores as the server.
 
 Each row also gives the CPU time per request (ms, user + system, from ``/proc``) of the load

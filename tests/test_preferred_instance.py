@@ -2,10 +2,10 @@
 rate-limiter priority, so sequential requests run on one stub (its caches stay warm) and the
 second stub takes only what overlaps.
 
-The e2e test exports the ML-100K run with the option, starts the server the way `recstack serve`
-does, and reads each stub process's CPU time from /proc: under concurrency 1 nearly all of it is
-one stub's (two plain instances split it about evenly), under concurrency 8 the spare stub
-works too. Answers equal the plain export's."""
+The e2e test serves the ML-100K run's default export (started the way `recstack serve` does) and
+a plain export of it, and reads each stub process's CPU time from /proc: under concurrency 1
+nearly all of it is one stub's with the preferred instance, while two plain instances split it
+about evenly; under concurrency 8 the spare stub works too. Both answer the same."""
 
 from __future__ import annotations
 

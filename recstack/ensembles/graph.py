@@ -382,8 +382,9 @@ def export_ensemble(graph: ServingGraph, repo_dir: Path, name: str = ENSEMBLE_NA
     measured faster on CPU), else one model per op. Every python model gets ``instances``
     CPU instances and dynamic batching with a ``max_queue_delay_us`` window (None: off).
     ``preferred_instance`` (default on; python backend only) gives the first instance of each
-    python model rate-limiter priority over the others (see :func:`~recstack.ensembles.model_repo.write_python_model`; the server
-    needs ``--rate-limit=execution_count``, which ``recstack serve`` adds when it sees them).
+    python model rate-limiter priority over the others (see
+    :func:`~recstack.ensembles.model_repo.write_python_model`; the server needs
+    ``--rate-limit=execution_count``, which ``recstack serve`` adds when it sees them).
 
     Fused exports are numbered versions: each export adds ``recommend_steps/<N>/`` (N = last
     + 1) with a ``manifest.json`` (``manifest`` + version, creation time and the sha256 of
