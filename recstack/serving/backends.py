@@ -48,6 +48,7 @@ def server_options(repo: str | Path) -> tuple[str, ...]:
     """tritonserver options that ``repo``'s exported configs rely on: :data:`RATE_LIMIT_OPTION`
     when any model's instance groups carry a ``rate_limiter`` block, else none."""
     repo = Path(repo)
-    limited = any("rate_limiter" in (folder / "config.pbtxt").read_text()
-                  for folder in sorted(repo.iterdir()) if (folder / "config.pbtxt").is_file())
+    limited = any(group.HasField("rate_limiter")
+                  for folder in sorted(repo.iterdir()) if (folder / "config.pbtxt").is_file()
+                  for group in read_model_config(folder).instance_group)
     return (RATE_LIMIT_OPTION,) if limited else ()
