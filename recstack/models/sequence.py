@@ -173,7 +173,9 @@ def full_softmax_loss(user_emb: torch.Tensor, all_item_emb: torch.Tensor, target
                       temperature: float) -> torch.Tensor:
     """Cross-entropy over the whole catalogue: user_emb [P, d], all_item_emb [n_items, d] (row = encoded id;
     rows 0 / 1 = pad / OOV are never a target and are excluded), targets [P] encoded ids -> mean loss."""
-    logits = user_emb @ all_item_emb[FIRST_CODE:].T / temperature
+    # temperature scales the [P, d] side, not the [P, n_items] logits: one pass over the large
+    # matrix less, forward and backward (ML-1M, CPU: the division was 13% of a step)
+    logits = (user_emb / temperature) @ all_item_emb[FIRST_CODE:].T
     return F.cross_entropy(logits, targets - FIRST_CODE)
 
 
@@ -185,6 +187,6 @@ def sampled_softmax_loss(user_emb: torch.Tensor, targets: torch.Tensor, cand_emb
     ids containing every target, ``cand_log_q`` [C] log probability that each candidate is in the set
     (subtracted from its logit, which makes the sampled softmax an unbiased estimate of the full one).
     """
-    logits = user_emb @ cand_emb.T / temperature - cand_log_q.unsqueeze(0)
+    logits = (user_emb / temperature) @ cand_emb.T - cand_log_q.unsqueeze(0)
     position = torch.searchsorted(cand_ids, targets)  # cand_ids sorted ascending
     return F.cross_entropy(logits, position)
