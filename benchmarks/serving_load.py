@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import argparse
 import csv
-import os
 import shlex
 import shutil
 import subprocess
@@ -40,7 +39,7 @@ import numpy as np
 from _redis import start_redis
 from recstack.ensembles import export_ensemble, recommendation_graph, run_in_process
 from recstack.paths import RunPaths
-from recstack.serving import bench
+from recstack.serving import bench, procfs
 from recstack.serving.server import start_server
 
 
@@ -63,24 +62,10 @@ def in_process_ms(paths: RunPaths, users: list[int], k: int) -> np.ndarray:
 
 
 def group_cpu_ms(pgid: int) -> tuple[float, float]:
-    """CPU ms (user + system) so far of process group ``pgid``: (tritonserver, its other processes,
-    i.e. the python-backend stubs). Linux ``/proc``; processes that ended are not counted."""
-    tick = os.sysconf("SC_CLK_TCK")
-    server = stubs = 0.0
-    for pid in filter(str.isdigit, os.listdir("/proc")):
-        try:
-            stat = Path(f"/proc/{pid}/stat").read_text()
-        except OSError:
-            continue
-        name, fields = stat[stat.index("(") + 1:stat.rindex(")")], stat[stat.rindex(")") + 2:].split()
-        if int(fields[2]) != pgid:  # field 5: process group
-            continue
-        ms = (int(fields[11]) + int(fields[12])) * 1e3 / tick  # fields 14, 15: utime, stime
-        if name.startswith("tritonserver"):
-            server += ms
-        else:
-            stubs += ms
-    return server, stubs
+    """CPU ms (user + system) so far of process group ``pgid``: (tritonserver, its python-backend
+    stubs). Processes that ended are not counted."""
+    members = procfs.group_processes(pgid)
+    return (sum(p.cpu_s for p in members if not p.is_stub) * 1e3, sum(p.cpu_s for p in members if p.is_stub) * 1e3)
 
 
 def perf_analyzer_row(report: bench.BenchReport, folder: Path) -> tuple[float, float, float, float] | str:

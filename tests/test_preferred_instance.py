@@ -9,8 +9,6 @@ about evenly; under concurrency 8 the spare stub works too. Both answer the same
 
 from __future__ import annotations
 
-import os
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -21,6 +19,7 @@ from recstack.ensembles.model_repo import SPARE_INSTANCE_PRIORITY, write_python_
 from recstack.serving import bench
 from recstack.serving.backends import RATE_LIMIT_OPTION, server_options
 from recstack.serving.client import TritonClient
+from recstack.serving.procfs import group_processes
 from recstack.serving.server import start_server
 
 SEQUENTIAL_SHARE = 0.85  # least share of stub CPU on the preferred stub at concurrency 1
@@ -43,18 +42,8 @@ def test_config_has_two_groups_and_the_server_gets_the_rate_limiter(tmp_path):
 
 
 def _stub_cpu_s(server_pid: int) -> dict[int, float]:
-    """CPU seconds (user + system) of each python-backend stub process of the server's group."""
-    tick = os.sysconf("SC_CLK_TCK")
-    out = {}
-    for entry in filter(str.isdigit, os.listdir("/proc")):
-        try:
-            if os.getpgid(int(entry)) != server_pid or b"stub" not in Path(f"/proc/{entry}/cmdline").read_bytes():
-                continue
-            fields = Path(f"/proc/{entry}/stat").read_text().rsplit(")", 1)[1].split()
-            out[int(entry)] = (int(fields[11]) + int(fields[12])) / tick
-        except (ProcessLookupError, FileNotFoundError, PermissionError):
-            pass
-    return out
+    """CPU seconds (user + system) of each python-backend stub of the server's process group."""
+    return {p.pid: p.cpu_s for p in group_processes(server_pid) if p.is_stub}
 
 
 def _load(server, users: list[int], concurrency: int, seconds: float) -> dict[int, float]:

@@ -7,7 +7,6 @@ One server per module serves the check models; two tests start servers of their 
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import numpy as np
@@ -27,6 +26,7 @@ from recstack.ensembles.examples import (
     SumStep,
 )
 from recstack.ensembles.model_repo import Artifact, TensorSpec, write_ensemble_model, write_python_model
+from recstack.serving.procfs import group_pids
 from recstack.serving.tritonserver import TritonServer, TritonStartError, check_libpython
 
 MAX_BATCH = 16
@@ -296,32 +296,20 @@ def test_ensemble_of_two_python_models(client):
 # --- servers of their own --------------------------------------------------------------------
 
 
-def _group_pids(pgid: int) -> list[int]:
-    pids = []
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                if os.getpgid(int(entry)) == pgid:
-                    pids.append(int(entry))
-            except (ProcessLookupError, PermissionError):
-                pass
-    return pids
-
-
 def test_stop_leaves_no_process(tmp_path, server):
     write_python_model(tmp_path / "repo", "sum", SUM_STEP_CLASS, {}, SUM_INPUTS, SUM_OUTPUTS, optional_inputs=SUM_OPTIONAL)
     second = TritonServer(tmp_path / "repo").start()  # runs beside the module's server: ports differ
     try:
         assert {second.http_port, second.grpc_port} & {server.http_port, server.grpc_port} == set()
         pid = second.pid
-        members = _group_pids(pid)
+        members = group_pids(pid)
         assert pid in members and len(members) >= 2  # the server and its python-backend stub
         with TritonClient(second.grpc_url) as c:
             assert c.infer("sum", {"values": np.ones((1, 3), np.float32)}, ["total"])["total"][0, 0] == 3.0
     finally:
         second.stop()
     assert not second.is_running()
-    assert _group_pids(pid) == []
+    assert group_pids(pid) == []
     second.stop()  # idempotent
 
 
@@ -356,12 +344,12 @@ def test_server_dies_with_the_process_that_started_it(tmp_path):
     try:
         pid = int(parent.stdout.readline())
         assert Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")[0].endswith(b"tritonserver")  # exec'd, same pid
-        assert len(_group_pids(pid)) >= 2
+        assert len(group_pids(pid)) >= 2
         parent.send_signal(signal.SIGKILL)
         parent.wait(timeout=10)
         deadline = time.monotonic() + 30
-        while _group_pids(pid) and time.monotonic() < deadline:
+        while group_pids(pid) and time.monotonic() < deadline:
             time.sleep(0.2)
-        assert _group_pids(pid) == []
+        assert group_pids(pid) == []
     finally:
         parent.kill()

@@ -27,6 +27,7 @@ import numpy as np
 
 from recstack.paths import RunPaths
 from recstack.serving.loadgen import RequestRecord, percentiles_ms, run_open_loop
+from recstack.serving.procfs import child_pids, rss_mib
 
 RUN_FOLDERS = ("data", "workflow", "features", "feature_repo", "models", "index", "reports")
 EVENT_USER_OFFSET = 5_000_000
@@ -104,28 +105,6 @@ def start_gateway(home: Path, dataset: str, triton_url: str, port: int, timeout_
             proc.kill()
             raise RuntimeError(f"the gateway did not start (exit code {proc.poll()})")
         time.sleep(0.2)
-
-
-def rss_mib(pid: int) -> float | None:
-    """Resident memory of ``pid`` in MiB (VmRSS), None once it has exited."""
-    try:
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1024
-    except OSError:
-        return None
-    return None
-
-
-def child_pids(pid: int) -> list[int]:
-    """Direct children of ``pid`` (every thread's list)."""
-    out = []
-    for task in Path(f"/proc/{pid}/task").glob("*"):
-        try:
-            out += [int(c) for c in (task / "children").read_text().split()]
-        except OSError:
-            continue
-    return out
 
 
 def process_labels(server_pid: int, gateway_pid: int) -> dict[str, int]:
