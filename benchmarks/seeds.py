@@ -10,7 +10,11 @@ data, workflow and features folders are links to the prepared run's, whose model
 ``<work>`` defaults to ``runs/<ds>-seeds``), with the config file's settings (default: the recipe), no
 ONNX export, then ``recstack evaluate``'s :func:`recstack.evaluation.evaluate_run` on the test split.
 The table (markdown) and every number (JSON) go to ``<out>/seeds.md`` / ``seeds.json``, rewritten after
-every seed; ``<out>`` defaults to ``$OUT/seeds`` when ``$OUT`` is set, else ``<work>``. Standard
+every seed. Each finished seed also leaves ``<work>/seed<k>/seed_result.json`` (its numbers, the training
+config and the commit); a later invocation with the same config (and ``--epochs``) reuses it instead of
+training again, so seeds can be run one at a time (several processes, several sessions, a short GPU
+lease) and tabled together; ``--retrain`` ignores them. Reused seeds are named in the table with their
+commit. ``<out>`` defaults to ``$OUT/seeds`` when ``$OUT`` is set, else ``<work>``. Standard
 deviations are over the seeds (n - 1 in the denominator).
 
 Needs torch, numpy, pandas, pyarrow, PyYAML, tqdm and matplotlib only (no FAISS, Feast or Triton), so it
@@ -22,6 +26,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import subprocess
 import sys
 import time
 from dataclasses import replace
@@ -31,6 +36,29 @@ from typing import Any
 import numpy as np
 
 METRICS = ("hr@10", "ndcg@10")
+RESULT_FILE = "seed_result.json"
+
+
+def git_commit() -> str:
+    """The checkout's commit (with ``+dirty`` when tracked files changed), or ``unknown`` outside git."""
+    root = Path(__file__).resolve().parents[1]
+    try:
+        head = subprocess.run(["git", "-C", str(root), "rev-parse", "--short", "HEAD"], capture_output=True,
+                              text=True, check=True).stdout.strip()
+        dirty = subprocess.run(["git", "-C", str(root), "diff", "--quiet", "HEAD", "--", "recstack"]).returncode
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+    return head + ("+dirty" if dirty else "")
+
+
+def reusable_result(home: Path, settings: dict[str, Any]) -> dict[str, Any] | None:
+    """The seed's earlier result under ``home`` when it was trained with the same ``settings``
+    (config and epochs override), else None."""
+    path = home / RESULT_FILE
+    if not path.is_file():
+        return None
+    saved = json.loads(path.read_text())
+    return saved if saved.get("settings") == json.loads(json.dumps(settings, default=str)) else None
 
 
 def seed_home(work: Path, dataset: str, source: Path, seed: int) -> Path:
@@ -84,8 +112,9 @@ def markdown(dataset: str, seeds: list[int], summary: dict[str, Any], runs: list
                      + " |")
     epochs = ["/".join(f"{r['train'][m]['epochs_run']}" for r in runs) for m in ("two_tower", "dlrm")]
     stops = sorted({r["train"][m]["stop_reason"] for r in runs for m in ("two_tower", "dlrm")})
+    commits = " / ".join(str(r.get("commit", "unknown")) for r in runs)
     lines += ["", (f"epochs run per seed: two-tower {epochs[0]}, DLRM {epochs[1]}; stop reasons: {', '.join(stops)}; "
-                   f"device {runs[0]['train']['device']}")]
+                   f"device {runs[0]['train']['device']}; commit per seed: {commits}")]
     return "\n".join(lines)
 
 
@@ -98,6 +127,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--epochs", type=int, default=None, help="override both models' maximum epochs")
     parser.add_argument("--work", default=None, help="folder of the seeds' runs (default runs/<ds>-seeds)")
     parser.add_argument("--out", default=None, help="folder of the tables (default $OUT/seeds, else the work folder)")
+    parser.add_argument("--retrain", action="store_true", help="train every seed even when its result is saved")
+    parser.add_argument("--progress", action="store_true", help="show the training progress bars")
     args = parser.parse_args(argv)
 
     from recstack.errors import InputError
@@ -124,17 +155,29 @@ def main(argv: list[str] | None = None) -> int:
                      "(run `recstack data prepare` and `recstack workflow fit` first)")
     work = Path(args.work) if args.work else source.root.parent / f"{args.dataset}-seeds"
     out = Path(args.out) if args.out else (Path(os.environ["OUT"]) / "seeds" if os.environ.get("OUT") else work)
+    settings = {"config": cfg.to_dict(), "epochs": args.epochs}
     runs: list[dict[str, Any]] = []
     for seed in seeds:
-        paths = RunPaths.for_dataset(args.dataset, home=seed_home(work, args.dataset, source.root, seed))
+        home = seed_home(work, args.dataset, source.root, seed)
+        saved = None if args.retrain else reusable_result(home, settings)
+        if saved is not None:
+            runs.append(saved["run"])
+            print(f"[seed {seed}] reused {home / RESULT_FILE} (commit {saved['commit']})", flush=True)
+            text = write_tables(out, args.dataset, [r["seed"] for r in runs], cfg.to_dict(), runs)
+            continue
+        paths = RunPaths.for_dataset(args.dataset, home=home)
         print(f"[seed {seed}] training in {paths.root}", flush=True)
-        train = train_all(paths, config=cfg, seed=seed, epochs=args.epochs, progress=False)
+        commit = git_commit()
+        train = train_all(paths, config=cfg, seed=seed, epochs=args.epochs, progress=args.progress)
         start = time.perf_counter()
-        report = evaluate_run(paths, device=cfg.device, progress=False)
+        report = evaluate_run(paths, device=cfg.device, progress=args.progress)
         evaluation = {name: {k: v for k, v in metrics.items() if isinstance(v, (int, float))}
                       for name, metrics in report["models"].items()}
-        runs.append({"seed": seed, "train": {k: v for k, v in train.items() if k != "config"},
-                     "evaluation": evaluation, "evaluate_s": round(time.perf_counter() - start, 2)})
+        run = {"seed": seed, "commit": commit, "train": {k: v for k, v in train.items() if k != "config"},
+               "evaluation": evaluation, "evaluate_s": round(time.perf_counter() - start, 2)}
+        runs.append(run)
+        (home / RESULT_FILE).write_text(json.dumps({"settings": settings, "commit": commit, "run": run},
+                                                   indent=2, default=str))
         print(f"[seed {seed}] trained in {train['wall_s']:.1f} s: " + ", ".join(
             f"{n} HR@10 {m.get('hr@10', float('nan')):.4f}" for n, m in evaluation.items()), flush=True)
         text = write_tables(out, args.dataset, [r["seed"] for r in runs], cfg.to_dict(), runs)  # after every seed:

@@ -260,6 +260,48 @@ def test_seed_table_statistics():
     assert "| two_tower | 0.3200 ± 0.0200 | 0.1700 ± 0.0100 | 0.3000 / 0.3200 / 0.3400 |" in text
 
 
+def test_seeds_reuse_saved_results_of_the_same_settings(tmp_path, monkeypatch, capsys):
+    """benchmarks/seeds.py trains a seed once per settings: a later call with more seeds trains only the
+    new one and tables all of them; other --epochs or --retrain train again. (Training and evaluation are
+    replaced by stand-ins that record their calls; the real ones are the tests above and tests/test_evaluation.)"""
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    import seeds
+    from recstack.evaluation import evaluate
+    from recstack.models import recipe
+
+    trained: list[tuple[int, int | None]] = []
+
+    def train_all(paths, config, seed, epochs, progress):
+        trained.append((seed, epochs))
+        return {"wall_s": 1.0 + seed, "device": "cpu",
+                **{m: {"wall_s": 0.5, "epochs_run": 1, "stop_reason": "max_epochs"} for m in ("two_tower", "dlrm")}}
+
+    def evaluate_run(paths, device, progress):
+        seed = int(paths.root.parents[1].name.removeprefix("seed"))
+        return {"models": {"served": {"hr@10": 0.30 + seed / 100, "ndcg@10": 0.17, "note": "text"}}}
+
+    monkeypatch.setattr(recipe, "train_all", train_all)
+    monkeypatch.setattr(evaluate, "evaluate_run", evaluate_run)
+    monkeypatch.setenv("RECSTACK_HOME", str(tmp_path))
+    for name in ("data", "workflow", "features"):
+        (tmp_path / "runs" / "tiny" / name).mkdir(parents=True)
+    out = tmp_path / "tables"
+    common = ["--dataset", "tiny", "--out", str(out)]
+
+    assert seeds.main(common + ["--seeds", "0,1"]) == 0
+    assert trained == [(0, None), (1, None)]
+    assert seeds.main(common + ["--seeds", "0,1,2"]) == 0
+    assert trained[2:] == [(2, None)]
+    table = (out / "seeds.md").read_text()
+    assert "| served | 0.3100 ± 0.0100 | 0.1700 ± 0.0000 | 0.3000 / 0.3100 / 0.3200 |" in table
+    assert json.loads((out / "seeds.json").read_text())["seeds"] == [0, 1, 2]
+    assert "reused" in capsys.readouterr().out
+    assert seeds.main(common + ["--seeds", "0", "--epochs", "3"]) == 0
+    assert trained[3:] == [(0, 3)]
+    assert seeds.main(common + ["--seeds", "0", "--epochs", "3", "--retrain"]) == 0
+    assert trained[4:] == [(0, 3)]
+
+
 def test_train_cli_reports_the_safety_stop(data, tmp_path, monkeypatch, capsys):
     """`recstack train --config FILE --max-wall-s S`: a model stopped by the wall-clock limit is named in a
     warning and in train.json; the other keeps its epochs."""
