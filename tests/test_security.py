@@ -20,6 +20,7 @@ import pytest
 
 import recstack
 from recstack.errors import InputError
+from recstack.serving.procfs import child_pids
 
 PACKAGE = Path(recstack.__file__).parent
 
@@ -272,11 +273,7 @@ def _descendants(pid: int) -> list[int]:
     while todo:
         p = todo.pop()
         out.append(p)
-        for task in Path(f"/proc/{p}/task").glob("*"):
-            try:
-                todo += [int(c) for c in (task / "children").read_text().split()]
-            except OSError:
-                continue
+        todo += child_pids(p)
     return out
 
 
