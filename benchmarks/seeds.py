@@ -40,7 +40,8 @@ RESULT_FILE = "seed_result.json"
 
 
 def git_commit() -> str:
-    """The checkout's commit (with ``+dirty`` when tracked files changed), or ``unknown`` outside git."""
+    """The checkout's commit (``+dirty`` when tracked files under recstack/ differ from it), or ``unknown``
+    outside git."""
     root = Path(__file__).resolve().parents[1]
     try:
         head = subprocess.run(["git", "-C", str(root), "rev-parse", "--short", "HEAD"], capture_output=True,
