@@ -162,25 +162,24 @@ def main(argv: list[str] | None = None) -> int:
         home = seed_home(work, args.dataset, source.root, seed)
         saved = None if args.retrain else reusable_result(home, settings)
         if saved is not None:
-            runs.append(saved["run"])
+            run = saved["run"]
             print(f"[seed {seed}] reused {home / RESULT_FILE} (commit {saved['commit']})", flush=True)
-            text = write_tables(out, args.dataset, [r["seed"] for r in runs], cfg.to_dict(), runs)
-            continue
-        paths = RunPaths.for_dataset(args.dataset, home=home)
-        print(f"[seed {seed}] training in {paths.root}", flush=True)
-        commit = git_commit()
-        train = train_all(paths, config=cfg, seed=seed, epochs=args.epochs, progress=args.progress)
-        start = time.perf_counter()
-        report = evaluate_run(paths, device=cfg.device, progress=args.progress)
-        evaluation = {name: {k: v for k, v in metrics.items() if isinstance(v, (int, float))}
-                      for name, metrics in report["models"].items()}
-        run = {"seed": seed, "commit": commit, "train": {k: v for k, v in train.items() if k != "config"},
-               "evaluation": evaluation, "evaluate_s": round(time.perf_counter() - start, 2)}
+        else:
+            paths = RunPaths.for_dataset(args.dataset, home=home)
+            print(f"[seed {seed}] training in {paths.root}", flush=True)
+            commit = git_commit()
+            train = train_all(paths, config=cfg, seed=seed, epochs=args.epochs, progress=args.progress)
+            start = time.perf_counter()
+            report = evaluate_run(paths, device=cfg.device, progress=args.progress)
+            evaluation = {name: {k: v for k, v in metrics.items() if isinstance(v, (int, float))}
+                          for name, metrics in report["models"].items()}
+            run = {"seed": seed, "commit": commit, "train": {k: v for k, v in train.items() if k != "config"},
+                   "evaluation": evaluation, "evaluate_s": round(time.perf_counter() - start, 2)}
+            (home / RESULT_FILE).write_text(json.dumps({"settings": settings, "commit": commit, "run": run},
+                                                       indent=2, default=str))
+            print(f"[seed {seed}] trained in {train['wall_s']:.1f} s: " + ", ".join(
+                f"{n} HR@10 {m.get('hr@10', float('nan')):.4f}" for n, m in evaluation.items()), flush=True)
         runs.append(run)
-        (home / RESULT_FILE).write_text(json.dumps({"settings": settings, "commit": commit, "run": run},
-                                                   indent=2, default=str))
-        print(f"[seed {seed}] trained in {train['wall_s']:.1f} s: " + ", ".join(
-            f"{n} HR@10 {m.get('hr@10', float('nan')):.4f}" for n, m in evaluation.items()), flush=True)
         text = write_tables(out, args.dataset, [r["seed"] for r in runs], cfg.to_dict(), runs)  # after every seed:
         # a run stopped by a time limit still leaves the seeds it finished
     print("\n" + text + f"\n\nwrote {out / 'seeds.md'} and seeds.json")

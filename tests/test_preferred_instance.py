@@ -9,7 +9,6 @@ about evenly; under concurrency 8 the spare stub works too. Both answer the same
 
 from __future__ import annotations
 
-
 import numpy as np
 import pytest
 
