@@ -6,10 +6,13 @@ with the data already in device memory, next to the FLOPs per sample (torch.util
 
 Each model trains on an ML-1M-shaped layout (6,040 users with 4 side features, 3,706 items with
 genres and year, 50-item histories; the DLRM also reads hour + weekday) filled with random valid ids,
-as the recipe's training step does (two-tower: in-batch softmax + logQ + 512 uniform negatives; DLRM:
-binary cross-entropy over scored (user, item) pairs). A sample is one training row: one (user, positive)
-pair of the two-tower's batch, one scored (user, item) pair of the DLRM's. On CUDA, fp32 matrix products
-may use TF32 (``allow_tf32``, recorded in the JSON).
+as the recipe's training step does (two-tower: in-batch softmax + logQ + 512 uniform negatives; ``dlrm``:
+the ranker's default listwise step, softmax over groups of one positive and 16 negatives of the same user
+row with the candidates' cross features, the user side computed once per group; ``dlrm_bce``: the
+``loss: bce`` variant, binary cross-entropy over independent (user, item) rows, each pooling its own
+history). A sample is one training row: one (user, positive) pair of the two-tower's batch, one scored
+(user, item) pair of the DLRM's (a group of 17 is 17 samples; the DLRM batch sizes are multiples of 17).
+On CUDA, fp32 matrix products may use TF32 (``allow_tf32``, recorded in the JSON).
 
 The sweep tries what should make a step faster on a GPU, one setting per row: Adam's default
 (foreach) vs ``fused=True``; sparse gradients for the embedding tables with SparseAdam (the rest fused
@@ -43,6 +46,7 @@ from torch import nn
 from torch.nn import functional as F
 from torch.utils.flop_counter import FlopCounterMode
 
+from recstack.models.candidates import CROSS_FEATURES, RANKER_FEATURES
 from recstack.models.dlrm import DLRM, DLRMConfig
 from recstack.models.export import random_inputs
 from recstack.models.layout import FeatureLayout
@@ -51,6 +55,8 @@ from recstack.models.two_tower import TwoTower, TwoTowerConfig, in_batch_softmax
 from recstack.workflows import ColumnSchema, Schema, Tags
 
 N_USERS, N_ITEMS, HISTORY = 6_042, 3_708, 50  # ML-1M + the pad / OOV codes
+DLRM_GROUP = 1 + 16
+"""Candidates per user row of the ranker's softmax groups: one positive + ``dlrm.negatives`` (default 16)."""
 DISTINCT_BATCHES = 4  # batches cycled through (all resident in device memory)
 
 
@@ -114,7 +120,22 @@ class SequenceTwoTowerStep(nn.Module):
 
 
 class DLRMStep(nn.Module):
-    """The DLRM scoring a batch of (user, item, context) rows, binary cross-entropy on the labels."""
+    """The ranker's default training step (``dlrm.loss: softmax``): groups of one positive and
+    ``DLRM_GROUP - 1`` negatives of the same user row, with the candidates' cross features; the grouped
+    forward computes each user row's vectors once per group. Softmax cross-entropy, the positive first."""
+
+    def __init__(self, layout: FeatureLayout):
+        super().__init__()
+        self.model = DLRM(layout.with_context(("hour", "weekday")), DLRMConfig(cross_features=list(RANKER_FEATURES)))
+
+    def forward(self, b: dict[str, torch.Tensor]) -> torch.Tensor:
+        logits = self.model(b).float()  # [G, DLRM_GROUP]
+        return F.cross_entropy(logits, torch.zeros(logits.shape[0], dtype=torch.long, device=logits.device))
+
+
+class DLRMRowsStep(nn.Module):
+    """The DLRM scoring independent (user, item, context) rows, binary cross-entropy on the labels
+    (``dlrm.loss: bce``): every row pools its own history."""
 
     def __init__(self, layout: FeatureLayout):
         super().__init__()
@@ -154,7 +175,19 @@ def sequence_batch(layout: FeatureLayout, size: int, seed: int) -> dict[str, np.
     return out
 
 
-def dlrm_batch(layout: FeatureLayout, size: int, seed: int) -> dict[str, np.ndarray]:
+def dlrm_group_batch(layout: FeatureLayout, size: int, seed: int) -> dict[str, np.ndarray]:
+    """``size // DLRM_GROUP`` user rows, each with DLRM_GROUP candidates: item blocks [G, DLRM_GROUP, *]."""
+    lay = layout.with_context(("hour", "weekday"))
+    groups = size // DLRM_GROUP
+    out = random_inputs(lay, lay.user_blocks(), groups, seed=seed)
+    items = random_inputs(lay, lay.item_blocks(), groups * DLRM_GROUP, seed=seed + 1)
+    out.update({k: v.reshape(groups, DLRM_GROUP, -1) for k, v in items.items()})
+    rng = np.random.default_rng(seed)
+    out["item_cross"] = rng.random((groups, DLRM_GROUP, len(CROSS_FEATURES)), dtype=np.float32)
+    return out
+
+
+def dlrm_rows_batch(layout: FeatureLayout, size: int, seed: int) -> dict[str, np.ndarray]:
     lay = layout.with_context(("hour", "weekday"))
     out = random_inputs(lay, lay.user_blocks() + lay.item_blocks(), size, seed=seed)
     out["label"] = (np.random.default_rng(seed).random(size) < 1 / 17).astype(np.float32)
@@ -163,7 +196,8 @@ def dlrm_batch(layout: FeatureLayout, size: int, seed: int) -> dict[str, np.ndar
 
 WORKLOADS: dict[str, Workload] = {
     "two_tower": Workload("two_tower", TwoTowerStep, two_tower_batch, "in-batch softmax + logQ + 512 negatives"),
-    "dlrm": Workload("dlrm", DLRMStep, dlrm_batch, "BCE"),
+    "dlrm": Workload("dlrm", DLRMStep, dlrm_group_batch, f"softmax over groups of {DLRM_GROUP}, cross features"),
+    "dlrm_bce": Workload("dlrm_bce", DLRMRowsStep, dlrm_rows_batch, "BCE over independent rows"),
     "two_tower_seq": Workload("two_tower_seq", SequenceTwoTowerStep, sequence_batch,
                               "full softmax at 200 positions per sequence"),
 }
@@ -198,14 +232,16 @@ def _round_robin(per_model: list[list[Setting]]) -> list[Setting]:
 def sweep(device: str, models: list[str], quick: bool) -> list[Setting]:
     """The settings to try, cheapest and most telling first, compile last."""
     if device == "cpu":
-        batches = {"two_tower": (512, 2048), "dlrm": (1024, 4096), "two_tower_seq": (64, 128)}
+        batches = {"two_tower": (512, 2048), "dlrm": (64 * DLRM_GROUP, 256 * DLRM_GROUP), "dlrm_bce": (1024, 4096),
+                   "two_tower_seq": (64, 128)}
         sizes = {m: batches.get(m, (512, 2048)) for m in models}
         eager = [[Setting(m, b0), Setting(m, b0, "fused"), Setting(m, b0, "sparse")]
                  + ([] if quick else [Setting(m, b1, "fused"), Setting(m, b1, "sparse")])
                  for m, (b0, b1) in sizes.items()]
         return _round_robin(eager) + ([] if quick else [Setting(m, b0, "fused", compile=True)
                                                         for m, (b0, _) in sizes.items()])
-    batches = {"two_tower": (8192, 16384), "dlrm": (65536, 262144), "two_tower_seq": (64, 256)}
+    batches = {"two_tower": (8192, 16384), "dlrm": (4096 * DLRM_GROUP, 16384 * DLRM_GROUP),
+               "dlrm_bce": (65536, 262144), "two_tower_seq": (64, 256)}
     sizes = {m: batches.get(m, (8192, 16384)) for m in models}
     # eager rows first, then CUDA graphs (a failed capture cannot spoil the eager rows), compile last
     eager = [[Setting(m, b0), Setting(m, b0, "fused"), Setting(m, b0, "sparse"), Setting(m, b1, "fused"),

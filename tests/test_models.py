@@ -9,6 +9,7 @@ import torch
 
 from recstack.errors import InputError
 from recstack.ids import FIRST_CODE
+from recstack.models.candidates import CROSS_FEATURES, RANKER_FEATURES
 from recstack.models.data import Interactions, TrainingData, last_items
 from recstack.models.device import resolve_device
 from recstack.models.dlrm import DLRM, DLRMConfig, DenseArch, InteractionArch, OverArch, SparseArch
@@ -109,6 +110,32 @@ def test_module_shapes(layout):
     assert isinstance(d.inter_arch, InteractionArch) and inter.shape == (6, 8 + (F + 1) * F // 2)
     assert isinstance(d.over_arch, OverArch) and d(b).shape == (6,)
 
+
+
+def test_dlrm_grouped_forward_equals_rows_repeated(layout):
+    """Listwise training scores [G, K] candidates per user row: the logits and every gradient equal
+    the flat forward over the user rows repeated K times (the user side computed once per group)."""
+    G, K = 4, 5
+    lay = layout.with_context(("hour", "weekday"))
+    users = {k: torch.from_numpy(v) for k, v in random_inputs(lay, lay.user_blocks(), G, seed=3).items()}
+    items = {k: torch.from_numpy(v) for k, v in random_inputs(lay, lay.item_blocks(), G * K, seed=4).items()}
+    cross = torch.rand(G, K, len(CROSS_FEATURES))
+    torch.manual_seed(0)
+    model = DLRM(lay, DLRMConfig(embedding_dim=8, dense_hidden=[16], over_hidden=[16], dropout=0.0,
+                                 cross_features=list(RANKER_FEATURES)))
+    flat = {k: v.repeat_interleave(K, 0) for k, v in users.items()} | items | {"item_cross": cross.reshape(G * K, -1)}
+    grouped = users | {k: v.reshape(G, K, -1) for k, v in items.items()} | {"item_cross": cross}
+    grads = []
+    for batch in (flat, grouped):
+        model.zero_grad()
+        logits = model(batch).reshape(G, K)
+        torch.nn.functional.cross_entropy(logits, torch.zeros(G, dtype=torch.long)).backward()
+        grads.append((logits.detach(), {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}))
+    assert model(grouped).shape == (G, K)
+    torch.testing.assert_close(grads[0][0], grads[1][0])
+    assert grads[0][1].keys() == grads[1][1].keys() and len(grads[0][1]) > 5
+    for name, grad in grads[0][1].items():
+        torch.testing.assert_close(grad, grads[1][1][name], msg=name)
 
 @pytest.mark.parametrize("encoder", ["pool", "sasrec"])
 def test_history_padding_side_does_not_matter(layout, encoder):

@@ -149,6 +149,11 @@ class OverArch(nn.Module):
         return self.mlp(x).squeeze(-1)
 
 
+SCORE_ARGS = ("user_cat", "user_lists", "user_cont", "history", "item_cat", "item_lists", "item_cont", "context",
+              "item_cross")
+"""The batch blocks :meth:`DLRM.score` and :meth:`DLRM.score_candidates` take, in their order."""
+
+
 class DLRM(nn.Module):
     """Score (user, candidate item) pairs: ``forward(batch) -> logit [B]`` (sigmoid = click probability).
 
@@ -220,6 +225,11 @@ class DLRM(nn.Module):
         return self.over_arch(self.inter_arch(dense, sparse)).reshape(b, k)
 
     def forward(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        """``batch`` (see the class docstring) -> logits ``[B]``; grouped, when the item blocks are
+        ``[B, K, *]`` (K candidates of each user row, ``item_cross`` [B, K, F] too): logits ``[B, K]``
+        by :meth:`score_candidates`, the user's vectors computed once per row (listwise training)."""
+        if batch["item_cat"].dim() == 3:
+            return self.score_candidates(*[batch.get(name) for name in SCORE_ARGS])
         return self.score(batch["user_cat"], batch.get("user_lists"), batch.get("user_cont"), batch["history"],
                           batch["item_cat"], batch.get("item_lists"), batch.get("item_cont"), batch.get("context"),
                           batch.get("item_cross"))

@@ -151,15 +151,18 @@ def fit_dlrm(data: TrainingData, cfg: DLRMConfig | None = None, *, two_tower: Tw
             b_global = perm[s:s + step]
             b = ddp.shard(b_global)
             if loss == "softmax":
-                r, it = groups_rows[b].reshape(-1), groups_items[b].reshape(-1)
-                blocks = data.batch(rows.users[r], rows.history[r], it, rows.context[r])
+                # a group's rows are one user row: its blocks once, the group's items [G, 1 + negatives, *]
+                # (the DLRM's grouped forward pools the history once per group, not once per item)
+                g = groups_rows[b, 0]
+                blocks = data.batch(rows.users[g], rows.history[g], groups_items[b], rows.context[g])
                 if tpool is not None:
                     p = pos_rows[b]
                     blocks[CROSS_BLOCK] = tpool.features(sources, b, groups_items[b], rows.history[p], rows.times[p],
-                                                         group_flags[b]).reshape(len(r), -1)
+                                                         group_flags[b])
                 batch = to_tensors(blocks, dev)
                 with trainer.autocast():
-                    logits = trainer.forward(batch).float().view(len(b), 1 + negatives)
+                    logits = trainer.forward(batch).float()
+                r, it = groups_rows[b].reshape(-1), groups_items[b].reshape(-1)
                 if offset is not None:
                     logits = logits + torch.from_numpy(offset(r, it).reshape(len(b), 1 + negatives)).to(dev)
                 logits = logits.masked_fill(torch.from_numpy(dup[b]).to(dev), float("-inf"))

@@ -33,7 +33,7 @@ from recstack.ids import FIRST_CODE
 from recstack.io import atomic_dir, read_json, write_json
 from recstack.models.candidates import CROSS_FEATURES
 from recstack.models.device import to_tensors
-from recstack.models.dlrm import DLRM, DLRMConfig
+from recstack.models.dlrm import DLRM, SCORE_ARGS, DLRMConfig
 from recstack.models.layout import HISTORY_TIMES, FeatureLayout
 from recstack.models.two_tower import TwoTower, TwoTowerConfig
 from recstack.workflows.request_context import CONTEXT_CARDINALITY, CONTEXT_COLUMNS
@@ -148,7 +148,7 @@ def export_onnx(module: nn.Module, method: str, names: list[str], all_names: lis
 
 USER_ARGS = ["user_cat", "user_lists", "user_cont", "history", HISTORY_TIMES]
 ITEM_ARGS = ["item_cat", "item_lists", "item_cont"]
-DLRM_ARGS = USER_ARGS[:4] + ITEM_ARGS + ["context", "item_cross"]
+DLRM_ARGS = list(SCORE_ARGS)
 
 
 def user_tower_inputs(model: TwoTower) -> list[str]:
