@@ -9,7 +9,9 @@ store can be rebuilt from the event log, so it does not need `always`):
 
 - reads: ``OnlineFeatures.users_with_histories(keys)`` (user features + recent items and times + seen items,
   the one online-store read the serving chain makes per batch) for batches of 1, 16 and 64 random
-  known users: median / p95 ms per call and ms per user (this process, one thread);
+  known users: median / p95 ms per call and ms per user (this process, one thread); and the raw read
+  of both views in one round trip (``recstack.features.view_reads``) against Feast's ``online_read``
+  once per view, interleaved in this process, with their ratio;
 - memory: Redis ``used_memory`` after materialize minus before, per stored user + item, with the
   mean history lengths it holds;
 - apply: events (clicks of real users on real items) applied to the Redis online store by the
@@ -77,6 +79,39 @@ def read_times(repo: Path, users: np.ndarray, batch: int, calls: int) -> np.ndar
         online.users_with_histories(keys)
         out.append(time.perf_counter() - start)
     return np.asarray(out)
+
+
+def raw_read_ratio(repo: Path, users: np.ndarray, batch: int, calls: int) -> tuple[float, float]:
+    """Median ms of the raw read of both user views: one read (``view_reads.read_views``, what serving
+    makes) and, interleaved with it, Feast's ``online_read`` once per view (the baseline)."""
+    from feast.protos.feast.types.EntityKey_pb2 import EntityKey
+    from feast.protos.feast.types.Value_pb2 import Value
+
+    from recstack.features import OnlineFeatures
+    from recstack.features.view_reads import read_views
+
+    online, rng = OnlineFeatures(repo), np.random.default_rng(batch)
+    views = [online._views[v] for v in ("user_features", "user_history")]
+    names = [[c.name for c in online.columns[v]] for v in ("user_features", "user_history")]
+    config, provider = online.store.config, online._provider
+
+    def one(keys: list) -> None:
+        read_views(online.store, provider, views, keys, names)
+
+    def per_view(keys: list) -> None:  # a fresh list each call: Feast appends its timestamp key to it
+        for view, features in zip(views, names):
+            provider.online_read(config=config, table=view, entity_keys=keys, requested_features=list(features))
+
+    times: dict = {one: [], per_view: []}
+    for call in range(calls + 5):
+        keys = [EntityKey(join_keys=["user_key"], entity_values=[Value(int64_val=int(k))])
+                for k in rng.choice(users, batch)]
+        for read in ((one, per_view) if call % 2 else (per_view, one)):
+            start = time.perf_counter()
+            read(keys)
+            if call >= 5:
+                times[read].append(time.perf_counter() - start)
+    return float(np.median(times[one]) * 1e3), float(np.median(times[per_view]) * 1e3)
 
 
 def apply_rate(paths: RunPaths, repo: Path, users: np.ndarray, items: np.ndarray, n: int, folder: Path) -> float:
@@ -152,14 +187,18 @@ def main() -> None:
               f"(mean {sizes['n_mean']:.1f} history ids) = {sizes['user_a']:.0f} B + {sizes['user_b']:.2f} B "
               f"x history ids (least squares); per item hash: mean {sizes['item_mean']:.0f} B")
         print(f"\nusers_with_histories per call ({args.calls} calls, random known users, one thread)")
-        print(f"{'store':<8} {'batch':>6} {'p50 ms':>8} {'p95 ms':>8} {'ms/user':>8} {'redis-server CPU us/user':>25}")
+        print("raw read of both views, p50 ms: one read (serving) / Feast's online_read per view (baseline)")
+        print(f"{'store':<8} {'batch':>6} {'p50 ms':>8} {'p95 ms':>8} {'ms/user':>8} {'redis-server CPU us/user':>25} "
+              f"{'raw: one read':>14} {'per view':>9} {'ratio':>6}")
         for store, repo in (("sqlite", paths.feature_repo), ("redis", folder / "feature_repo")):
             for batch in (int(b) for b in args.batches.split(",")):
                 cpu0 = server_cpu_s(client)
                 t = read_times(repo, users, batch, args.calls) * 1e3
                 server = (server_cpu_s(client) - cpu0) / ((args.calls + 5) * batch) * 1e6 if store == "redis" else 0
+                one, per_view = raw_read_ratio(repo, users, batch, args.calls)
                 print(f"{store:<8} {batch:>6} {np.median(t):>8.2f} {np.percentile(t, 95):>8.2f} "
-                      f"{np.median(t) / batch:>8.3f} {server:>25.1f}")
+                      f"{np.median(t) / batch:>8.3f} {server:>25.1f} {one:>14.3f} {per_view:>9.3f} "
+                      f"{per_view / one:>5.2f}x")
         cpu0 = server_cpu_s(client)
         rate = apply_rate(paths, folder / "feature_repo", users, items, args.events, folder)
         server = (server_cpu_s(client) - cpu0) / args.events * 1e6

@@ -1,8 +1,8 @@
 """Online feature lookups (per serving request) and real-time history pushes.
 
-The values are read with the Feast provider's ``online_read`` (the read that
-``FeatureStore.get_online_features`` makes) and decoded straight from its value
-protobufs (no response object, no DataFrame): a missing entity gives the proto default
+The values are read as the Feast provider's ``online_read`` gives them (the read that
+``FeatureStore.get_online_features`` makes), all views of one entity in one round trip
+(:mod:`recstack.features.view_reads`), and decoded straight from their value protobufs (no response object, no DataFrame): a missing entity gives the proto default
 (0, 0.0, "", empty list), which is exactly the zero / empty value reported for unknown keys.
 ``get_online_features`` wraps that same read in entity validation and a response proto,
 which cost 0.17 ms of a 0.24 ms lookup per request; it applies no TTL on this path either.
@@ -21,6 +21,7 @@ import numpy as np
 
 from recstack.errors import InputError
 from recstack.features.repo import RECENT_TIMES, REDIS_PASSWORD_ENV, REDIS_PASSWORD_REF
+from recstack.features.view_reads import read_views
 
 
 @dataclass(frozen=True)
@@ -109,7 +110,7 @@ class OnlineFeatures:
     """Reads users / items / histories from the online store for arrays of raw keys.
 
     The FeatureStore and the feature lists are loaded once; each method makes one online-store
-    read per feature view it needs (all keys at once). Columns come in feature-view order.
+    read (all keys, every feature view it needs at once). Columns come in feature-view order.
     """
 
     def __init__(self, repo_dir: Path | str | None = None, store: Any = None):
@@ -138,7 +139,8 @@ class OnlineFeatures:
 
     def _lookup_views(self, views: Sequence[str], join_key: str,
                       keys: list[int]) -> list[tuple[dict[str, Any], np.ndarray, list[Any]]]:
-        """One online-store read per view for the entity ``join_key`` = ``keys``: per view
+        """One online-store read of all ``views`` for the entity ``join_key`` = ``keys``
+        (:func:`recstack.features.view_reads.read_views`): per view
         ``(columns, known [B] bool, event timestamps: datetimes as the store returns them, None when unknown)``."""
         from feast.protos.feast.types.EntityKey_pb2 import EntityKey
         from feast.protos.feast.types.Value_pb2 import Value
@@ -149,10 +151,10 @@ class OnlineFeatures:
         entity_keys = [EntityKey(join_keys=[join_key], entity_values=[Value(int64_val=k)]) for k in keys]
         null = Value()
         results = []
-        for view in views:
+        reads = read_views(self.store, self._provider, [self._views[v] for v in views], entity_keys,
+                           [[c.name for c in self.columns[v]] for v in views])
+        for view, rows in zip(views, reads):
             cols = self.columns[view]
-            rows = self._provider.online_read(config=self.store.config, table=self._views[view],
-                                              entity_keys=entity_keys, requested_features=[c.name for c in cols])
             found = [data or {} for _, data in rows]
             out = {c.name: _decode([data.get(c.name, null) for data in found], c) for c in cols}
             known = np.fromiter((cols[0].name in data for data in found), dtype=bool, count=len(keys))
