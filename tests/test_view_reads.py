@@ -55,7 +55,7 @@ def test_users_with_histories_reads_the_store_once(online, monkeypatch):
 
     monkeypatch.setattr(online_module, "read_views", counting)
     monkeypatch.setattr(online._provider, "online_read", lambda **_: pytest.fail("a read per view"))
-    features, has_features, recent, times, seen, has_history = online.users_with_histories([1, 2, 10**9])
+    _, has_features, recent, _, _, has_history = online.users_with_histories([1, 2, 10**9])
     assert calls == [2]
     assert has_features.tolist() == [True, True, False] and has_history.tolist() == [True, True, False]
     assert len(recent[0]) > 0 and len(recent[2]) == 0

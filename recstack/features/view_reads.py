@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import itertools
 from collections.abc import Sequence
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 Row = tuple[datetime | None, dict[str, Any] | None]
@@ -93,7 +93,7 @@ def _sqlite(online: Any, config: Any, views: Sequence[Any], entity_keys: list[An
                 value = Value()
                 value.ParseFromString(blob)
                 values[feature] = value
-                when = ts.astimezone(timezone.utc) if ts.tzinfo is not None else ts.replace(tzinfo=timezone.utc)
+                when = ts.astimezone(UTC) if ts.tzinfo is not None else ts.replace(tzinfo=UTC)
             rows_of_view.append((when, values) if values else (None, None))
         out.append(rows_of_view)
     return out
