@@ -129,7 +129,7 @@ def timed_chain(chain: Any, inputs: dict[str, np.ndarray]) -> tuple[dict[str, np
     tensors, times = dict(inputs), {}
     for op, step in zip(chain.ops, chain.steps):
         start = time.perf_counter()
-        tensors.update(step.execute({name: tensors[name] for name in op["inputs"]}))
+        tensors.update(step.execute({name: tensors[name] for name in op["inputs"] if name in tensors}))  # optional ones too
         times[op["name"]] = (time.perf_counter() - start) * 1e3
     return {name: tensors[name] for name in chain.outputs}, times
 
@@ -162,14 +162,16 @@ def summary(ms: np.ndarray) -> dict[str, float]:
 # ----------------------------------------------------------------------------- recall
 
 def served_queries(chain: Any, users: list[int]) -> tuple[np.ndarray, list[np.ndarray]]:
-    """User embeddings [U, d] and seen-item lists as the serving chain computes them (its first two
-    steps: online-store features and history -> user tower), batched."""
-    out = chain.steps[0].execute({"user_id": np.array(users, np.int64).reshape(-1, 1)})
-    blocks = {name: out[name] for name in chain.ops[1]["inputs"]}
-    emb = chain.steps[1].execute(blocks)["user_embedding"]
+    """User embeddings [U, d] and seen-item lists as the serving chain computes them (its steps up to
+    the user tower: request context, online-store features and history -> user tower), batched."""
+    out: dict[str, np.ndarray] = {"user_id": np.array(users, np.int64).reshape(-1, 1)}
+    for op, step in zip(chain.ops, chain.steps):
+        out.update(step.execute({name: out[name] for name in op["inputs"] if name in out}))
+        if "user_embedding" in out:
+            break
     seen = [row[row != 0] for row in out["seen_items"]]
     known = out["user_known"][:, 0].astype(bool)
-    return emb[known], [s for s, k in zip(seen, known) if k]
+    return out["user_embedding"][known], [s for s, k in zip(seen, known) if k]
 
 
 def recall_scan(paths: RunPaths, index: Any, queries: np.ndarray, seen: list[np.ndarray], k: int, top_k: int,
