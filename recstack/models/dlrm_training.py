@@ -162,8 +162,8 @@ def fit_dlrm(data: TrainingData, cfg: DLRMConfig | None = None, *, two_tower: Tw
                 batch = to_tensors(blocks, dev)
                 with trainer.autocast():
                     logits = trainer.forward(batch).float()
-                r, it = groups_rows[b].reshape(-1), groups_items[b].reshape(-1)
                 if offset is not None:
+                    r, it = groups_rows[b].reshape(-1), groups_items[b].reshape(-1)
                     logits = logits + torch.from_numpy(offset(r, it).reshape(len(b), 1 + negatives)).to(dev)
                 logits = logits.masked_fill(torch.from_numpy(dup[b]).to(dev), float("-inf"))
                 loss_value = torch.nn.functional.cross_entropy(logits, torch.zeros(len(b), dtype=torch.long,
